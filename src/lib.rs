@@ -1,0 +1,37 @@
+//! histomap: streamed whole-slide tissue maps.
+//!
+//! The stages, in the order data flows through them:
+//!
+//! | module | in | out |
+//! |---|---|---|
+//! | [`slide`] | a path | a [`slide::SlideSource`] reading RGB regions on demand |
+//! | [`mask`] | a thumbnail | tissue fraction of any level-0 rectangle |
+//! | [`grid`] | slide size, MPPs, patch size, stride | patch rectangles and the level to read them from |
+//! | [`preprocess`] | an RGB patch | the model's normalised input |
+//! | [`stream`] | a slide and patch rectangles | class probabilities, reading overlapped with inference |
+//! | [`model`] | a model folder | a [`model::Classifier`] |
+//! | [`heatmap`] | per-patch probabilities | a per-cell, per-class map |
+//! | [`regions`] | per-cell labels | dissolved class polygons |
+//! | [`sink`] | a finished slide | overlay and class PNGs, GeoJSON, CSV |
+//! | [`run`] | slides and folders | one complete output folder per slide |
+//!
+//! [`pipeline`] loads the declarative pipeline files; [`geom`] holds the coordinate
+//! types; [`progress`] is the only way the library talks to a user.
+
+pub mod error;
+pub mod geom;
+pub mod grid;
+pub mod heatmap;
+pub mod mask;
+pub mod model;
+pub mod output;
+pub mod pipeline;
+pub mod preprocess;
+pub mod progress;
+pub mod regions;
+pub mod run;
+pub mod sink;
+pub mod slide;
+pub mod stream;
+
+pub use error::{Error, Result};

@@ -1,0 +1,268 @@
+//! Models. In: a model directory (`card.json` + `model.safetensors`). Out: a
+//! [`Classifier`] that turns a batch of normalised patches into class probabilities.
+//!
+//! The card says what the weights are: architecture, classes and colours, input size
+//! and MPP, normalisation, whether they were trained, and provenance. A model whose
+//! card disagrees with the pipeline is refused before any slide is read.
+
+mod layers;
+mod resnet;
+mod smallcnn;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+pub use self::resnet::ResNet;
+pub use self::smallcnn::SmallCnn;
+use crate::error::{Error, Result};
+use crate::pipeline::{Class, Normalization, Pipeline};
+
+pub const CARD_FILE: &str = "card.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+const CARD_FORMAT: &str = "histomap-model/1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// 4 conv blocks, 32–256 channels: fast on CPU.
+    Smallcnn,
+    /// torchvision ResNet-18.
+    Resnet18,
+    /// torchvision ResNet-34.
+    Resnet34,
+}
+
+/// `card.json`: everything needed to use the weights correctly, and where they came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    /// Always `histomap-model/1`.
+    pub format: String,
+    pub architecture: Architecture,
+    /// Side of the square input, in pixels.
+    pub input_size: u32,
+    /// Microns per pixel of the training patches.
+    pub mpp: f64,
+    /// Output classes in logit order.
+    pub classes: Vec<Class>,
+    pub normalization: Normalization,
+    /// False for randomly initialised weights: their outputs mean nothing.
+    pub trained: bool,
+    /// Where the weights came from, in words.
+    pub provenance: String,
+    /// Validation metrics of a trained model.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    pub histomap_version: String,
+}
+
+impl ModelCard {
+    /// The card of a model built for `pipeline`.
+    pub fn for_pipeline(
+        pipeline: &Pipeline,
+        architecture: Architecture,
+        trained: bool,
+        provenance: String,
+    ) -> Self {
+        Self {
+            format: CARD_FORMAT.into(),
+            architecture,
+            input_size: pipeline.patch_size,
+            mpp: pipeline.mpp,
+            classes: pipeline.classes.clone(),
+            normalization: pipeline.normalization.clone(),
+            trained,
+            provenance,
+            metrics: BTreeMap::new(),
+            histomap_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Refuses a model that would silently give wrong answers with this pipeline.
+    pub fn check_against(&self, pipeline: &Pipeline, model_dir: &Path) -> Result<()> {
+        let names = |c: &[Class]| c.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        let (ours, theirs) = (names(&self.classes), names(&pipeline.classes));
+        let fail = |msg: String| Err(Error::model(model_dir, msg));
+        if ours != theirs {
+            return fail(format!(
+                "model classes {ours:?} do not match pipeline {} classes {theirs:?}",
+                pipeline.source.display()
+            ));
+        }
+        if self.input_size != pipeline.patch_size {
+            return fail(format!(
+                "model input is {} px but pipeline patch.size is {}",
+                self.input_size, pipeline.patch_size
+            ));
+        }
+        if (self.mpp / pipeline.mpp - 1.0).abs() > 0.05 {
+            return fail(format!(
+                "model was trained at {} µm/px but pipeline patch.mpp is {}",
+                self.mpp, pipeline.mpp
+            ));
+        }
+        let close = |a: &[f32; 3], b: &[f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+        let (m, p) = (&self.normalization, &pipeline.normalization);
+        if !close(&m.mean, &p.mean) || !close(&m.std, &p.std) {
+            return fail(format!(
+                "model normalisation (mean {:?}, std {:?}) differs from the pipeline's (mean {:?}, std {:?})",
+                m.mean, m.std, p.mean, p.std
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One of the architectures, as a trainable module.
+#[derive(Debug, Clone)]
+pub enum Network {
+    SmallCnn(SmallCnn),
+    ResNet(ResNet),
+}
+
+impl Network {
+    pub fn new(
+        arch: Architecture,
+        vb: VarBuilder,
+        num_classes: usize,
+    ) -> candle_core::Result<Self> {
+        Ok(match arch {
+            Architecture::Smallcnn => Network::SmallCnn(SmallCnn::new(vb, num_classes)?),
+            Architecture::Resnet18 => Network::ResNet(ResNet::new(vb, [2, 2, 2, 2], num_classes)?),
+            Architecture::Resnet34 => Network::ResNet(ResNet::new(vb, [3, 4, 6, 3], num_classes)?),
+        })
+    }
+
+    /// Folds every BatchNorm into its convolution; for inference only.
+    pub fn fuse(&mut self) -> candle_core::Result<()> {
+        match self {
+            Network::SmallCnn(n) => n.fuse(),
+            Network::ResNet(n) => n.fuse(),
+        }
+    }
+}
+
+impl ModuleT for Network {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Network::SmallCnn(n) => n.forward_t(x, train),
+            Network::ResNet(n) => n.forward_t(x, train),
+        }
+    }
+}
+
+/// Which device runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA when built with the `cuda` feature and a GPU is present, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceChoice {
+    pub fn device(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+            DeviceChoice::Cuda if !candle_core::utils::cuda_is_available() => Err(Error::Usage(
+                "--device cuda: this histomap was built without the `cuda` feature".into(),
+            )),
+            DeviceChoice::Cuda => Ok(Device::new_cuda(0)?),
+        }
+    }
+}
+
+/// A loaded model ready for inference.
+pub struct Classifier {
+    net: Network,
+    device: Device,
+    pub card: ModelCard,
+    pub dir: PathBuf,
+}
+
+impl Classifier {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let card = read_card(dir)?;
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.is_file() {
+            return Err(Error::model(&weights, "weights file is missing"));
+        }
+        let tensors = candle_core::safetensors::load(&weights, device)
+            .map_err(|e| Error::model(&weights, format!("not a readable safetensors file: {e}")))?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let mut net = Network::new(card.architecture, vb, card.classes.len()).map_err(|e| {
+            Error::model(
+                &weights,
+                format!(
+                    "weights do not fit a {:?} with {} classes: {e}",
+                    card.architecture,
+                    card.classes.len()
+                ),
+            )
+        })?;
+        net.fuse()?;
+        Ok(Self {
+            net,
+            device: device.clone(),
+            card,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.card.classes.len()
+    }
+
+    /// Class probabilities for `n` patches laid out as (n, 3, size, size) f32, row-major
+    /// (n × classes).
+    pub fn predict(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        let s = self.card.input_size as usize;
+        let x = Tensor::from_vec(pixels, (n, 3, s, s), &self.device)?;
+        let logits = self.net.forward_t(&x, false)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        Ok(probs.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+pub fn read_card(dir: &Path) -> Result<ModelCard> {
+    let path = dir.join(CARD_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let card: ModelCard = serde_json::from_str(&text)
+        .map_err(|e| Error::model(&path, format!("invalid model card: {e}")))?;
+    if card.format != CARD_FORMAT {
+        return Err(Error::model(
+            &path,
+            format!("card format {:?}, expected {CARD_FORMAT:?}", card.format),
+        ));
+    }
+    if card.classes.len() < 2 || card.input_size < 8 {
+        return Err(Error::model(
+            &path,
+            "card needs at least 2 classes and an input of at least 8 px",
+        ));
+    }
+    Ok(card)
+}
+
+/// Writes a model with freshly initialised (random, untrained) weights. Its card says
+/// `trained: false`: it exists to test the plumbing, never to look at its output.
+pub fn write_random(dir: &Path, card: &ModelCard) -> Result<()> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    Network::new(card.architecture, vb, card.classes.len())?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    varmap
+        .save(&weights)
+        .map_err(|e| Error::output(&weights, format!("cannot write weights: {e}")))?;
+    crate::output::write_atomic(
+        &dir.join(CARD_FILE),
+        &serde_json::to_vec_pretty(card).expect("card serialises"),
+    )
+}

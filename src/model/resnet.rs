@@ -1,0 +1,122 @@
+//! ResNet-18 and ResNet-34 (basic blocks) with torchvision's parameter names
+//! (`conv1`, `bn1`, `layer1.0.conv1`, `layer2.0.downsample.{0,1}`, `fc`, ...), so a
+//! torchvision or timm ResNet exported to safetensors loads as is.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+use super::layers::{global_avg_pool, ConvBn, ConvSpec};
+
+#[derive(Debug, Clone)]
+struct BasicBlock {
+    a: ConvBn,
+    b: ConvBn,
+    downsample: Option<ConvBn>,
+}
+
+impl BasicBlock {
+    fn new(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
+        let conv3 = |c_in, stride| ConvSpec {
+            c_in,
+            c_out,
+            kernel: 3,
+            stride,
+            padding: 1,
+            bias: false,
+        };
+        let a = ConvBn::new(conv3(c_in, stride), &vb, "conv1", "bn1")?;
+        let b = ConvBn::new(conv3(c_out, 1), &vb, "conv2", "bn2")?;
+        let downsample = if stride != 1 || c_in != c_out {
+            let spec = ConvSpec {
+                c_in,
+                c_out,
+                kernel: 1,
+                stride,
+                padding: 0,
+                bias: false,
+            };
+            Some(ConvBn::new(spec, &vb.pp("downsample"), "0", "1")?)
+        } else {
+            None
+        };
+        Ok(Self { a, b, downsample })
+    }
+
+    fn fuse(&mut self) -> Result<()> {
+        self.a.fuse()?;
+        self.b.fuse()?;
+        self.downsample.as_mut().map_or(Ok(()), ConvBn::fuse)
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.a.forward_t(x, train)?.relu()?;
+        let y = self.b.forward_t(&y, train)?;
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        (y + shortcut)?.relu()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResNet {
+    stem: ConvBn,
+    layers: Vec<BasicBlock>,
+    fc: Linear,
+}
+
+impl ResNet {
+    /// `blocks`: basic blocks per stage, `[2, 2, 2, 2]` for ResNet-18, `[3, 4, 6, 3]` for 34.
+    pub fn new(vb: VarBuilder, blocks: [usize; 4], num_classes: usize) -> Result<Self> {
+        let stem_spec = ConvSpec {
+            c_in: 3,
+            c_out: 64,
+            kernel: 7,
+            stride: 2,
+            padding: 3,
+            bias: false,
+        };
+        let stem = ConvBn::new(stem_spec, &vb, "conv1", "bn1")?;
+        let mut layers = Vec::new();
+        let mut c_in = 64;
+        for (stage, &n) in blocks.iter().enumerate() {
+            let c_out = 64 << stage;
+            for i in 0..n {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                layers.push(BasicBlock::new(
+                    vb.pp(format!("layer{}.{i}", stage + 1)),
+                    c_in,
+                    c_out,
+                    stride,
+                )?);
+                c_in = c_out;
+            }
+        }
+        let fc = linear(c_in, num_classes, vb.pp("fc"))?;
+        Ok(Self { stem, layers, fc })
+    }
+
+    pub fn fuse(&mut self) -> Result<()> {
+        self.stem.fuse()?;
+        self.layers.iter_mut().try_for_each(BasicBlock::fuse)
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.stem.forward_t(x, train)?.relu()?;
+        // torchvision pads the 3×3/2 max-pool by 1 with -inf; after ReLU every value is
+        // ≥ 0, so zero padding gives the same maxima.
+        let mut x = x
+            .pad_with_zeros(2, 1, 1)?
+            .pad_with_zeros(3, 1, 1)?
+            .max_pool2d_with_stride(3, 2)?;
+        for block in &self.layers {
+            x = block.forward_t(&x, train)?;
+        }
+        self.fc.forward(&global_avg_pool(&x)?)
+    }
+}

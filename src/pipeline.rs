@@ -1,0 +1,309 @@
+//! Pipeline files (`pipelines/*.toml`). In: a TOML file. Out: a validated [`Pipeline`].
+//!
+//! Two steps: [`PipelineFile`] mirrors the file (unknown keys are errors, so a typo
+//! never silently falls back to a default), then [`PipelineFile::validate`] checks
+//! values and resolves paths into the runtime [`Pipeline`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A pipeline file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Short name, used in reports.
+    pub name: String,
+    /// One line on what the pipeline is for.
+    #[serde(default)]
+    pub description: String,
+    /// How patches are cut.
+    pub patch: PatchSection,
+    /// How background is told from tissue.
+    #[serde(default)]
+    pub tissue: TissueSection,
+    /// Which model classifies the patches.
+    pub model: ModelSection,
+    /// Per-channel normalisation applied to RGB in [0, 1]; must match the model's card.
+    pub normalization: Normalization,
+    /// Classes in the model's output order, with display colours.
+    pub classes: Vec<ClassSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSection {
+    /// Side of the square patch the model sees, in pixels at `mpp`.
+    pub size: u32,
+    /// Distance between neighbouring patches, in pixels at `mpp`; less than `size` overlaps.
+    pub stride: u32,
+    /// Microns per pixel the model was trained at.
+    pub mpp: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TissueSection {
+    /// A patch is classified when at least this fraction of it is tissue (0..=1).
+    #[serde(default = "default_min_fraction")]
+    pub min_fraction: f32,
+    /// Saturation (0..=255) below which a pixel is never tissue, whatever Otsu says.
+    #[serde(default = "default_min_saturation")]
+    pub min_saturation: u8,
+}
+
+fn default_min_fraction() -> f32 {
+    0.5
+}
+
+fn default_min_saturation() -> u8 {
+    20
+}
+
+impl Default for TissueSection {
+    fn default() -> Self {
+        Self {
+            min_fraction: default_min_fraction(),
+            min_saturation: default_min_saturation(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Model directory (`card.json` + `model.safetensors`), relative to the pipeline file.
+    pub path: PathBuf,
+    /// Patches per forward pass.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_batch() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    /// Mean of R, G, B in [0, 1], subtracted first.
+    pub mean: [f32; 3],
+    /// Standard deviation of R, G, B, divided by second.
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSection {
+    /// Class name as the model card and QuPath show it.
+    pub name: String,
+    /// Display colour, `#rrggbb`.
+    pub color: String,
+}
+
+/// A class with its parsed colour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Class {
+    pub name: String,
+    #[serde(with = "hex_color")]
+    pub color: [u8; 3],
+}
+
+/// The validated pipeline the rest of the library runs.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub source: PathBuf,
+    pub patch_size: u32,
+    pub stride: u32,
+    pub mpp: f64,
+    pub min_tissue: f32,
+    pub min_saturation: u8,
+    pub model_path: PathBuf,
+    pub batch_size: usize,
+    pub normalization: Normalization,
+    pub classes: Vec<Class>,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let file: PipelineFile = toml::from_str(&text).map_err(|e| {
+            Error::pipeline(
+                path,
+                e.to_string()
+                    .lines()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .trim()
+                    .to_string(),
+            )
+        })?;
+        file.validate(path)
+    }
+}
+
+impl PipelineFile {
+    pub fn validate(self, path: &Path) -> Result<Pipeline> {
+        let err = |msg: String| Err(Error::pipeline(path, msg));
+        let p = &self.patch;
+        if !(8..=4096).contains(&p.size) {
+            return err(format!("patch.size = {} (expected 8..=4096)", p.size));
+        }
+        if p.stride == 0 || p.stride > 4 * p.size {
+            return err(format!(
+                "patch.stride = {} (expected 1..={})",
+                p.stride,
+                4 * p.size
+            ));
+        }
+        if !(p.mpp.is_finite() && p.mpp > 0.01 && p.mpp < 100.0) {
+            return err(format!(
+                "patch.mpp = {} (expected microns per pixel, 0.01..100)",
+                p.mpp
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.tissue.min_fraction) {
+            return err(format!(
+                "tissue.min_fraction = {} (expected 0..=1)",
+                self.tissue.min_fraction
+            ));
+        }
+        if !(1..=4096).contains(&self.model.batch_size) {
+            return err(format!(
+                "model.batch_size = {} (expected 1..=4096)",
+                self.model.batch_size
+            ));
+        }
+        if self
+            .normalization
+            .std
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return err(format!(
+                "normalization.std = {:?} (must be positive)",
+                self.normalization.std
+            ));
+        }
+        if self.classes.len() < 2 {
+            return err(format!(
+                "{} class(es) given; a classifier needs at least 2",
+                self.classes.len()
+            ));
+        }
+        let mut classes = Vec::with_capacity(self.classes.len());
+        for c in self.classes {
+            if c.name.trim().is_empty() || classes.iter().any(|k: &Class| k.name == c.name) {
+                return err(format!("class name {:?} is empty or repeated", c.name));
+            }
+            let Some(color) = hex_color::parse(&c.color) else {
+                return err(format!(
+                    "class {:?}: colour {:?} is not #rrggbb",
+                    c.name, c.color
+                ));
+            };
+            classes.push(Class {
+                name: c.name,
+                color,
+            });
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(Pipeline {
+            name: self.name,
+            source: path.to_path_buf(),
+            patch_size: p.size,
+            stride: p.stride,
+            mpp: p.mpp,
+            min_tissue: self.tissue.min_fraction,
+            min_saturation: self.tissue.min_saturation,
+            model_path: base.join(&self.model.path),
+            batch_size: self.model.batch_size,
+            normalization: self.normalization,
+            classes,
+        })
+    }
+}
+
+/// `#rrggbb` colours, as pipeline files and model cards write them.
+pub mod hex_color {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(s: &str) -> Option<[u8; 3]> {
+        let hex = s.strip_prefix('#')?;
+        if hex.len() != 6 || !hex.is_ascii() {
+            return None;
+        }
+        let c = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
+        Some([c(0)?, c(2)?, c(4)?])
+    }
+
+    pub fn format(c: [u8; 3]) -> String {
+        format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
+    }
+
+    pub fn serialize<S: Serializer>(c: &[u8; 3], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*c))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 3], D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).ok_or_else(|| serde::de::Error::custom(format!("colour {s:?} is not #rrggbb")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r##"
+name = "t"
+[patch]
+size = 96
+stride = 96
+mpp = 0.97
+[model]
+path = "../models/x"
+[normalization]
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+[[classes]]
+name = "normal"
+color = "#00ff00"
+[[classes]]
+name = "tumour"
+color = "#FF0000"
+"##;
+
+    fn parse(text: &str) -> Result<Pipeline> {
+        let file: PipelineFile = toml::from_str(text).map_err(|e| Error::pipeline("p.toml", e))?;
+        file.validate(Path::new("pipelines/p.toml"))
+    }
+
+    #[test]
+    fn valid_file_resolves_model_path_and_colours() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.model_path, Path::new("pipelines/../models/x"));
+        assert_eq!(p.classes[1].color, [255, 0, 0]);
+        assert_eq!(p.min_tissue, 0.5);
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let text = GOOD.replace("stride = 96", "stride = 96\nstrid = 3");
+        assert!(parse(&text).unwrap_err().to_string().contains("strid"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let text = GOOD.replace("mpp = 0.97", "mpp = -1.0");
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("patch.mpp = -1"));
+        let text = GOOD.replace("#00ff00", "green");
+        assert!(parse(&text).unwrap_err().to_string().contains("\"green\""));
+    }
+}

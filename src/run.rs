@@ -1,0 +1,400 @@
+//! The `heatmap` job over many slides. In: slide paths and folders, a pipeline and a
+//! model. Out: one folder per slide under `OUT/`, each complete or absent.
+//!
+//! One bad slide never stops the rest: its error is reported and the next slide
+//! starts. A slide whose `OUT/<name>/summary.json` exists is skipped on reruns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::grid::ReadPlan;
+use crate::heatmap::{Heatmap, Predictions};
+use crate::mask::TissueMask;
+use crate::model::{Architecture, Classifier};
+use crate::output::{write_atomic, Staging};
+use crate::pipeline::Pipeline;
+use crate::progress::Progress;
+use crate::sink::{self, SlideResult};
+use crate::slide::{self, SlideInfo};
+use crate::stream::{self, StreamOptions, StreamStats};
+
+pub const SUMMARY: &str = "summary.json";
+/// Longer side of the thumbnail behind the tissue mask and the overlay.
+pub const THUMBNAIL_SIDE: u32 = 2048;
+const SLIDE_EXTENSIONS: &[&str] = &[
+    "svs", "tif", "tiff", "ndpi", "vms", "vmu", "scn", "mrxs", "svslide", "bif", "png", "jpg",
+    "jpeg",
+];
+
+/// Settings shared by every slide of a run.
+pub struct Job {
+    pub pipeline: Pipeline,
+    pub classifier: Classifier,
+    pub out: PathBuf,
+    /// Microns per pixel for slides that do not record it.
+    pub slide_mpp: Option<f64>,
+    pub stream: StreamOptions,
+    /// Redo slides that are already finished.
+    pub force: bool,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Done {
+        dir: PathBuf,
+        patches: usize,
+        seconds: f64,
+    },
+    Skipped {
+        dir: PathBuf,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct SlideReport {
+    pub path: PathBuf,
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+impl SlideReport {
+    pub fn line(&self) -> String {
+        match &self.outcome {
+            Outcome::Done {
+                dir,
+                patches,
+                seconds,
+            } => {
+                format!(
+                    "done    {}  {patches} patches in {seconds:.1} s -> {}",
+                    self.name,
+                    dir.display()
+                )
+            }
+            Outcome::Skipped { dir } => format!(
+                "skipped {}  (finished earlier: {})",
+                self.name,
+                dir.display()
+            ),
+            Outcome::Failed { error } => format!("FAILED  {}  {error}", self.name),
+        }
+    }
+}
+
+/// Expands folders into the slide files they hold (not recursive), sorted by path.
+pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut slides = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let entries = std::fs::read_dir(input).map_err(|e| Error::io(input, e))?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                            SLIDE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                        })
+                })
+                .collect();
+            found.sort();
+            slides.extend(found);
+        } else if input.exists() {
+            slides.push(input.clone());
+        } else {
+            return Err(Error::io(input, std::io::ErrorKind::NotFound.into()));
+        }
+    }
+    slides.dedup();
+    Ok(slides)
+}
+
+/// Output folder names: the file stem, or the whole file name where stems collide.
+pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for s in slides {
+        *counts.entry(stem(s)).or_default() += 1;
+    }
+    slides
+        .iter()
+        .map(|s| {
+            let st = stem(s);
+            if counts[&st] > 1 {
+                s.file_name()
+                    .map(|n| n.to_string_lossy().replace('.', "_"))
+                    .unwrap_or(st)
+            } else {
+                st
+            }
+        })
+        .collect()
+}
+
+/// Runs every slide; returns one report each, in order.
+pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Vec<SlideReport> {
+    progress.begin(slides.len());
+    let names = output_names(slides);
+    slides
+        .iter()
+        .zip(names)
+        .map(|(path, name)| {
+            let dir = job.out.join(&name);
+            let outcome = if !job.force && dir.join(SUMMARY).is_file() {
+                Outcome::Skipped { dir }
+            } else {
+                let t = Instant::now();
+                match process_slide(path, &name, job, progress) {
+                    Ok((dir, summary)) => Outcome::Done {
+                        dir,
+                        patches: summary.patches.classified,
+                        seconds: t.elapsed().as_secs_f64(),
+                    },
+                    Err(e) => Outcome::Failed {
+                        error: e.to_string(),
+                    },
+                }
+            };
+            let report = SlideReport {
+                path: path.clone(),
+                name,
+                outcome,
+            };
+            progress.slide_finished(&report.line());
+            report
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub histomap_version: String,
+    pub slide: SlideInfo,
+    pub pipeline: PipelineRef,
+    pub model: ModelRef,
+    pub plan: ReadPlan,
+    pub tissue: TissueSummary,
+    pub patches: PatchCounts,
+    pub classes: Vec<ClassSummary>,
+    /// Class maps are this many pixels per grid cell.
+    pub map_scale: u32,
+    pub stream: StreamStats,
+    pub timings: Timings,
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PipelineRef {
+    pub name: String,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelRef {
+    pub dir: PathBuf,
+    pub architecture: Architecture,
+    pub trained: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TissueSummary {
+    pub saturation_threshold: u8,
+    pub slide_fraction: f32,
+    pub area_mm2: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PatchCounts {
+    pub grid: usize,
+    pub classified: usize,
+    pub background: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassSummary {
+    pub name: String,
+    /// Grid cells whose winning class this is.
+    pub cells: usize,
+    pub area_mm2: f64,
+    pub fraction_of_tissue: f64,
+    pub mean_probability: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Timings {
+    pub open_s: f64,
+    pub mask_s: f64,
+    pub stream_s: f64,
+    pub write_s: f64,
+    pub total_s: f64,
+    pub patches_per_s: f64,
+}
+
+/// Processes one slide into `OUT/<name>/`; the folder appears only when complete.
+pub fn process_slide(
+    path: &Path,
+    name: &str,
+    job: &Job,
+    progress: &dyn Progress,
+) -> Result<(PathBuf, Summary)> {
+    let t0 = Instant::now();
+    let mut timings = Timings::default();
+    let slide = slide::open(path)?;
+    let info = slide.info();
+    let p = &job.pipeline;
+    let plan = ReadPlan::new(info, p.patch_size, p.stride, p.mpp, job.slide_mpp)?;
+    timings.open_s = t0.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let thumb = slide::thumbnail(slide.as_ref(), THUMBNAIL_SIDE)?;
+    let mask = TissueMask::from_thumbnail(&thumb, p.min_saturation);
+    let mut cells = Vec::new();
+    let mut tissue = Vec::new();
+    for cell in plan.grid.cells() {
+        let f = mask.fraction(plan.grid.rect(cell));
+        if f > 0.0 && f >= p.min_tissue {
+            cells.push(cell);
+            tissue.push(f);
+        }
+    }
+    timings.mask_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    progress.slide_started(name, cells.len() as u64);
+    let rects: Vec<_> = cells.iter().map(|&c| plan.grid.rect(c)).collect();
+    let (probs, stats) = stream::run(
+        slide.as_ref(),
+        &plan,
+        &p.normalization,
+        &rects,
+        Some(&job.classifier),
+        &job.stream,
+        progress,
+    )?;
+    timings.stream_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let predictions = Predictions {
+        classes: job.classifier.num_classes(),
+        cells,
+        tissue,
+        probs,
+    };
+    let heatmap = Heatmap::assemble(&plan.grid, &predictions);
+    let card = &job.classifier.card;
+    let caption = format!(
+        "histomap {} | pipeline {} | model {:?}{}",
+        env!("CARGO_PKG_VERSION"),
+        p.name,
+        card.architecture,
+        if card.trained {
+            ""
+        } else {
+            "\nUNTRAINED MODEL: random weights, output is meaningless"
+        }
+    );
+    let result = SlideResult {
+        info,
+        plan: &plan,
+        classes: &p.classes,
+        predictions: &predictions,
+        heatmap: &heatmap,
+        thumbnail: &thumb,
+        caption: &caption,
+    };
+    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
+    let staging = Staging::new(&job.out, name)?;
+    let mut outputs = Vec::new();
+    for s in sink::standard() {
+        outputs.extend(s.write(&result, staging.dir())?);
+    }
+    timings.write_s = t.elapsed().as_secs_f64();
+    timings.total_s = t0.elapsed().as_secs_f64();
+    timings.patches_per_s = predictions.len() as f64 / timings.total_s.max(1e-9);
+    outputs.push(SUMMARY.into());
+
+    let summary = summarise(&result, &mask, job, stats, timings, outputs);
+    let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
+    write_atomic(&staging.dir().join(SUMMARY), &json)?;
+    let dir = staging.commit()?;
+    Ok((dir, summary))
+}
+
+fn summarise(
+    r: &SlideResult,
+    mask: &TissueMask,
+    job: &Job,
+    stream: StreamStats,
+    timings: Timings,
+    outputs: Vec<String>,
+) -> Summary {
+    let grid = &r.plan.grid;
+    let cell_mm2 = f64::from(grid.stride).powi(2) * r.um2_per_px() / 1e6;
+    let labels = r.heatmap.labels();
+    let tissue_cells = labels.iter().flatten().count().max(1);
+    let mut mean = vec![0f64; r.classes.len()];
+    for i in 0..r.predictions.len() {
+        for (m, &v) in mean.iter_mut().zip(r.predictions.probs(i)) {
+            *m += f64::from(v);
+        }
+    }
+    let mut cells_per_class: BTreeMap<usize, usize> = BTreeMap::new();
+    for l in labels.iter().flatten() {
+        *cells_per_class.entry(*l).or_default() += 1;
+    }
+    let classes = r
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let cells = cells_per_class.get(&k).copied().unwrap_or(0);
+            ClassSummary {
+                name: c.name.clone(),
+                cells,
+                area_mm2: cells as f64 * cell_mm2,
+                fraction_of_tissue: cells as f64 / tissue_cells as f64,
+                mean_probability: mean[k] / r.predictions.len().max(1) as f64,
+            }
+        })
+        .collect();
+    let slide_mm2 = r.info.size.area() as f64 * r.um2_per_px() / 1e6;
+    Summary {
+        histomap_version: env!("CARGO_PKG_VERSION").into(),
+        slide: r.info.clone(),
+        pipeline: PipelineRef {
+            name: job.pipeline.name.clone(),
+            file: job.pipeline.source.clone(),
+        },
+        model: ModelRef {
+            dir: job.classifier.dir.clone(),
+            architecture: job.classifier.card.architecture,
+            trained: job.classifier.card.trained,
+        },
+        plan: *r.plan,
+        tissue: TissueSummary {
+            saturation_threshold: mask.threshold,
+            slide_fraction: mask.total_fraction(),
+            area_mm2: f64::from(mask.total_fraction()) * slide_mm2,
+        },
+        patches: PatchCounts {
+            grid: grid.len(),
+            classified: r.predictions.len(),
+            background: grid.len() - r.predictions.len(),
+        },
+        classes,
+        map_scale: sink::map_scale(r.heatmap.cols, r.heatmap.rows),
+        stream,
+        timings,
+        outputs,
+    }
+}

@@ -1,0 +1,169 @@
+//! Slide readers. In: a path. Out: a [`SlideSource`] that reports the pyramid and
+//! reads RGB regions on demand, so no stage ever holds a whole slide in memory.
+//!
+//! Two backends: OpenSlide for everything it opens (Aperio, Hamamatsu, tiled TIFF, ...)
+//! and a raster reader for plain strip TIFFs, PNG and JPEG, which OpenSlide refuses.
+
+mod openslide;
+mod raster;
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::geom::{L0Point, Size};
+
+pub use self::openslide::OpenSlideSource;
+pub use self::raster::RasterSource;
+
+/// One level of the pyramid.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Level {
+    pub size: Size,
+    /// Level-0 pixels per pixel of this level.
+    pub downsample: f64,
+}
+
+/// What `histomap info` prints and `summary.json` records about a slide.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlideInfo {
+    pub path: PathBuf,
+    pub format: String,
+    pub size: Size,
+    pub levels: Vec<Level>,
+    /// Microns per level-0 pixel, when the file says.
+    pub mpp: Option<f64>,
+    pub objective_power: Option<f64>,
+}
+
+/// A readable slide. Implementations are shared between reader threads.
+pub trait SlideSource: Send + Sync {
+    fn info(&self) -> &SlideInfo;
+
+    /// Reads `size` pixels of `level`, the top-left corner given in level-0 pixels.
+    /// Pixels outside the slide come back white.
+    fn read_region(&self, origin: L0Point, level: usize, size: Size) -> Result<RgbImage>;
+
+    fn path(&self) -> &Path {
+        &self.info().path
+    }
+}
+
+/// Opens `path` with the backend that can read it.
+pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::slide(path, "not a file"));
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
+        return Ok(Box::new(RasterSource::open(path)?));
+    }
+    if let Some(source) = OpenSlideSource::try_open(path)? {
+        return Ok(Box::new(source));
+    }
+    if raster::is_tiff(path)? {
+        return Ok(Box::new(RasterSource::open(path)?));
+    }
+    Err(Error::slide(
+        path,
+        "not a slide histomap can read: OpenSlide does not recognise it and it is not a TIFF, PNG or JPEG",
+    ))
+}
+
+/// A low-resolution RGB view of a whole slide.
+pub struct Thumbnail {
+    pub image: RgbImage,
+    /// Level-0 pixels per thumbnail pixel.
+    pub downsample: f64,
+}
+
+/// Builds a thumbnail whose longer side is at most `max_side`, reading the smallest
+/// level that is still large enough in horizontal bands, so memory stays bounded even
+/// for a single-level gigapixel image.
+pub fn thumbnail(slide: &dyn SlideSource, max_side: u32) -> Result<Thumbnail> {
+    let info = slide.info();
+    let levels = &info.levels;
+    let level = (0..levels.len())
+        .rev()
+        .find(|&l| levels[l].size.w.max(levels[l].size.h) >= max_side)
+        .unwrap_or(0);
+    let lsize = levels[level].size;
+    let factor = lsize.w.max(lsize.h).div_ceil(max_side).max(1);
+    let out = Size::new(lsize.w.div_ceil(factor), lsize.h.div_ceil(factor));
+    let mut sums = vec![0u32; out.w as usize * out.h as usize * 3];
+    let mut counts = vec![0u32; out.w as usize * out.h as usize];
+
+    // Bands of whole output rows, about 16 MiB of level pixels each.
+    let rows_per_band = ((16 << 20) / (u64::from(lsize.w) * 3)).max(1) as u32;
+    let band_rows = (rows_per_band / factor).max(1) * factor;
+    let ds = levels[level].downsample;
+    let mut y = 0;
+    while y < lsize.h {
+        let h = band_rows.min(lsize.h - y);
+        let origin = L0Point {
+            x: 0,
+            y: (f64::from(y) * ds).round() as u32,
+        };
+        let band = slide.read_region(origin, level, Size::new(lsize.w, h))?;
+        for (by, row) in band.rows().enumerate() {
+            let oy = (y + by as u32) / factor;
+            let base = oy as usize * out.w as usize;
+            for (x, px) in row.enumerate() {
+                let i = base + x / factor as usize;
+                counts[i] += 1;
+                for c in 0..3 {
+                    sums[i * 3 + c] += u32::from(px[c]);
+                }
+            }
+        }
+        y += h;
+    }
+    let mut image = RgbImage::new(out.w, out.h);
+    for (i, px) in image.pixels_mut().enumerate() {
+        let n = counts[i].max(1);
+        for c in 0..3 {
+            px[c] = ((sums[i * 3 + c] + n / 2) / n) as u8;
+        }
+    }
+    Ok(Thumbnail {
+        image,
+        downsample: ds * f64::from(factor),
+    })
+}
+
+/// Chooses the level to read a patch from: the most downsampled level that still has
+/// at least the resolution asked for (`downsample` level-0 pixels per output pixel).
+pub fn best_level(levels: &[Level], downsample: f64) -> usize {
+    // A level reported as 4.0003 must still count as 4x.
+    let tolerance = 1.0 + 1e-3;
+    (0..levels.len())
+        .rev()
+        .find(|&l| levels[l].downsample <= downsample * tolerance)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_level_picks_coarsest_sufficient() {
+        let levels = [1.0, 4.0003, 16.001, 64.02].map(|d| Level {
+            size: Size::new(1, 1),
+            downsample: d,
+        });
+        assert_eq!(best_level(&levels, 1.0), 0);
+        assert_eq!(best_level(&levels, 3.9), 0);
+        assert_eq!(best_level(&levels, 4.0), 1);
+        assert_eq!(best_level(&levels, 15.0), 1);
+        assert_eq!(best_level(&levels, 1000.0), 3);
+        assert_eq!(best_level(&levels, 0.5), 0);
+    }
+}

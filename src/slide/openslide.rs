@@ -1,0 +1,116 @@
+//! OpenSlide backend: every format the system libopenslide opens. OpenSlide handles
+//! are thread-safe, so one handle serves all reader threads.
+
+use std::path::Path;
+
+use image::RgbImage;
+use openslide_rs::{Address, OpenSlide, Region};
+
+use super::{Level, SlideInfo, SlideSource};
+use crate::error::{Error, Result};
+use crate::geom::{L0Point, Size};
+
+pub struct OpenSlideSource {
+    slide: OpenSlide,
+    info: SlideInfo,
+}
+
+impl OpenSlideSource {
+    /// Opens `path` if OpenSlide recognises its format; `Ok(None)` if it does not, so
+    /// another backend can try. A recognised file that fails to open is an error.
+    pub fn try_open(path: &Path) -> Result<Option<Self>> {
+        let Ok(vendor) = OpenSlide::detect_vendor(path) else {
+            return Ok(None);
+        };
+        let slide = OpenSlide::new(path)
+            .map_err(|e| Error::slide(path, format!("OpenSlide ({vendor}): {e}")))?;
+        let levels: Vec<Level> = slide
+            .all_level_dimensions()
+            .iter()
+            .zip(slide.all_level_downsamples())
+            .map(|(s, &downsample)| Level {
+                size: Size::new(s.w, s.h),
+                downsample,
+            })
+            .collect();
+        if levels.is_empty() || levels[0].size.area() == 0 {
+            return Err(Error::slide(path, "OpenSlide reports no image data"));
+        }
+        let number = |name: &str| {
+            slide
+                .property_value(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v > 0.0)
+        };
+        let mpp = match (number("openslide.mpp-x"), number("openslide.mpp-y")) {
+            (Some(x), Some(y)) => Some((x + y) / 2.0),
+            (x, y) => x.or(y),
+        };
+        let info = SlideInfo {
+            path: path.to_path_buf(),
+            format: vendor,
+            size: levels[0].size,
+            levels,
+            mpp,
+            objective_power: number("openslide.objective-power"),
+        };
+        Ok(Some(Self { slide, info }))
+    }
+}
+
+impl SlideSource for OpenSlideSource {
+    fn info(&self) -> &SlideInfo {
+        &self.info
+    }
+
+    fn read_region(&self, origin: L0Point, level: usize, size: Size) -> Result<RgbImage> {
+        let region = Region {
+            address: Address {
+                x: origin.x,
+                y: origin.y,
+            },
+            level: level as u32,
+            size: openslide_rs::Size {
+                w: size.w,
+                h: size.h,
+            },
+        };
+        let argb = self.slide.read_region(&region).map_err(|e| {
+            Error::slide(
+                &self.info.path,
+                format!("reading {size:?} at {origin:?}, level {level}: {e}"),
+            )
+        })?;
+        Ok(argb_to_rgb(&argb, size))
+    }
+}
+
+/// Converts OpenSlide's premultiplied native-endian ARGB to RGB on white, the colour
+/// of empty glass, so transparent areas read as background.
+fn argb_to_rgb(argb: &[u8], size: Size) -> RgbImage {
+    let mut out = Vec::with_capacity(size.area() as usize * 3);
+    for px in argb.chunks_exact(4) {
+        let v = u32::from_ne_bytes([px[0], px[1], px[2], px[3]]);
+        let a = v >> 24;
+        let [r, g, b] = [(v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff];
+        // Premultiplied: c = c_straight * a / 255, so on white: c + (255 - a).
+        let on_white = |c: u32| (c + 255 - a).min(255) as u8;
+        out.extend_from_slice(&[on_white(r), on_white(g), on_white(b)]);
+    }
+    RgbImage::from_raw(size.w, size.h, out).expect("buffer matches size")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argb_transparent_is_white_and_opaque_is_kept() {
+        let opaque = 0xff10_2030u32.to_ne_bytes();
+        let clear = 0u32.to_ne_bytes();
+        let img = argb_to_rgb(&[opaque, clear].concat(), Size::new(2, 1));
+        assert_eq!(img.get_pixel(0, 0).0, [0x10, 0x20, 0x30]);
+        assert_eq!(img.get_pixel(1, 0).0, [255, 255, 255]);
+    }
+}

@@ -1,0 +1,171 @@
+//! The patch stream. In: a slide, a read plan and the patches to classify. Out: class
+//! probabilities per patch.
+//!
+//! Reader threads (a rayon pool of their own, so they never starve candle, which uses
+//! the global pool) take batches in grid order, read and preprocess each patch and
+//! send whole batches into a **bounded** crossbeam channel. The calling thread runs the
+//! classifier on each batch as it arrives. When the classifier is slower, readers
+//! block on the full channel, so at most `(capacity + readers + 1) × batch_size`
+//! patches are ever in memory, whatever the slide size; reading overlaps inference.
+//!
+//! A batch always holds the same patches whatever the thread count and results are
+//! stored by patch index, so outputs do not depend on `--threads`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+
+use crate::error::{Error, Result};
+use crate::geom::{L0Rect, Size};
+use crate::grid::ReadPlan;
+use crate::model::Classifier;
+use crate::pipeline::Normalization;
+use crate::preprocess::Normalizer;
+use crate::progress::Progress;
+use crate::slide::SlideSource;
+
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    pub batch_size: usize,
+    /// Reader threads.
+    pub readers: usize,
+    /// Batches the channel holds before readers wait.
+    pub capacity: usize,
+}
+
+/// What the stream measured.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StreamStats {
+    pub patches: usize,
+    pub batches: usize,
+    /// Most patches read but not yet classified at any moment.
+    pub max_in_flight: usize,
+    /// Seconds the classifier spent on batches.
+    pub classify_s: f64,
+    pub wall_s: f64,
+}
+
+impl StreamStats {
+    /// The bound `max_in_flight` never exceeds.
+    pub fn in_flight_bound(opts: &StreamOptions) -> usize {
+        (opts.capacity + opts.readers + 1) * opts.batch_size
+    }
+}
+
+struct Batch {
+    first: usize,
+    len: usize,
+    pixels: Vec<f32>,
+}
+
+/// Classifies `patches` (level-0 rectangles of the plan's grid). Returns probabilities
+/// row-major, `patches.len() × classes`; empty when `classifier` is `None` (the stream
+/// then only reads, which measures the reading side alone).
+pub fn run(
+    slide: &dyn SlideSource,
+    plan: &ReadPlan,
+    normalization: &Normalization,
+    patches: &[L0Rect],
+    classifier: Option<&Classifier>,
+    opts: &StreamOptions,
+    progress: &dyn Progress,
+) -> Result<(Vec<f32>, StreamStats)> {
+    let start = Instant::now();
+    let opts = StreamOptions {
+        batch_size: opts.batch_size.max(1),
+        readers: opts.readers.max(1),
+        capacity: opts.capacity.max(1),
+    };
+    let n_batches = patches.len().div_ceil(opts.batch_size);
+    let classes = classifier.map_or(0, Classifier::num_classes);
+    let mut probs = vec![0f32; patches.len() * classes];
+    let mut stats = StreamStats {
+        patches: patches.len(),
+        batches: n_batches,
+        ..Default::default()
+    };
+    if patches.is_empty() {
+        return Ok((probs, stats));
+    }
+
+    let normalizer = Normalizer::new(normalization);
+    let side = plan.input_size as usize;
+    let patch_len = 3 * side * side;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let in_flight = AtomicUsize::new(0);
+    let max_in_flight = AtomicUsize::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.readers)
+        .thread_name(|i| format!("histomap-read-{i}"))
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start reader threads: {e}")))?;
+    let (tx, rx) = bounded::<Result<Batch>>(opts.capacity);
+
+    let read_batch = |b: usize| -> Result<Batch> {
+        let first = b * opts.batch_size;
+        let len = opts.batch_size.min(patches.len() - first);
+        let mut pixels = vec![0f32; len * patch_len];
+        for (i, rect) in patches[first..first + len].iter().enumerate() {
+            let read = Size::new(plan.read_size, plan.read_size);
+            let patch = slide.read_region(rect.origin, plan.level, read)?;
+            normalizer.write_chw(
+                &patch,
+                plan.input_size,
+                &mut pixels[i * patch_len..(i + 1) * patch_len],
+            );
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            max_in_flight.fetch_max(now, Ordering::SeqCst);
+        }
+        Ok(Batch { first, len, pixels })
+    };
+
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(|| {
+            pool.scope(|ps| {
+                for _ in 0..opts.readers {
+                    let tx = tx.clone();
+                    let (next, stop, read_batch) = (&next, &stop, &read_batch);
+                    ps.spawn(move |_| loop {
+                        let b = next.fetch_add(1, Ordering::SeqCst);
+                        if b >= n_batches || stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let batch = read_batch(b);
+                        let failed = batch.is_err();
+                        if tx.send(batch).is_err() || failed {
+                            stop.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                    });
+                }
+            });
+            drop(tx);
+        });
+
+        let result = (|| {
+            for batch in rx.iter() {
+                let batch = batch?;
+                if let Some(model) = classifier {
+                    let t = Instant::now();
+                    let p = model.predict(batch.pixels, batch.len)?;
+                    stats.classify_s += t.elapsed().as_secs_f64();
+                    probs[batch.first * classes..(batch.first + batch.len) * classes]
+                        .copy_from_slice(&p);
+                }
+                in_flight.fetch_sub(batch.len, Ordering::SeqCst);
+                progress.patches_done(batch.len as u64);
+            }
+            Ok(())
+        })();
+        // On failure, tell readers to stop and drain so none stays blocked on send.
+        stop.store(true, Ordering::SeqCst);
+        for _ in rx.iter() {}
+        result
+    })?;
+
+    stats.max_in_flight = max_in_flight.load(Ordering::SeqCst);
+    stats.wall_s = start.elapsed().as_secs_f64();
+    Ok((probs, stats))
+}
