@@ -235,9 +235,12 @@ mod tests {
             mpp: Some(0.25),
             objective_power: Some(40.0),
         };
-        // 96 px at 0.97 µm/px on a 0.25 µm/px slide: 372 level-0 px, read 93 px at 4×.
+        // 96 px at 1 µm/px on a 0.25 µm/px slide: 384 level-0 px, read 96 px at 4×.
+        let plan = ReadPlan::new(&info, 96, 96, 1.0, None).unwrap();
+        assert_eq!((plan.grid.patch, plan.level, plan.read_size), (384, 1, 96));
+        // At 0.97 µm/px the 4× level is too coarse (3.88 needed): read level 0 and shrink.
         let plan = ReadPlan::new(&info, 96, 96, 0.97, None).unwrap();
-        assert_eq!((plan.grid.patch, plan.level, plan.read_size), (372, 1, 93));
+        assert_eq!((plan.grid.patch, plan.level, plan.read_size), (372, 0, 372));
         // Same scale as the model: level 0, no resize.
         let plan = ReadPlan::new(&info, 150, 75, 0.25, None).unwrap();
         assert_eq!(

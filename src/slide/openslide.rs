@@ -47,6 +47,16 @@ impl OpenSlideSource {
             (Some(x), Some(y)) => Some((x + y) / 2.0),
             (x, y) => x.or(y),
         };
+        // OpenSlide 3.4 derives no MPP for generic tiled TIFFs; their resolution tags do.
+        let mpp = mpp.or_else(|| {
+            let per_unit = match slide.property_value("tiff.ResolutionUnit").ok()?.as_str() {
+                "centimeter" => 10_000.0,
+                "inch" => 25_400.0,
+                _ => return None,
+            };
+            let mpp = per_unit / number("tiff.XResolution")?;
+            (mpp > 0.01 && mpp < 100.0).then_some(mpp)
+        });
         let info = SlideInfo {
             path: path.to_path_buf(),
             format: vendor,

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use image::RgbImage;
+use tiff::decoder::ifd::Value;
 use tiff::decoder::{ChunkType, Decoder, DecodingResult, Limits};
 use tiff::tags::{PlanarConfiguration, ResolutionUnit, Tag};
 use tiff::ColorType;
@@ -176,18 +177,19 @@ impl TiffChunks {
         let bad = |e: tiff::TiffError| Error::slide(path, format!("invalid TIFF: {e}"));
         let (w, h) = dec.dimensions().map_err(bad)?;
         check_dimensions(path, w, h)?;
-        let samples =
-            match dec.colortype().map_err(bad)? {
-                ColorType::RGB(8) => 3,
-                ColorType::RGBA(8) => 4,
-                ColorType::Gray(8) => 1,
-                other => return Err(Error::slide(
+        let samples = match dec.colortype().map_err(bad)? {
+            ColorType::RGB(8) => 3,
+            ColorType::RGBA(8) => 4,
+            ColorType::Gray(8) => 1,
+            other => {
+                return Err(Error::slide(
                     path,
                     format!(
                         "unsupported TIFF pixel type {other:?} (8-bit RGB, RGBA or grey expected)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let planar = dec
             .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
             .map_err(bad)?;
@@ -330,7 +332,12 @@ impl TiffChunks {
 
 /// Microns per pixel from the TIFF resolution tags, when they are plausible.
 fn tiff_mpp(dec: &mut TiffDecoder) -> Option<f64> {
-    let xres = dec.get_tag_f64(Tag::XResolution).ok()?;
+    let xres = match dec.find_tag(Tag::XResolution).ok()?? {
+        Value::Rational(n, d) if d != 0 => f64::from(n) / f64::from(d),
+        Value::Float(v) => f64::from(v),
+        Value::Double(v) => v,
+        _ => return None,
+    };
     let unit = dec
         .find_tag_unsigned::<u16>(Tag::ResolutionUnit)
         .ok()

@@ -1,0 +1,388 @@
+//! The `histomap` command on real slides (the shared Aperio SVS and Hamamatsu NDPI),
+//! on generated ones (a 5000×5000 strip TIFF and a 100,000×80,000 pyramid) and on bad
+//! input.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use histomap::model::Architecture;
+use predicates::prelude::*;
+use serde_json::Value;
+
+/// Parses a GeoJSON written by `heatmap` and checks QuPath's conventions and that every
+/// vertex lies inside the slide. Returns (tiles, regions).
+fn check_geojson(path: &Path, w: f64, h: f64, classes: &[&str]) -> (usize, usize) {
+    let v: Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    assert_eq!(v["type"], "FeatureCollection");
+    let (mut tiles, mut regions) = (0, 0);
+    for f in v["features"].as_array().unwrap() {
+        assert_eq!(f["type"], "Feature");
+        let props = &f["properties"];
+        let class = &props["classification"];
+        assert!(
+            classes.contains(&class["name"].as_str().unwrap()),
+            "{class}"
+        );
+        let color = class["color"].as_array().unwrap();
+        assert_eq!(color.len(), 3);
+        assert!(color.iter().all(|c| c.as_u64().unwrap() <= 255));
+        let geom = &f["geometry"];
+        let polygons: Vec<&Value> = match geom["type"].as_str().unwrap() {
+            "Polygon" => vec![&geom["coordinates"]],
+            "MultiPolygon" => geom["coordinates"].as_array().unwrap().iter().collect(),
+            other => panic!("unexpected geometry {other}"),
+        };
+        for poly in polygons {
+            for ring in poly.as_array().unwrap() {
+                let ring = ring.as_array().unwrap();
+                assert!(ring.len() >= 4);
+                assert_eq!(ring.first(), ring.last(), "rings are closed");
+                for pt in ring {
+                    let (x, y) = (pt[0].as_f64().unwrap(), pt[1].as_f64().unwrap());
+                    assert!(
+                        (0.0..=w).contains(&x) && (0.0..=h).contains(&y),
+                        "({x}, {y}) outside {w}×{h}"
+                    );
+                }
+            }
+        }
+        match props["objectType"].as_str().unwrap() {
+            "tile" => {
+                tiles += 1;
+                for c in classes {
+                    assert!(props["measurements"][format!("prob {c}")].is_number());
+                }
+            }
+            "annotation" => regions += 1,
+            other => panic!("unexpected objectType {other}"),
+        }
+    }
+    (tiles, regions)
+}
+
+fn summary(dir: &Path) -> Value {
+    serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+const KATHER: [&str; 8] = [
+    "TUMOR", "STROMA", "COMPLEX", "LYMPHO", "DEBRIS", "MUCOSA", "ADIPOSE", "EMPTY",
+];
+
+#[test]
+fn info_reads_real_svs_and_ndpi() {
+    histomap()
+        .args(["info"])
+        .arg(svs())
+        .arg(ndpi())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("aperio"))
+        .stdout(predicate::str::contains("2220 × 2967"))
+        .stdout(predicate::str::contains("0.4990 µm/px"))
+        .stdout(predicate::str::contains("hamamatsu"))
+        .stdout(predicate::str::contains("3968 × 4864"));
+}
+
+#[test]
+fn heatmap_on_real_svs_writes_every_output() {
+    let out = tempfile::tempdir().unwrap();
+    let model = model("kather8", Architecture::Smallcnn);
+    histomap()
+        .args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(out.path())
+        .arg(svs())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("UNTRAINED"));
+    let dir = out.path().join("cmu_small_region");
+    for f in [
+        "overlay.png",
+        "tiles.geojson",
+        "regions.geojson",
+        "predictions.csv",
+        "summary.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    for c in KATHER {
+        assert!(dir.join(format!("prob_{c}.png")).is_file());
+    }
+    let s = summary(&dir);
+    let classified = s["patches"]["classified"].as_u64().unwrap() as usize;
+    assert!(classified > 50, "the real SVS is about a third tissue");
+    assert_eq!(
+        s["plan"]["grid"]["patch"], 149,
+        "150 px at 0.495 µm/px on a 0.499 µm/px slide"
+    );
+    assert_eq!(s["model"]["trained"], false);
+    let (tiles, regions) = check_geojson(&dir.join("tiles.geojson"), 2220.0, 2967.0, &KATHER);
+    assert_eq!(tiles, classified);
+    assert!(regions >= 1);
+    let csv = fs::read_to_string(dir.join("predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), classified + 1);
+    assert!(csv.starts_with("x,y,w,h,tissue_fraction,prob_TUMOR,"));
+    let overlay = image::open(dir.join("overlay.png")).unwrap();
+    assert!(overlay.width() > 2048 / 2, "thumbnail plus legend");
+    assert!(!out.path().join(".staging").exists());
+}
+
+#[test]
+fn outputs_do_not_depend_on_thread_count() {
+    let model = model("kather8", Architecture::Smallcnn);
+    let run = |threads: &str| {
+        let out = tempfile::tempdir().unwrap();
+        histomap()
+            .args([
+                "heatmap",
+                "-q",
+                "--threads",
+                threads,
+                "--batch-size",
+                "8",
+                "--stride",
+                "100",
+                "--pipeline",
+            ])
+            .arg(pipeline("kather8"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(out.path())
+            .arg(svs())
+            .assert()
+            .success();
+        let dir = out.path().join("cmu_small_region");
+        let read = |f: &str| fs::read(dir.join(f)).unwrap();
+        (
+            read("predictions.csv"),
+            read("tiles.geojson"),
+            read("prob_TUMOR.png"),
+        )
+    };
+    let one = run("1");
+    let two = run("2");
+    assert!(
+        one.0 == two.0,
+        "predictions.csv differs between --threads 1 and 2"
+    );
+    assert!(one.1 == two.1, "tiles.geojson differs");
+    assert!(one.2 == two.2, "class map differs");
+}
+
+#[test]
+fn batch_goes_on_past_a_bad_slide_and_reruns_skip_finished_ones() {
+    let slides = tempfile::tempdir().unwrap();
+    fs::copy(svs(), slides.path().join("good.svs")).unwrap();
+    fs::write(
+        slides.path().join("notes.svs"),
+        "this is a text file, not a slide\n",
+    )
+    .unwrap();
+    let bytes = fs::read(svs()).unwrap();
+    fs::write(
+        slides.path().join("truncated.svs"),
+        &bytes[..bytes.len() / 3],
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let model = model("kather8", Architecture::Smallcnn);
+    let run = || {
+        histomap()
+            .args(["heatmap", "--pipeline"])
+            .arg(pipeline("kather8"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(out.path())
+            .arg(slides.path())
+            .assert()
+    };
+    let first = run().failure().code(1);
+    let err = String::from_utf8_lossy(&first.get_output().stderr).to_string();
+    assert!(err.contains("done    good"), "{err}");
+    assert!(
+        err.contains("FAILED  notes") && err.contains("notes.svs"),
+        "{err}"
+    );
+    assert!(
+        err.contains("FAILED  truncated") && err.contains("truncated.svs"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.path().join("notes").exists() && !out.path().join("truncated").exists());
+
+    let marker = out.path().join("good/summary.json");
+    let before = fs::metadata(&marker).unwrap().modified().unwrap();
+    let second = run().failure();
+    let err = String::from_utf8_lossy(&second.get_output().stderr).to_string();
+    assert!(err.contains("skipped good"), "{err}");
+    assert_eq!(fs::metadata(&marker).unwrap().modified().unwrap(), before);
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("fake.svs");
+    fs::write(&text, "not a slide").unwrap();
+    histomap()
+        .arg("info")
+        .arg(&text)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "fake.svs: not a slide histomap can read",
+        ));
+
+    // A model for other classes is refused before any slide is read.
+    let pcam = model("pcam", Architecture::Smallcnn);
+    histomap()
+        .args(["heatmap", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(&pcam)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(svs())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("do not match pipeline"));
+
+    // Corrupt weights name the file.
+    let broken = dir.path().join("broken");
+    fs::create_dir(&broken).unwrap();
+    fs::copy(
+        model("kather8", Architecture::Smallcnn).join("card.json"),
+        broken.join("card.json"),
+    )
+    .unwrap();
+    fs::write(
+        broken.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00garbage",
+    )
+    .unwrap();
+    histomap()
+        .args(["heatmap", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(&broken)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(svs())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("model.safetensors"))
+        .stderr(predicate::str::contains("panicked").not());
+
+    // A pipeline typo is named.
+    let typo = dir.path().join("typo.toml");
+    let text = fs::read_to_string(pipeline("pcam"))
+        .unwrap()
+        .replace("stride = 96", "strde = 96");
+    fs::write(&typo, text).unwrap();
+    histomap()
+        .args(["heatmap", "--pipeline"])
+        .arg(&typo)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(svs())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("typo.toml"))
+        .stderr(predicate::str::contains("strde"));
+}
+
+#[test]
+fn fluorescence_ndpi_does_not_break_the_mask() {
+    let out = tempfile::tempdir().unwrap();
+    histomap()
+        .args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline("pcam"))
+        .arg("--model")
+        .arg(model("pcam", Architecture::Smallcnn))
+        .arg("--out")
+        .arg(out.path())
+        .arg(ndpi())
+        .assert()
+        .success();
+    let s = summary(&out.path().join("stritt_dapi_fluorescence"));
+    // 96 px at 0.97 µm/px on a 0.228 µm/px scan: read from the 4× level.
+    assert_eq!(s["plan"]["level"], 2);
+}
+
+#[test]
+fn plain_5000px_tiff_like_kathers_larger_images() {
+    let slide = generated().join("kather5000.tif");
+    histomap()
+        .arg("info")
+        .arg(&slide)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("5000 × 5000"))
+        .stdout(predicate::str::contains("0.4950 µm/px"));
+    let out = tempfile::tempdir().unwrap();
+    histomap()
+        .args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(model("kather8", Architecture::Smallcnn))
+        .arg("--out")
+        .arg(out.path())
+        .arg(&slide)
+        .assert()
+        .success();
+    let dir = out.path().join("kather5000");
+    let s = summary(&dir);
+    assert_eq!(s["patches"]["grid"], 33 * 33);
+    assert!(
+        s["patches"]["classified"].as_u64().unwrap() > 500,
+        "the mosaic is mostly tissue"
+    );
+    check_geojson(&dir.join("tiles.geojson"), 5000.0, 5000.0, &KATHER);
+}
+
+#[test]
+fn gigapixel_pyramid_with_sparse_tissue() {
+    let slide = generated().join("gigapixel.tif");
+    histomap()
+        .arg("info")
+        .arg(&slide)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("generic-tiff"))
+        .stdout(predicate::str::contains("100000 × 80000"));
+    let out = tempfile::tempdir().unwrap();
+    histomap()
+        .args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline("pcam"))
+        .arg("--model")
+        .arg(model("pcam", Architecture::Smallcnn))
+        .arg("--out")
+        .arg(out.path())
+        .arg(&slide)
+        .assert()
+        .success();
+    let dir = out.path().join("gigapixel");
+    let s = summary(&dir);
+    let classified = s["patches"]["classified"].as_u64().unwrap() as usize;
+    // Two islands: the CMU region (≈ 2220×2967) and a 3000×3000 mosaic, at ≈ 2× per patch pixel.
+    assert!(classified > 100 && classified < 2000, "{classified}");
+    // 0.97 / 0.499 = 1.94: the 2× level is too coarse, so 187 level-0 px are read and shrunk to 96.
+    assert_eq!(
+        (s["plan"]["level"].as_u64(), s["plan"]["read_size"].as_u64()),
+        (Some(0), Some(187))
+    );
+    let (tiles, _) = check_geojson(
+        &dir.join("tiles.geojson"),
+        100_000.0,
+        80_000.0,
+        &["normal", "tumor"],
+    );
+    assert_eq!(tiles, classified);
+}

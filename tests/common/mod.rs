@@ -1,0 +1,71 @@
+//! Shared by the integration tests: where the real data lives, the generated slides
+//! (made once by `scripts/make-slides.sh`, cached under `target/slides`) and random
+//! test models (never trained; for plumbing only).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use histomap::model::{write_random, Architecture, ModelCard};
+use histomap::pipeline::Pipeline;
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn data() -> PathBuf {
+    std::env::var_os("HISTOMAP_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data"))
+}
+
+pub fn svs() -> PathBuf {
+    data().join("slides/cmu_small_region.svs")
+}
+
+pub fn ndpi() -> PathBuf {
+    data().join("slides/stritt_dapi_fluorescence.ndpi")
+}
+
+pub fn pipeline(name: &str) -> PathBuf {
+    root().join("pipelines").join(format!("{name}.toml"))
+}
+
+/// The generated slides folder (`kather5000.tif`, `gigapixel.tif`).
+pub fn generated() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = root().join("target/slides");
+        let status = Command::new("bash")
+            .arg(root().join("scripts/make-slides.sh"))
+            .arg(&dir)
+            .status()
+            .expect("run scripts/make-slides.sh");
+        assert!(status.success(), "scripts/make-slides.sh failed");
+        dir
+    })
+}
+
+/// A random (untrained) model for a pipeline, written once per test process.
+pub fn model(pipeline_name: &str, arch: Architecture) -> PathBuf {
+    static MODELS: OnceLock<std::sync::Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
+    let key = format!("{pipeline_name}-{arch:?}");
+    let lock = MODELS.get_or_init(Default::default);
+    let mut made = lock.lock().unwrap();
+    if let Some((_, p)) = made.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let dir = root()
+        .join("target/test-models")
+        .join(format!("{key}-{}", std::process::id()));
+    let p = Pipeline::load(&pipeline(pipeline_name)).unwrap();
+    let card = ModelCard::for_pipeline(&p, arch, false, "test: random weights".into());
+    write_random(&dir, &card).unwrap();
+    made.push((key, dir.clone()));
+    dir
+}
+
+pub fn histomap() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("histomap").unwrap()
+}
