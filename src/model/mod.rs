@@ -224,9 +224,13 @@ impl Classifier {
     pub fn predict(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
         let s = self.card.input_size as usize;
         let x = Tensor::from_vec(pixels, (n, 3, s, s), &self.device)?;
-        let logits = self.net.forward_t(&x, false)?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let probs = candle_nn::ops::softmax_last_dim(&self.logits(&x)?)?;
         Ok(probs.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Raw logits (N, classes) for an input batch (N, 3, size, size) on the model's device.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.net.forward_t(&x.to_device(&self.device)?, false)?)
     }
 }
 

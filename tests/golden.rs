@@ -1,0 +1,62 @@
+//! Numeric parity with PyTorch. The fixtures and the ignored ResNet-18 check come from
+//! `../shared/peers/wsinfer_model.py --seed 0` (see fixtures/README.md): the same
+//! weights as safetensors and PyTorch's eval-mode logits for fixed inputs.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use histomap::model::Classifier;
+
+fn max_abs_diff(dir: &Path, io: &Path) -> f32 {
+    let model = Classifier::load(dir, &Device::Cpu).unwrap();
+    let pair = candle_core::safetensors::load(io, &Device::Cpu).unwrap();
+    let y = model.logits(&pair["x"]).unwrap();
+    let diff: Tensor = (y - &pair["y"]).unwrap().abs().unwrap();
+    diff.flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn smallcnn_matches_pytorch() {
+    let dir = common::root().join("fixtures/smallcnn96");
+    let d = max_abs_diff(&dir, &dir.join("io.safetensors"));
+    assert!(d < 1e-4, "max |candle - torch| = {d}");
+}
+
+/// Needs the peer's model folder (45 MB, not shipped):
+/// `python ../shared/peers/wsinfer_model.py --out DIR` then
+/// `HISTOMAP_PEER_MODELS=DIR cargo test --release --test golden -- --ignored`.
+#[test]
+#[ignore = "needs HISTOMAP_PEER_MODELS (45 MB of ResNet-18 weights made by the peer script)"]
+fn resnet18_matches_pytorch() {
+    let peers = std::path::PathBuf::from(
+        std::env::var("HISTOMAP_PEER_MODELS").expect("HISTOMAP_PEER_MODELS"),
+    );
+    let src = peers.join("resnet18_150");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let p = histomap::pipeline::Pipeline::load(&common::pipeline("kather8")).unwrap();
+    let card = histomap::model::ModelCard::for_pipeline(
+        &p,
+        histomap::model::Architecture::Resnet18,
+        false,
+        "peer: seeded random weights".into(),
+    );
+    std::fs::write(
+        dir.path().join("card.json"),
+        serde_json::to_vec(&card).unwrap(),
+    )
+    .unwrap();
+    let d = max_abs_diff(dir.path(), &src.join("io.safetensors"));
+    assert!(d < 1e-4, "max |candle - torch| = {d}");
+}
