@@ -3,7 +3,8 @@
 //! evaluation and `heatmap` all call this, so a model never sees different pixels in
 //! training and in use.
 
-use image::imageops::{resize, FilterType};
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
 use crate::pipeline::Normalization;
@@ -31,7 +32,7 @@ impl Normalizer {
         let img = if patch.dimensions() == (size, size) {
             patch
         } else {
-            resized = resize(patch, size, size, FilterType::Triangle);
+            resized = resize(patch, size);
             &resized
         };
         let plane = (size * size) as usize;
@@ -44,6 +45,19 @@ impl Normalizer {
             b[i] = self.lut[2][px[2] as usize];
         }
     }
+}
+
+/// Bilinear resize, antialiased when shrinking (as torchvision's `Resize` on PIL images).
+fn resize(patch: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = patch.dimensions();
+    let src = ImageRef::new(w, h, patch.as_raw(), PixelType::U8x3)
+        .expect("buffer matches its dimensions");
+    let mut dst = Image::new(size, size, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .expect("same pixel type on both sides");
+    RgbImage::from_raw(size, size, dst.into_vec()).expect("buffer matches size")
 }
 
 #[cfg(test)]

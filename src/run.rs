@@ -11,7 +11,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::grid::ReadPlan;
+use crate::geom::Cell;
+use crate::grid::{Grid, ReadPlan};
 use crate::heatmap::{Heatmap, Predictions};
 use crate::mask::TissueMask;
 use crate::model::{Architecture, Classifier};
@@ -240,6 +241,15 @@ pub struct Timings {
     pub patches_per_s: f64,
 }
 
+/// The cells whose patch is at least `min_tissue` tissue (and not empty), with their
+/// tissue fractions, in grid order.
+pub fn tissue_cells(grid: &Grid, mask: &TissueMask, min_tissue: f32) -> (Vec<Cell>, Vec<f32>) {
+    grid.cells()
+        .map(|c| (c, mask.fraction(grid.rect(c))))
+        .filter(|&(_, f)| f > 0.0 && f >= min_tissue)
+        .unzip()
+}
+
 /// Processes one slide into `OUT/<name>/`; the folder appears only when complete.
 pub fn process_slide(
     path: &Path,
@@ -258,15 +268,7 @@ pub fn process_slide(
     let t = Instant::now();
     let thumb = slide::thumbnail(slide.as_ref(), THUMBNAIL_SIDE)?;
     let mask = TissueMask::from_thumbnail(&thumb, p.min_saturation);
-    let mut cells = Vec::new();
-    let mut tissue = Vec::new();
-    for cell in plan.grid.cells() {
-        let f = mask.fraction(plan.grid.rect(cell));
-        if f > 0.0 && f >= p.min_tissue {
-            cells.push(cell);
-            tissue.push(f);
-        }
-    }
+    let (cells, tissue) = tissue_cells(&plan.grid, &mask, p.min_tissue);
     timings.mask_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
