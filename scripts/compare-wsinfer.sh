@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Wall time of histomap vs WSInfer (the closest Python tool) on the same slide with
+# the same weights, measured in one run, CPU only, no network.
+#
+# usage: scripts/compare-wsinfer.sh [MODEL [SLIDE [REPEAT]]]
+#   MODEL   smallcnn96 | resnet18_150        (default smallcnn96)
+#   SLIDE   default ../shared/data/slides/cmu_small_region.svs
+#   REPEAT  runs of each tool; medians are reported (default 3)
+# Uses ../shared/peers/{wsinfer_model.py,run_wsinfer.sh}; the peer's venv (≈3.5 GB,
+# made on first use by run_wsinfer.sh) lives in ${WSINFER_VENV:-$TMPDIR/histomap-peers/wsinfer-venv}.
+# Both tools get their defaults otherwise: WSInfer batch 32 with min(nproc, 8)
+# DataLoader workers; histomap the pipeline's batch and all cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:-smallcnn96}
+slide=$(realpath "${2:-../shared/data/slides/cmu_small_region.svs}")
+repeat=${3:-3}
+peers=$(realpath ../shared/peers)
+work=${TMPDIR:-/tmp}/histomap-peers
+venv=${WSINFER_VENV:-$work/wsinfer-venv}
+export WSINFER_VENV=$venv
+mkdir -p "$work"
+
+[[ -x target/release/histomap ]] || scripts/setup.sh
+if [[ ! -x $venv/bin/python ]]; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q -r "$peers/wsinfer-requirements.txt"
+fi
+[[ -f $work/models/$model/config.json ]] || "$venv/bin/python" "$peers/wsinfer_model.py" --out "$work/models" --models "$model" >/dev/null
+
+# histomap's model folder and pipeline, from the same weights and WSInfer's config.json.
+ours=$work/histomap-$model
+mkdir -p "$ours/model" "$work/slides-$model"
+ln -sf "$slide" "$work/slides-$model/$(basename "$slide")"
+cp "$work/models/$model/model.safetensors" "$ours/model/"
+python3 - "$work/models/$model/config.json" "$ours" <<'PY'
+import json, sys
+cfg = json.load(open(sys.argv[1])); out = sys.argv[2]
+norm = next(t["arguments"] for t in cfg["transform"] if t["name"] == "Normalize")
+palette = ["#3cb44b", "#e6194b", "#4363d8", "#f58231", "#911eb4", "#9a6324", "#ffe119", "#a9a9a9"]
+classes = [{"name": n, "color": palette[i % 8]} for i, n in enumerate(cfg["class_names"])]
+card = {"format": "histomap-model/1", "architecture": cfg["architecture"], "input_size": cfg["patch_size_pixels"],
+        "mpp": cfg["spacing_um_px"], "classes": classes, "normalization": {"mean": norm["mean"], "std": norm["std"]},
+        "trained": False, "provenance": "seeded random weights from shared/peers/wsinfer_model.py (speed comparison only)",
+        "metrics": {}, "histomap_version": "compare"}
+json.dump(card, open(f"{out}/model/card.json", "w"), indent=1)
+with open(f"{out}/pipeline.toml", "w") as f:
+    f.write(f'name = "compare-{cfg["architecture"]}"\n[patch]\nsize = {cfg["patch_size_pixels"]}\n'
+            f'stride = {cfg["patch_size_pixels"]}\nmpp = {cfg["spacing_um_px"]}\n[model]\npath = "model"\nbatch_size = 32\n'
+            f'[normalization]\nmean = {norm["mean"]}\nstd = {norm["std"]}\n')
+    for c in classes:
+        f.write(f'[[classes]]\nname = "{c["name"]}"\ncolor = "{c["color"]}"\n')
+PY
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ws_wall=(); ws_patches=0; hm_wall=(); hm_patches=0; hm_rss=()
+for i in $(seq 1 "$repeat"); do
+  line=$(bash "$peers/run_wsinfer.sh" "$work/slides-$model" "$work/wsinfer-out-$model" "$work/models/$model" 2>/dev/null | tail -n 1)
+  ws_wall+=("$(grep -o 'wall_s=[0-9.]*' <<<"$line" | cut -d= -f2)")
+  ws_patches=$(grep -o 'patches=[0-9]*' <<<"$line" | cut -d= -f2)
+  /usr/bin/time -v -o "$work/time-$model.txt" target/release/histomap heatmap "$slide" --quiet --force \
+    --pipeline "$ours/pipeline.toml" --out "$work/histomap-out-$model" 2>/dev/null
+  hm_wall+=("$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$work/time-$model.txt")")
+  hm_rss+=("$(awk -F': ' '/Maximum resident/ {print int($2/1024)}' "$work/time-$model.txt")")
+  hm_patches=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['patches']['classified'])" \
+    "$work/histomap-out-$model/$(basename "${slide%.*}")/summary.json")
+done
+ws=$(printf '%s\n' "${ws_wall[@]}" | median)
+hm=$(printf '%s\n' "${hm_wall[@]}" | median)
+rss=$(printf '%s\n' "${hm_rss[@]}" | median)
+echo "model=$model slide=$(basename "$slide") runs=$repeat nproc=$(nproc)"
+echo "wsinfer:  patches=$ws_patches wall_s=$ws (runs: ${ws_wall[*]})"
+echo "histomap: patches=$hm_patches wall_s=$hm peak_rss_mib=$rss (runs: ${hm_wall[*]})"
+awk -v w="$ws" -v h="$hm" -v pw="$ws_patches" -v ph="$hm_patches" 'BEGIN {
+  printf "wall-time ratio wsinfer/histomap = %.1fx; per patch = %.1fx (target: 5x)\n", w/h, (w/pw)/(h/ph) }'
