@@ -36,6 +36,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    histomap::tune_allocator();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let args: Vec<String> = std::env::args()
         .skip(1)

@@ -94,6 +94,7 @@ struct HeatmapArgs {
 }
 
 fn main() -> ExitCode {
+    histomap::tune_allocator();
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(code) => code,
