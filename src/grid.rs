@@ -99,12 +99,11 @@ impl Grid {
         let s = f64::from(self.stride);
         let col = ((x - self.core_offset()) / s).floor();
         let row = ((y - self.core_offset()) / s).floor();
-        (col >= 0.0 && row >= 0.0 && col < f64::from(self.cols) && row < f64::from(self.rows)).then(
-            || Cell {
+        (col >= 0.0 && row >= 0.0 && col < f64::from(self.cols) && row < f64::from(self.rows))
+            .then_some(Cell {
                 col: col as u32,
                 row: row as u32,
-            },
-        )
+            })
     }
 
     /// One-dimensional overlap weights: `(d, w)` means the patch `d` cells away covers
