@@ -11,7 +11,7 @@ scripts/setup.sh
 slides=("$@")
 (( ${#slides[@]} )) || slides=(../shared/data/slides/cmu_small_region.svs)
 bin=target/release/histomap
-model=pipelines/../models/kather8
+model=models/kather8
 if [[ ! -f $model/card.json ]]; then
   model=out/demo-model
   [[ -f $model/card.json ]] || $bin init-model --pipeline pipelines/kather8.toml --arch smallcnn --out "$model"

@@ -1,5 +1,6 @@
-//! Coordinate frames. Level-0 pixels, pixels of a pyramid level and grid cells are
-//! different types so that a coordinate can never be used in the wrong frame.
+//! Coordinate frames. Level-0 pixels and grid cells are different types so that a
+//! coordinate can never be used in the wrong frame; pixels of other pyramid levels only
+//! appear as a read size ([`crate::grid::ReadPlan::read_size`]).
 //!
 //! In: nothing. Out: the value types every other stage passes around.
 
@@ -44,14 +45,6 @@ impl L0Rect {
     pub fn bottom(&self) -> u32 {
         self.origin.y + self.size.h
     }
-}
-
-/// A point in pixels of one pyramid level (level 0 included, but then prefer [`L0Point`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LevelPoint {
-    pub level: usize,
-    pub x: u32,
-    pub y: u32,
 }
 
 /// A cell of the tiling grid: column and row, counted in strides.

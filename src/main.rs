@@ -181,12 +181,7 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         .context("starting the inference thread pool")?;
 
     let mut pipeline = Pipeline::load(&a.pipeline)?;
-    if let Some(v) = a.patch_size {
-        pipeline.patch_size = v;
-    }
-    if let Some(v) = a.stride {
-        pipeline.stride = v;
-    }
+    pipeline.set_patch(a.patch_size, a.stride)?;
     if let Some(v) = a.min_tissue {
         if !(0.0..=1.0).contains(&v) {
             bail!("--min-tissue {v}: expected 0..=1");

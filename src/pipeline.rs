@@ -145,20 +145,38 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Replaces patch size and stride (command-line overrides), with the file's checks.
+    pub fn set_patch(&mut self, size: Option<u32>, stride: Option<u32>) -> Result<()> {
+        let (size, stride) = (
+            size.unwrap_or(self.patch_size),
+            stride.unwrap_or(self.stride),
+        );
+        check_patch(size, stride).map_err(Error::Usage)?;
+        self.patch_size = size;
+        self.stride = stride;
+        Ok(())
+    }
+}
+
+fn check_patch(size: u32, stride: u32) -> Result<(), String> {
+    if !(8..=4096).contains(&size) {
+        return Err(format!("patch.size = {size} (expected 8..=4096)"));
+    }
+    if stride == 0 || stride > 4 * size {
+        return Err(format!(
+            "patch.stride = {stride} (expected 1..={})",
+            4 * size
+        ));
+    }
+    Ok(())
+}
+
 impl PipelineFile {
     pub fn validate(self, path: &Path) -> Result<Pipeline> {
         let err = |msg: String| Err(Error::pipeline(path, msg));
         let p = &self.patch;
-        if !(8..=4096).contains(&p.size) {
-            return err(format!("patch.size = {} (expected 8..=4096)", p.size));
-        }
-        if p.stride == 0 || p.stride > 4 * p.size {
-            return err(format!(
-                "patch.stride = {} (expected 1..={})",
-                p.stride,
-                4 * p.size
-            ));
-        }
+        check_patch(p.size, p.stride).map_err(|msg| Error::pipeline(path, msg))?;
         if !(p.mpp.is_finite() && p.mpp > 0.01 && p.mpp < 100.0) {
             return err(format!(
                 "patch.mpp = {} (expected microns per pixel, 0.01..100)",

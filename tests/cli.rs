@@ -280,6 +280,39 @@ fn bad_input_gets_one_clear_line() {
         .stderr(predicate::str::contains("model.safetensors"))
         .stderr(predicate::str::contains("panicked").not());
 
+    // A truncated plain TIFF (OpenSlide refuses it; the raster reader finds the damage).
+    let bytes = fs::read(generated().join("kather5000.tif")).unwrap();
+    let cut = dir.path().join("cut.tif");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.path().join("cut-out");
+    histomap()
+        .args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(model("kather8", Architecture::Smallcnn))
+        .arg("--out")
+        .arg(&out)
+        .arg(&cut)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cut.tif"))
+        .stderr(predicate::str::contains("panicked").not());
+    assert!(
+        !out.join("cut").exists(),
+        "no partial output under the final name"
+    );
+
+    // Absurd overrides are refused, not a panic.
+    histomap()
+        .args(["heatmap", "--stride", "0", "--pipeline"])
+        .arg(pipeline("pcam"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(svs())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("stride = 0"));
+
     // A pipeline typo is named.
     let typo = dir.path().join("typo.toml");
     let text = fs::read_to_string(pipeline("pcam"))

@@ -174,7 +174,7 @@ struct ChunkCache {
 impl TiffChunks {
     fn open(path: &Path) -> Result<(Self, Option<f64>)> {
         let mut dec = Self::decoder(path)?;
-        let bad = |e: tiff::TiffError| Error::slide(path, format!("invalid TIFF: {e}"));
+        let bad = |e: tiff::TiffError| Error::slide(path, format!("invalid or truncated TIFF: {e}"));
         let (w, h) = dec.dimensions().map_err(bad)?;
         check_dimensions(path, w, h)?;
         let samples = match dec.colortype().map_err(bad)? {
@@ -229,7 +229,7 @@ impl TiffChunks {
         limits.decoding_buffer_size = 512 << 20;
         Decoder::new(BufReader::new(file))
             .map(|d| d.with_limits(limits))
-            .map_err(|e| Error::slide(path, format!("invalid TIFF: {e}")))
+            .map_err(|e| Error::slide(path, format!("invalid or truncated TIFF: {e}")))
     }
 
     fn read_into(&self, path: &Path, origin: L0Point, out: &mut RgbImage) -> Result<()> {
