@@ -224,3 +224,28 @@ fn a_read_error_stops_the_stream_without_hanging() {
     assert!(err.to_string().contains("simulated corrupt tile"), "{err}");
     assert!(err.to_string().contains("cmu_small_region.svs"), "{err}");
 }
+
+#[test]
+fn png_and_jpeg_are_read_whole() {
+    let tile = data().join("kather2016/02_STROMA");
+    let src = std::fs::read_dir(tile)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let img = image::open(&src).unwrap().into_rgb8();
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["png", "jpg"] {
+        let path = dir.path().join(format!("tile.{ext}"));
+        img.save(&path).unwrap();
+        let s = slide::open(&path).unwrap();
+        assert_eq!(s.info().size, Size::new(150, 150));
+        assert_eq!(s.info().mpp, None, "PNG and JPEG carry no scale");
+        let expected = image::open(&path).unwrap().into_rgb8();
+        let read = s
+            .read_region(L0Point { x: 0, y: 0 }, 0, Size::new(150, 150))
+            .unwrap();
+        assert!(read == expected, "{ext}");
+    }
+}

@@ -174,7 +174,8 @@ struct ChunkCache {
 impl TiffChunks {
     fn open(path: &Path) -> Result<(Self, Option<f64>)> {
         let mut dec = Self::decoder(path)?;
-        let bad = |e: tiff::TiffError| Error::slide(path, format!("invalid or truncated TIFF: {e}"));
+        let bad =
+            |e: tiff::TiffError| Error::slide(path, format!("invalid or truncated TIFF: {e}"));
         let (w, h) = dec.dimensions().map_err(bad)?;
         check_dimensions(path, w, h)?;
         let samples = match dec.colortype().map_err(bad)? {
