@@ -67,6 +67,19 @@ fn summary(dir: &Path) -> Value {
     serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap()
 }
 
+/// `histomap heatmap -q` on one input with a pipeline and a model; add flags after.
+fn heatmap(pipeline_name: &str, model: &Path, out: &Path, input: &Path) -> assert_cmd::Command {
+    let mut cmd = histomap();
+    cmd.args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline(pipeline_name))
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .arg(input);
+    cmd
+}
+
 const KATHER: [&str; 8] = [
     "TUMOR", "STROMA", "COMPLEX", "LYMPHO", "DEBRIS", "MUCOSA", "ADIPOSE", "EMPTY",
 ];
@@ -90,14 +103,7 @@ fn info_reads_real_svs_and_ndpi() {
 fn heatmap_on_real_svs_writes_every_output() {
     let out = tempfile::tempdir().unwrap();
     let model = model("kather8", Architecture::Smallcnn);
-    histomap()
-        .args(["heatmap", "-q", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(out.path())
-        .arg(svs())
+    heatmap("kather8", &model, out.path(), &svs())
         .assert()
         .success()
         .stderr(predicate::str::contains("UNTRAINED"));
@@ -138,24 +144,8 @@ fn outputs_do_not_depend_on_thread_count() {
     let model = model("kather8", Architecture::Smallcnn);
     let run = |threads: &str| {
         let out = tempfile::tempdir().unwrap();
-        histomap()
-            .args([
-                "heatmap",
-                "-q",
-                "--threads",
-                threads,
-                "--batch-size",
-                "8",
-                "--stride",
-                "100",
-                "--pipeline",
-            ])
-            .arg(pipeline("kather8"))
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(out.path())
-            .arg(svs())
+        heatmap("kather8", &model, out.path(), &svs())
+            .args(["--threads", threads, "--batch-size", "8", "--stride", "100"])
             .assert()
             .success();
         let dir = out.path().join("cmu_small_region");
@@ -193,17 +183,7 @@ fn batch_goes_on_past_a_bad_slide_and_reruns_skip_finished_ones() {
     .unwrap();
     let out = tempfile::tempdir().unwrap();
     let model = model("kather8", Architecture::Smallcnn);
-    let run = || {
-        histomap()
-            .args(["heatmap", "--pipeline"])
-            .arg(pipeline("kather8"))
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(out.path())
-            .arg(slides.path())
-            .assert()
-    };
+    let run = || heatmap("kather8", &model, out.path(), slides.path()).assert();
     let first = run().failure().code(1);
     let err = String::from_utf8_lossy(&first.get_output().stderr).to_string();
     assert!(err.contains("done    good"), "{err}");
@@ -242,14 +222,7 @@ fn bad_input_gets_one_clear_line() {
 
     // A model for other classes is refused before any slide is read.
     let pcam = model("pcam", Architecture::Smallcnn);
-    histomap()
-        .args(["heatmap", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--model")
-        .arg(&pcam)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .arg(svs())
+    heatmap("kather8", &pcam, &dir.path().join("out"), &svs())
         .assert()
         .code(1)
         .stderr(predicate::str::contains("do not match pipeline"));
@@ -267,14 +240,7 @@ fn bad_input_gets_one_clear_line() {
         b"\x10\x00\x00\x00\x00\x00\x00\x00garbage",
     )
     .unwrap();
-    histomap()
-        .args(["heatmap", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--model")
-        .arg(&broken)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .arg(svs())
+    heatmap("kather8", &broken, &dir.path().join("out"), &svs())
         .assert()
         .code(1)
         .stderr(predicate::str::contains("model.safetensors"))
@@ -285,18 +251,16 @@ fn bad_input_gets_one_clear_line() {
     let cut = dir.path().join("cut.tif");
     fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let out = dir.path().join("cut-out");
-    histomap()
-        .args(["heatmap", "-q", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--model")
-        .arg(model("kather8", Architecture::Smallcnn))
-        .arg("--out")
-        .arg(&out)
-        .arg(&cut)
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("cut.tif"))
-        .stderr(predicate::str::contains("panicked").not());
+    heatmap(
+        "kather8",
+        &model("kather8", Architecture::Smallcnn),
+        &out,
+        &cut,
+    )
+    .assert()
+    .code(1)
+    .stderr(predicate::str::contains("cut.tif"))
+    .stderr(predicate::str::contains("panicked").not());
     assert!(
         !out.join("cut").exists(),
         "no partial output under the final name"
@@ -334,16 +298,14 @@ fn bad_input_gets_one_clear_line() {
 #[test]
 fn fluorescence_ndpi_does_not_break_the_mask() {
     let out = tempfile::tempdir().unwrap();
-    histomap()
-        .args(["heatmap", "-q", "--pipeline"])
-        .arg(pipeline("pcam"))
-        .arg("--model")
-        .arg(model("pcam", Architecture::Smallcnn))
-        .arg("--out")
-        .arg(out.path())
-        .arg(ndpi())
-        .assert()
-        .success();
+    heatmap(
+        "pcam",
+        &model("pcam", Architecture::Smallcnn),
+        out.path(),
+        &ndpi(),
+    )
+    .assert()
+    .success();
     let s = summary(&out.path().join("stritt_dapi_fluorescence"));
     // 96 px at 0.97 µm/px on a 0.228 µm/px scan: read from the 4× level.
     assert_eq!(s["plan"]["level"], 2);
@@ -360,16 +322,14 @@ fn plain_5000px_tiff_like_kathers_larger_images() {
         .stdout(predicate::str::contains("5000 × 5000"))
         .stdout(predicate::str::contains("0.4950 µm/px"));
     let out = tempfile::tempdir().unwrap();
-    histomap()
-        .args(["heatmap", "-q", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--model")
-        .arg(model("kather8", Architecture::Smallcnn))
-        .arg("--out")
-        .arg(out.path())
-        .arg(&slide)
-        .assert()
-        .success();
+    heatmap(
+        "kather8",
+        &model("kather8", Architecture::Smallcnn),
+        out.path(),
+        &slide,
+    )
+    .assert()
+    .success();
     let dir = out.path().join("kather5000");
     let s = summary(&dir);
     assert_eq!(s["patches"]["grid"], 33 * 33);
@@ -391,16 +351,14 @@ fn gigapixel_pyramid_with_sparse_tissue() {
         .stdout(predicate::str::contains("generic-tiff"))
         .stdout(predicate::str::contains("100000 × 80000"));
     let out = tempfile::tempdir().unwrap();
-    histomap()
-        .args(["heatmap", "-q", "--pipeline"])
-        .arg(pipeline("pcam"))
-        .arg("--model")
-        .arg(model("pcam", Architecture::Smallcnn))
-        .arg("--out")
-        .arg(out.path())
-        .arg(&slide)
-        .assert()
-        .success();
+    heatmap(
+        "pcam",
+        &model("pcam", Architecture::Smallcnn),
+        out.path(),
+        &slide,
+    )
+    .assert()
+    .success();
     let dir = out.path().join("gigapixel");
     let s = summary(&dir);
     let classified = s["patches"]["classified"].as_u64().unwrap() as usize;
