@@ -19,6 +19,8 @@ pub enum Error {
     Model { path: PathBuf, msg: String },
     #[error("{}: {msg}", path.display())]
     Output { path: PathBuf, msg: String },
+    #[error("{}: {msg}", path.display())]
+    Dataset { path: PathBuf, msg: String },
     #[error("{0}")]
     Usage(String),
     #[error("inference failed: {0}")]

@@ -18,11 +18,14 @@
 //! [`pipeline`] loads the declarative pipeline files; [`geom`] holds the coordinate
 //! types; [`progress`] is the only way the library talks to a user.
 
+pub mod augment;
+pub mod dataset;
 pub mod error;
 pub mod geom;
 pub mod grid;
 pub mod heatmap;
 pub mod mask;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod pipeline;
@@ -32,6 +35,7 @@ pub mod regions;
 pub mod run;
 pub mod sink;
 pub mod slide;
+pub mod split;
 pub mod stream;
 
 pub use error::{Error, Result};

@@ -1,0 +1,281 @@
+//! Tile datasets. In: a folder or a CSV, and the pipeline's class names. Out: a
+//! [`Dataset`] of labelled tile paths with the group (source slide or patient) each
+//! came from, so splits can keep a group on one side.
+//!
+//! Layouts, detected in this order:
+//! - a manifest CSV `path,label[,group][,split]` (paths relative to the CSV; extra
+//!   columns ignored), which covers `../shared/data/pcam/labels.csv`;
+//! - Kaggle/PCam style: `DIR/train_labels.csv` (`id,label`) with tiles `DIR/train/<id>.tif`;
+//! - class folders, Kather style: `DIR/01_TUMOR/*.tif`; a numeric prefix orders the
+//!   folders and is dropped from the name. The group is the patient token in Kather
+//!   file names (`CRC-Prim-HE-07` in `…_CRC-Prim-HE-07_022.tif_Row_…`), else the file.
+//!
+//! Labels are matched to the pipeline's classes by name (case-insensitive, numeric
+//! prefix dropped) or, when all are integers, by index.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+const TILE_EXTENSIONS: &[&str] = &["tif", "tiff", "png", "jpg", "jpeg"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub path: PathBuf,
+    pub label: usize,
+    /// Source slide or patient; tiles of one group never straddle a split.
+    pub group: String,
+    /// Split given by the data (`train`, `valid`, `test`), if any.
+    pub split: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub source: PathBuf,
+    pub classes: Vec<String>,
+    pub samples: Vec<Sample>,
+}
+
+/// A class folder's display name: `01_TUMOR` → `TUMOR`.
+pub fn display_name(folder: &str) -> &str {
+    let digits = folder.chars().take_while(char::is_ascii_digit).count();
+    match folder[digits..].strip_prefix(['_', '-', ' ']) {
+        Some(rest) if digits > 0 && !rest.is_empty() => rest,
+        _ => folder,
+    }
+}
+
+/// The patient token of a Kather 2016 tile name, e.g. `CRC-Prim-HE-07`.
+pub fn kather_patient(file_name: &str) -> Option<String> {
+    let start = file_name.find("CRC-Prim-HE-")?;
+    let rest = &file_name[start + "CRC-Prim-HE-".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    (!digits.is_empty()).then(|| format!("CRC-Prim-HE-{digits}"))
+}
+
+impl Dataset {
+    pub fn load(source: &Path, classes: &[String]) -> Result<Self> {
+        let samples = if source.is_file() {
+            manifest(source, classes)?
+        } else if source.join("train_labels.csv").is_file() {
+            kaggle(source, classes)?
+        } else if source.is_dir() {
+            class_folders(source, classes)?
+        } else {
+            return Err(Error::io(source, std::io::ErrorKind::NotFound.into()));
+        };
+        if samples.is_empty() {
+            return Err(Error::Dataset {
+                path: source.to_path_buf(),
+                msg: "no tiles found".into(),
+            });
+        }
+        Ok(Self {
+            source: source.to_path_buf(),
+            classes: classes.to_vec(),
+            samples,
+        })
+    }
+
+    /// SHA-256 of every file, in sample order.
+    pub fn hashes(&self) -> Result<Vec<[u8; 32]>> {
+        self.samples
+            .par_iter()
+            .map(|s| {
+                let bytes = std::fs::read(&s.path).map_err(|e| Error::io(&s.path, e))?;
+                Ok(Sha256::digest(&bytes).into())
+            })
+            .collect()
+    }
+
+    /// Per class, how many samples.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        for s in &self.samples {
+            counts[s.label] += 1;
+        }
+        counts
+    }
+}
+
+/// Groups of sample indices with identical bytes (only groups of two or more).
+pub fn duplicates(hashes: &[[u8; 32]]) -> Vec<Vec<usize>> {
+    let mut by_hash: HashMap<&[u8; 32], Vec<usize>> = HashMap::new();
+    for (i, h) in hashes.iter().enumerate() {
+        by_hash.entry(h).or_default().push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = by_hash.into_values().filter(|v| v.len() > 1).collect();
+    groups.sort();
+    groups
+}
+
+fn class_index(label: &str, classes: &[String], path: &Path) -> Result<usize> {
+    let name = display_name(label.trim());
+    if let Some(i) = classes.iter().position(|c| c.eq_ignore_ascii_case(name)) {
+        return Ok(i);
+    }
+    match label.trim().parse::<usize>() {
+        Ok(i) if i < classes.len() => Ok(i),
+        _ => Err(Error::Dataset {
+            path: path.to_path_buf(),
+            msg: format!("label {label:?} is none of the pipeline's classes {classes:?}"),
+        }),
+    }
+}
+
+fn is_tile(p: &Path) -> bool {
+    p.is_file()
+        && p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| TILE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn class_folders(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for folder in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
+        let name = folder
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let label = class_index(&name, classes, &folder)?;
+        for path in sorted_entries(&folder)?.into_iter().filter(|p| is_tile(p)) {
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let group = kather_patient(&file).unwrap_or_else(|| file.clone());
+            samples.push(Sample {
+                path,
+                label,
+                group,
+                split: None,
+            });
+        }
+    }
+    Ok(samples)
+}
+
+fn kaggle(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+    let csv_path = dir.join("train_labels.csv");
+    let rows = read_csv(&csv_path)?;
+    let (id, label) = (
+        column(&rows, "id", &csv_path)?,
+        column(&rows, "label", &csv_path)?,
+    );
+    rows.records
+        .iter()
+        .map(|r| {
+            let stem = &r[id];
+            let path = TILE_EXTENSIONS
+                .iter()
+                .map(|e| dir.join("train").join(format!("{stem}.{e}")))
+                .find(|p| p.is_file())
+                .ok_or_else(|| Error::Dataset {
+                    path: csv_path.clone(),
+                    msg: format!("no tile train/{stem}.tif for id {stem:?}"),
+                })?;
+            Ok(Sample {
+                path,
+                label: class_index(&r[label], classes, &csv_path)?,
+                group: stem.clone(),
+                split: None,
+            })
+        })
+        .collect()
+}
+
+fn manifest(csv_path: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+    let rows = read_csv(csv_path)?;
+    let base = csv_path.parent().unwrap_or(Path::new("."));
+    let path = column(&rows, "path", csv_path)?;
+    let label = column(&rows, "label", csv_path)?;
+    let group = rows.headers.iter().position(|h| h == "group");
+    let split = rows.headers.iter().position(|h| h == "split");
+    rows.records
+        .iter()
+        .map(|r| {
+            Ok(Sample {
+                path: base.join(&r[path]),
+                label: class_index(&r[label], classes, csv_path)?,
+                group: group.map_or_else(|| r[path].clone(), |g| r[g].clone()),
+                split: split.map(|s| r[s].clone()).filter(|s| !s.is_empty()),
+            })
+        })
+        .collect()
+}
+
+struct Rows {
+    headers: Vec<String>,
+    records: Vec<Vec<String>>,
+}
+
+fn read_csv(path: &Path) -> Result<Rows> {
+    let bad = |e: csv::Error| Error::Dataset {
+        path: path.to_path_buf(),
+        msg: format!("invalid CSV: {e}"),
+    };
+    let mut reader = csv::Reader::from_path(path).map_err(bad)?;
+    let headers = reader
+        .headers()
+        .map_err(bad)?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    let records = reader
+        .records()
+        .map(|r| {
+            r.map(|r| r.iter().map(str::to_string).collect())
+                .map_err(bad)
+        })
+        .collect::<Result<_>>()?;
+    Ok(Rows { headers, records })
+}
+
+fn column(rows: &Rows, name: &str, path: &Path) -> Result<usize> {
+    rows.headers
+        .iter()
+        .position(|h| h == name)
+        .ok_or_else(|| Error::Dataset {
+            path: path.to_path_buf(),
+            msg: format!("no `{name}` column (columns: {:?})", rows.headers),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_groups() {
+        assert_eq!(display_name("01_TUMOR"), "TUMOR");
+        assert_eq!(display_name("TUMOR"), "TUMOR");
+        assert_eq!(display_name("2019"), "2019");
+        assert_eq!(
+            kather_patient("10009_CRC-Prim-HE-07_022.tif_Row_301_Col_151.tif").as_deref(),
+            Some("CRC-Prim-HE-07")
+        );
+        assert_eq!(kather_patient("patch0001.jpg"), None);
+    }
+
+    #[test]
+    fn duplicates_are_grouped() {
+        let h = |b: u8| [b; 32];
+        assert_eq!(
+            duplicates(&[h(1), h(2), h(1), h(3), h(2), h(1)]),
+            vec![vec![0, 2, 5], vec![1, 4]]
+        );
+    }
+}

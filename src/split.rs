@@ -1,0 +1,127 @@
+//! Splits grouped by source. In: samples with labels, groups and file hashes. Out: a
+//! fold per sample such that no group (slide or patient), and no pair of byte-identical
+//! files, sits in two folds; class proportions are kept as even as the groups allow.
+//! Reproducible from a seed.
+
+use std::collections::HashMap;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::dataset::{duplicates, Sample};
+
+/// Assigns each sample to one of `k` folds.
+pub fn grouped_folds(
+    samples: &[Sample],
+    hashes: &[[u8; 32]],
+    classes: usize,
+    k: usize,
+    seed: u64,
+) -> Vec<usize> {
+    let k = k.max(2);
+    // Group ids, with groups that share a file merged (union-find).
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let sample_group: Vec<usize> = samples
+        .iter()
+        .map(|s| {
+            let n = ids.len();
+            *ids.entry(s.group.as_str()).or_insert(n)
+        })
+        .collect();
+    let mut parent: Vec<usize> = (0..ids.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for dup in duplicates(hashes) {
+        let first = root(&mut parent, sample_group[dup[0]]);
+        for &i in &dup[1..] {
+            let r = root(&mut parent, sample_group[i]);
+            parent[r] = first;
+        }
+    }
+    let merged: Vec<usize> = sample_group.iter().map(|&g| root(&mut parent, g)).collect();
+
+    // Class counts per merged group.
+    let mut counts: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (s, &g) in samples.iter().zip(&merged) {
+        counts.entry(g).or_insert_with(|| vec![0; classes])[s.label] += 1;
+    }
+    let mut groups: Vec<usize> = counts.keys().copied().collect();
+    groups.sort_unstable();
+    groups.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    groups.sort_by_key(|g| std::cmp::Reverse(counts[g].iter().sum::<usize>()));
+
+    let total: Vec<f64> = (0..classes)
+        .map(|c| samples.iter().filter(|s| s.label == c).count().max(1) as f64)
+        .collect();
+    let mut fold_counts = vec![vec![0usize; classes]; k];
+    let mut fold_of: HashMap<usize, usize> = HashMap::new();
+    for g in groups {
+        let gc = &counts[&g];
+        // The fold where adding this group leaves class shares most even.
+        let cost = |f: usize| -> f64 {
+            (0..classes)
+                .map(|c| ((fold_counts[f][c] + gc[c]) as f64 / total[c]).powi(2))
+                .sum()
+        };
+        let best = (0..k)
+            .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+            .expect("k ≥ 2");
+        for c in 0..classes {
+            fold_counts[best][c] += gc[c];
+        }
+        fold_of.insert(g, best);
+    }
+    merged.iter().map(|g| fold_of[g]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(label: usize, group: &str) -> Sample {
+        Sample {
+            path: format!("{group}-{label}").into(),
+            label,
+            group: group.into(),
+            split: None,
+        }
+    }
+
+    #[test]
+    fn groups_and_duplicates_never_straddle_folds() {
+        let mut samples = Vec::new();
+        for p in 0..8 {
+            for i in 0..10 {
+                samples.push(sample(i % 2, &format!("patient{p}")));
+            }
+        }
+        let mut hashes: Vec<[u8; 32]> = (0..samples.len()).map(|i| [i as u8; 32]).collect();
+        // A file of patient 0 is byte-identical to one of patient 5.
+        hashes[55] = hashes[3];
+        let folds = grouped_folds(&samples, &hashes, 2, 4, 7);
+        for p in 0..8 {
+            let f: Vec<usize> = (0..samples.len())
+                .filter(|&i| samples[i].group == format!("patient{p}"))
+                .map(|i| folds[i])
+                .collect();
+            assert!(
+                f.iter().all(|&x| x == f[0]),
+                "patient{p} split across folds"
+            );
+        }
+        assert_eq!(folds[3], folds[55], "duplicates on one side");
+        // Four folds of two patients each (patients 0 and 5 merged count as one unit).
+        let sizes: Vec<usize> = (0..4)
+            .map(|f| folds.iter().filter(|&&x| x == f).count())
+            .collect();
+        assert!(sizes.iter().all(|&s| (10..=30).contains(&s)), "{sizes:?}");
+        // Same seed, same split.
+        assert_eq!(folds, grouped_folds(&samples, &hashes, 2, 4, 7));
+    }
+}
