@@ -138,7 +138,7 @@ fn main() {
                     let (_, stats) = stream::run(
                         s.as_ref(),
                         &plan,
-                        &pipeline.normalization,
+                        &classifier.card.normalization,
                         &rects,
                         model,
                         &opts,

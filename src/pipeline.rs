@@ -26,8 +26,11 @@ pub struct PipelineFile {
     pub tissue: TissueSection,
     /// Which model classifies the patches.
     pub model: ModelSection,
-    /// Per-channel normalisation applied to RGB in [0, 1]; must match the model's card.
-    pub normalization: Normalization,
+    /// Per-channel normalisation applied to RGB in [0, 1]. When set, training uses it and
+    /// a model must have been trained with it; when absent, training measures it on the
+    /// training split and `heatmap` takes it from the model's card.
+    #[serde(default)]
+    pub normalization: Option<Normalization>,
     /// Classes in the model's output order, with display colours.
     pub classes: Vec<ClassSection>,
 }
@@ -81,6 +84,14 @@ pub struct ModelSection {
     pub batch_size: usize,
 }
 
+impl Normalization {
+    /// ImageNet statistics, for models that start from ImageNet conventions.
+    pub const IMAGENET: Normalization = Normalization {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+}
+
 fn default_batch() -> usize {
     32
 }
@@ -123,7 +134,7 @@ pub struct Pipeline {
     pub min_saturation: u8,
     pub model_path: PathBuf,
     pub batch_size: usize,
-    pub normalization: Normalization,
+    pub normalization: Option<Normalization>,
     pub classes: Vec<Class>,
 }
 
@@ -146,6 +157,10 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// Replaces patch size and stride (command-line overrides), with the file's checks.
     pub fn set_patch(&mut self, size: Option<u32>, stride: Option<u32>) -> Result<()> {
         let (size, stride) = (
@@ -195,16 +210,13 @@ impl PipelineFile {
                 self.model.batch_size
             ));
         }
-        if self
-            .normalization
-            .std
-            .iter()
-            .any(|s| !(s.is_finite() && *s > 0.0))
-        {
-            return err(format!(
-                "normalization.std = {:?} (must be positive)",
-                self.normalization.std
-            ));
+        if let Some(n) = &self.normalization {
+            if n.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return err(format!(
+                    "normalization.std = {:?} (must be positive)",
+                    n.std
+                ));
+            }
         }
         if self.classes.len() < 2 {
             return err(format!(

@@ -277,7 +277,7 @@ pub fn process_slide(
     let (probs, stats) = stream::run(
         slide.as_ref(),
         &plan,
-        &p.normalization,
+        &job.classifier.card.normalization,
         &rects,
         Some(&job.classifier),
         &job.stream,

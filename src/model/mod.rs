@@ -74,7 +74,10 @@ impl ModelCard {
             input_size: pipeline.patch_size,
             mpp: pipeline.mpp,
             classes: pipeline.classes.clone(),
-            normalization: pipeline.normalization.clone(),
+            normalization: pipeline
+                .normalization
+                .clone()
+                .unwrap_or(Normalization::IMAGENET),
             trained,
             provenance,
             metrics: BTreeMap::new(),
@@ -106,12 +109,14 @@ impl ModelCard {
             ));
         }
         let close = |a: &[f32; 3], b: &[f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
-        let (m, p) = (&self.normalization, &pipeline.normalization);
-        if !close(&m.mean, &p.mean) || !close(&m.std, &p.std) {
-            return fail(format!(
-                "model normalisation (mean {:?}, std {:?}) differs from the pipeline's (mean {:?}, std {:?})",
-                m.mean, m.std, p.mean, p.std
-            ));
+        if let Some(p) = &pipeline.normalization {
+            let m = &self.normalization;
+            if !close(&m.mean, &p.mean) || !close(&m.std, &p.std) {
+                return fail(format!(
+                    "model normalisation (mean {:?}, std {:?}) differs from the pipeline's (mean {:?}, std {:?})",
+                    m.mean, m.std, p.mean, p.std
+                ));
+            }
         }
         Ok(())
     }
