@@ -125,6 +125,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // matrix indices read clearer here
     fn hed_round_trip_without_jitter_keeps_colours() {
         let inv = invert(&RGB_FROM_HED);
         let mut img = RgbImage::from_fn(4, 4, |x, y| Rgb([200 - x as u8 * 10, 120 + y as u8, 180]));

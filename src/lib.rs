@@ -21,6 +21,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod error;
+pub mod evaluate;
 pub mod geom;
 pub mod grid;
 pub mod heatmap;
@@ -37,6 +38,7 @@ pub mod sink;
 pub mod slide;
 pub mod split;
 pub mod stream;
+pub mod train;
 
 pub use error::{Error, Result};
 

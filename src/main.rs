@@ -6,12 +6,16 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use histomap::augment::Augment;
+use histomap::dataset::Dataset;
+use histomap::evaluate::EvalOptions;
 use histomap::model::{self, Architecture, Classifier, DeviceChoice, ModelCard};
 use histomap::pipeline::Pipeline;
-use histomap::progress::Bars;
+use histomap::progress::{Bars, TrainBars};
 use histomap::run::{self, Job, Outcome};
 use histomap::slide;
 use histomap::stream::StreamOptions;
+use histomap::train::TrainOptions;
 
 /// Streamed whole-slide tissue maps: slide → patches → CNN → per-class heatmaps,
 /// overlay PNG, QuPath GeoJSON, CSV.
@@ -37,6 +41,48 @@ enum Command {
     /// into OUT/<slide name>/. Finished slides are skipped on reruns; a failed slide
     /// is reported and the others go on (exit code 1 if any failed).
     Heatmap(HeatmapArgs),
+    /// Write a grouped, class-stratified K-fold split of a tile dataset (CSV with
+    /// path, label, group, fold). Tiles of one group (patient or slide) and
+    /// byte-identical tiles always share a fold. Reproducible from --seed.
+    Split {
+        /// Class folders, a Kaggle folder (train/ + train_labels.csv) or a manifest CSV.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, short)]
+        pipeline: PathBuf,
+        /// CSV file to write.
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train a patch classifier into a model folder (model.safetensors + card.json of
+    /// the best validation epoch, training.csv, checkpoint). Validation: fold --fold of
+    /// --split, else the data's own train/valid split, else grouped folds of the data.
+    Train(TrainArgs),
+    /// Evaluate a model on tiles: metrics.json (accuracy, balanced accuracy, macro F1,
+    /// ROC AUC, per class, confusion matrix) and predictions.csv. Byte-identical tiles
+    /// are counted once.
+    Evaluate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Only tiles of this data-given split (e.g. valid).
+        #[arg(long)]
+        split: Option<String>,
+        /// Test-time augmentation: d4 averages the 8 dihedral orientations.
+        #[arg(long, value_enum, default_value = "none")]
+        tta: Tta,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Write a model with RANDOM, UNTRAINED weights for a pipeline's classes. For
     /// testing the plumbing only: its maps mean nothing, and its card says so.
     InitModel {
@@ -93,6 +139,64 @@ struct HeatmapArgs {
     quiet: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Tta {
+    None,
+    D4,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Class folders, a Kaggle folder (train/ + train_labels.csv) or a manifest CSV.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, short)]
+    pipeline: PathBuf,
+    /// Model folder to write.
+    #[arg(long, short)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "smallcnn")]
+    arch: Architecture,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW; one warm-up epoch, then cosine decay).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Stop after this many epochs without a better validation metric.
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from the checkpoint in --out (same result as an uninterrupted run).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many epochs in this run, leaving the checkpoint for --resume.
+    #[arg(long)]
+    epochs_per_run: Option<usize>,
+    /// A split CSV from `histomap split`; fold --fold validates.
+    #[arg(long)]
+    split: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    fold: usize,
+    /// Folds when the split is made here (no --split, no split column in the data).
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// No augmentation (by default: D4, HED stain jitter 0.05, zoom up to 1.15×).
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// Loader threads; default: all cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
 fn main() -> ExitCode {
     histomap::tune_allocator();
     let cli = Cli::parse();
@@ -109,6 +213,93 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Info { slides, json } => info(&slides, json),
         Command::Heatmap(args) => heatmap(args),
+        Command::Split {
+            data,
+            pipeline,
+            out,
+            folds,
+            seed,
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let dataset = Dataset::load(&data, &pipeline.class_names())?;
+            let hashes = dataset.hashes()?;
+            let dups = histomap::dataset::duplicates(&hashes);
+            if !dups.is_empty() {
+                eprintln!(
+                    "histomap: {} group(s) of byte-identical tiles ({} extra files) kept on one side",
+                    dups.len(),
+                    dups.iter().map(|g| g.len() - 1).sum::<usize>()
+                );
+            }
+            let fold = histomap::split::grouped_folds(
+                &dataset.samples,
+                &hashes,
+                dataset.classes.len(),
+                folds,
+                seed,
+            );
+            let mut w = csv::Writer::from_path(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            for (s, f) in dataset.samples.iter().zip(fold) {
+                w.serialize(histomap::train::SplitRow {
+                    path: s.path.clone(),
+                    label: dataset.classes[s.label].clone(),
+                    group: s.group.clone(),
+                    fold: f,
+                })?;
+            }
+            w.flush()?;
+            eprintln!(
+                "wrote {} tiles in {folds} folds to {}",
+                dataset.samples.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) => train(args),
+        Command::Evaluate {
+            model,
+            data,
+            out,
+            split,
+            tta,
+            batch_size,
+            device,
+        } => {
+            let opts = EvalOptions {
+                split,
+                tta: tta == Tta::D4,
+                batch_size,
+                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
+            let e = histomap::evaluate::evaluate(&model, &data, &out, &opts, &device.device()?)?;
+            let m = &e.metrics;
+            println!(
+                "{} tiles ({} duplicates dropped){}",
+                m.n,
+                e.duplicates_dropped,
+                if e.tta { ", D4 TTA" } else { "" }
+            );
+            println!("accuracy           {:.4}", m.accuracy);
+            println!("balanced accuracy  {:.4}", m.balanced_accuracy);
+            println!("macro F1           {:.4}", m.macro_f1);
+            println!(
+                "ROC AUC            {}",
+                m.roc_auc.map_or("n/a".into(), |a| format!("{a:.4}"))
+            );
+            println!(
+                "{:<12} {:>9} {:>9} {:>9} {:>8}",
+                "class", "precision", "recall", "f1", "support"
+            );
+            for c in &m.per_class {
+                println!(
+                    "{:<12} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+                    c.name, c.precision, c.recall, c.f1, c.support
+                );
+            }
+            println!("wrote {}", out.join("metrics.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::InitModel {
             pipeline,
             arch,
@@ -126,6 +317,68 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let pipeline = Pipeline::load(&a.pipeline)?;
+    let dataset = Dataset::load(&a.data, &pipeline.class_names())?;
+    let split =
+        histomap::train::split_dataset(&dataset, a.split.as_deref(), a.fold, a.folds, a.seed)?;
+    eprintln!(
+        "training on {} tiles, validating on {}",
+        split.train.len(),
+        split.val.len()
+    );
+    let opts = TrainOptions {
+        arch: a.arch,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        patience: a.patience,
+        seed: a.seed,
+        augment: if a.no_augment {
+            Augment::NONE
+        } else {
+            Augment {
+                d4: true,
+                hed: 0.05,
+                scale: 0.15,
+            }
+        },
+        threads,
+    };
+    let bars = TrainBars::new(a.quiet);
+    let report = histomap::train::train(
+        &pipeline,
+        &split,
+        &a.out,
+        &opts,
+        histomap::train::Resume {
+            resume: a.resume,
+            epochs_this_run: a.epochs_per_run,
+        },
+        &a.device.device()?,
+        &bars,
+    )?;
+    match (report.best_epoch, report.best_metric) {
+        (Some(e), Some(m)) => eprintln!(
+            "{} after {} epoch(s); best validation metric {m:.4} at epoch {e}; model in {}",
+            if report.finished {
+                "finished"
+            } else {
+                "paused (resume with --resume)"
+            },
+            report.epochs_done,
+            report.model_dir.display()
+        ),
+        _ => eprintln!("no epoch completed"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn info(paths: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {

@@ -86,3 +86,66 @@ impl Drop for Bars {
         self.slides.finish_and_clear();
     }
 }
+
+/// A bar per epoch with the running loss, and one line per finished epoch.
+pub struct TrainBars {
+    bar: ProgressBar,
+    tty: bool,
+    loss: std::sync::Mutex<(f64, usize)>,
+}
+
+impl TrainBars {
+    pub fn new(quiet: bool) -> Self {
+        let tty = std::io::stderr().is_terminal() && !quiet;
+        let bar = ProgressBar::with_draw_target(
+            Some(0),
+            if tty {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::hidden()
+            },
+        );
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} {msg}")
+                .expect("valid template"),
+        );
+        Self {
+            bar,
+            tty,
+            loss: std::sync::Mutex::new((0.0, 0)),
+        }
+    }
+}
+
+impl crate::train::TrainProgress for TrainBars {
+    fn epoch_started(&self, epoch: usize, batches: usize) {
+        self.bar.reset();
+        self.bar.set_length(batches as u64);
+        self.bar.set_prefix(epoch.to_string());
+        *self.loss.lock().expect("loss lock") = (0.0, 0);
+    }
+
+    fn batch_done(&self, loss: f32) {
+        let mut l = self.loss.lock().expect("loss lock");
+        l.0 += f64::from(loss);
+        l.1 += 1;
+        self.bar
+            .set_message(format!("loss {:.4}", l.0 / l.1 as f64));
+        self.bar.inc(1);
+    }
+
+    fn epoch_done(&self, r: &crate::train::EpochRow) {
+        let auc = r
+            .val_roc_auc
+            .map_or(String::new(), |a| format!("  val AUC {a:.4}"));
+        let line = format!(
+            "epoch {:>3}  loss {:.4}  val loss {:.4}  val acc {:.4}  val bal-acc {:.4}{auc}  {:.0} s",
+            r.epoch, r.train_loss, r.val_loss, r.val_accuracy, r.val_balanced_accuracy, r.seconds
+        );
+        if self.tty {
+            self.bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}

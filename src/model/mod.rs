@@ -57,6 +57,9 @@ pub struct ModelCard {
     /// Validation metrics of a trained model.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// How a trained model was trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<crate::train::TrainingRecord>,
     pub histomap_version: String,
 }
 
@@ -81,6 +84,7 @@ impl ModelCard {
             trained,
             provenance,
             metrics: BTreeMap::new(),
+            training: None,
             histomap_version: env!("CARGO_PKG_VERSION").into(),
         }
     }

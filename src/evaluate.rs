@@ -1,0 +1,128 @@
+//! Evaluation. In: a model folder and a tile dataset. Out: `metrics.json` and a per-tile
+//! `predictions.csv`. Byte-identical tiles are counted once (the first), so duplicates
+//! cannot inflate a figure; `tta` averages the 8 dihedral orientations.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::dataset::{duplicates, Dataset};
+use crate::error::{Error, Result};
+use crate::metrics::{self, Metrics};
+use crate::model::Classifier;
+use crate::output::write_atomic;
+use crate::preprocess::Normalizer;
+use crate::train::predict_tiles;
+
+pub struct EvalOptions {
+    /// Only tiles whose data-given split is this (e.g. `valid`).
+    pub split: Option<String>,
+    pub tta: bool,
+    pub batch_size: usize,
+    pub threads: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Evaluation {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub split: Option<String>,
+    pub tta: bool,
+    pub duplicates_dropped: usize,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+pub fn evaluate(
+    model_dir: &Path,
+    data: &Path,
+    out: &Path,
+    opts: &EvalOptions,
+    device: &Device,
+) -> Result<Evaluation> {
+    let model = Classifier::load(model_dir, device)?;
+    let classes: Vec<String> = model.card.classes.iter().map(|c| c.name.clone()).collect();
+    let mut dataset = Dataset::load(data, &classes)?;
+    if let Some(split) = &opts.split {
+        dataset
+            .samples
+            .retain(|s| s.split.as_deref() == Some(split.as_str()));
+        if dataset.samples.is_empty() {
+            return Err(Error::Dataset {
+                path: data.to_path_buf(),
+                msg: format!("no tiles in split {split:?}"),
+            });
+        }
+    }
+    let hashes = dataset.hashes()?;
+    let mut drop = vec![false; dataset.samples.len()];
+    let mut dropped = 0;
+    for group in duplicates(&hashes) {
+        for &i in &group[1..] {
+            drop[i] = true;
+            dropped += 1;
+        }
+    }
+    let samples: Vec<_> = dataset
+        .samples
+        .iter()
+        .zip(&drop)
+        .filter(|(_, &d)| !d)
+        .map(|(s, _)| s.clone())
+        .collect();
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start loader threads: {e}")))?;
+    let normalizer = Normalizer::new(&model.card.normalization);
+    let probs = predict_tiles(
+        &pool,
+        &samples,
+        model.card.input_size,
+        &normalizer,
+        opts.batch_size,
+        &|x| model.logits(x),
+        opts.tta,
+    )?;
+    let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
+    let metrics = metrics::compute(&labels, &probs, &classes);
+
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let k = classes.len();
+    let mut csv = format!(
+        "path,label,predicted,{}\n",
+        classes
+            .iter()
+            .map(|c| format!("prob_{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for (i, s) in samples.iter().enumerate() {
+        let p = &probs[i * k..(i + 1) * k];
+        let pred = crate::heatmap::argmax(p).0;
+        let probs: Vec<String> = p.iter().map(|v| format!("{v:.6}")).collect();
+        csv.push_str(&format!(
+            "{},{},{},{}\n",
+            s.path.display(),
+            classes[s.label],
+            classes[pred],
+            probs.join(",")
+        ));
+    }
+    write_atomic(&out.join("predictions.csv"), csv.as_bytes())?;
+    let eval = Evaluation {
+        model: model_dir.to_path_buf(),
+        data: data.to_path_buf(),
+        split: opts.split.clone(),
+        tta: opts.tta,
+        duplicates_dropped: dropped,
+        metrics,
+    };
+    write_atomic(
+        &out.join("metrics.json"),
+        &serde_json::to_vec_pretty(&eval).expect("metrics serialise"),
+    )?;
+    Ok(eval)
+}

@@ -1,0 +1,867 @@
+//! Training and tile prediction. In: a dataset split into train and validation, a
+//! pipeline and options. Out: a model folder (`model.safetensors` + `card.json` of the
+//! best epoch), `training.csv`, and a checkpoint that `--resume` continues from.
+//!
+//! The loader has the stream's shape: rayon workers decode, augment and preprocess a
+//! batch while the trainer runs the previous one, through a bounded channel. Data order
+//! and augmentation are seeded per (epoch, sample), weights are initialised from the
+//! seed, and the checkpoint holds weights, BatchNorm statistics and AdamW moments, so a
+//! resumed run gives the same result as an uninterrupted one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Augment;
+use crate::dataset::{Dataset, Sample};
+use crate::error::{Error, Result};
+use crate::metrics::{self, Metrics};
+use crate::model::{Architecture, ModelCard, Network, CARD_FILE, WEIGHTS_FILE};
+use crate::output::write_atomic;
+use crate::pipeline::{Normalization, Pipeline};
+use crate::preprocess::Normalizer;
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const STATE: &str = "checkpoint.json";
+const HISTORY: &str = "training.csv";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub arch: Architecture,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate, reached after one warm-up epoch, then cosine decay to zero.
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Stop when the validation metric has not improved for this many epochs.
+    pub patience: usize,
+    pub seed: u64,
+    pub augment: Augment,
+    /// Loader threads.
+    pub threads: usize,
+}
+
+/// What the caller sees while training runs.
+pub trait TrainProgress: Sync {
+    fn epoch_started(&self, _epoch: usize, _batches: usize) {}
+    fn batch_done(&self, _loss: f32) {}
+    fn epoch_done(&self, _row: &EpochRow) {}
+}
+
+pub struct Quiet;
+impl TrainProgress for Quiet {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub val_balanced_accuracy: f64,
+    pub val_roc_auc: Option<f64>,
+    pub seconds: f64,
+}
+
+impl EpochRow {
+    /// The validation figure that selects the best epoch: ROC AUC for two classes,
+    /// balanced accuracy otherwise.
+    pub fn selection(&self) -> f64 {
+        self.val_roc_auc
+            .filter(|_| self.binary())
+            .unwrap_or(self.val_balanced_accuracy)
+    }
+
+    fn binary(&self) -> bool {
+        self.val_roc_auc.is_some() && self.val_balanced_accuracy.is_finite()
+    }
+}
+
+/// Train and validation samples.
+pub struct Split {
+    pub train: Vec<Sample>,
+    pub val: Vec<Sample>,
+}
+
+/// Resumable state, written after every epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    options: TrainOptions,
+    normalization: Normalization,
+    epochs_done: usize,
+    step: usize,
+    best: Option<(usize, f64)>,
+    history: Vec<EpochRow>,
+    train_files: usize,
+    val_files: usize,
+    split_sha256: String,
+}
+
+/// How a training run ended.
+#[derive(Debug)]
+pub struct TrainReport {
+    pub epochs_done: usize,
+    pub best_epoch: Option<usize>,
+    pub best_metric: Option<f64>,
+    pub finished: bool,
+    pub model_dir: PathBuf,
+}
+
+/// How this run relates to earlier ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resume {
+    /// Continue from the checkpoint in the output folder.
+    pub resume: bool,
+    /// Stop after this many epochs (the checkpoint stays for the next run).
+    pub epochs_this_run: Option<usize>,
+}
+
+/// Trains into `out`.
+pub fn train(
+    pipeline: &Pipeline,
+    split: &Split,
+    out: &Path,
+    opts: &TrainOptions,
+    run: Resume,
+    device: &Device,
+    progress: &dyn TrainProgress,
+) -> Result<TrainReport> {
+    let Resume {
+        resume,
+        epochs_this_run,
+    } = run;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let k = pipeline.classes.len();
+    if split.train.is_empty() || split.val.is_empty() {
+        return Err(Error::Usage(format!(
+            "training needs tiles on both sides of the split ({} train, {} validation)",
+            split.train.len(),
+            split.val.len()
+        )));
+    }
+    let varmap = VarMap::new();
+    let net = Network::new(
+        opts.arch,
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+        k,
+    )?;
+    let state_path = out.join(STATE);
+    let mut opt;
+    let mut state = if state_path.is_file() {
+        if !resume {
+            return Err(Error::Usage(format!(
+                "{} holds a checkpoint: pass --resume to continue it, or choose another --out",
+                out.display()
+            )));
+        }
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let state: State = serde_json::from_str(&text).map_err(|e| Error::model(&state_path, e))?;
+        opt = AdamW::new(&varmap, state.options.weight_decay)?;
+        load_checkpoint(&out.join(CHECKPOINT), &varmap, &mut opt, device)?;
+        opt.t = state.step;
+        state
+    } else {
+        init_weights(&varmap, opts.seed)?;
+        opt = AdamW::new(&varmap, opts.weight_decay)?;
+        let normalization = match &pipeline.normalization {
+            Some(n) => n.clone(),
+            None => measure_normalization(&split.train, pipeline.patch_size, opts.seed)?,
+        };
+        State {
+            options: opts.clone(),
+            normalization,
+            epochs_done: 0,
+            step: 0,
+            best: None,
+            history: Vec::new(),
+            train_files: split.train.len(),
+            val_files: split.val.len(),
+            split_sha256: split.sha256(),
+        }
+    };
+    let opts = state.options.clone();
+    let normalizer = Normalizer::new(&state.normalization);
+    let size = pipeline.patch_size;
+    let counts = class_counts(&split.train, k);
+    // Class-balanced loss: each class weighs as much in total.
+    let class_w: Vec<f32> = counts
+        .iter()
+        .map(|&c| split.train.len() as f32 / (k as f32 * c.max(1) as f32))
+        .collect();
+    let class_w = Tensor::new(class_w, device)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start loader threads: {e}")))?;
+    let batches_per_epoch = split.train.len() / opts.batch_size.max(2);
+    let batches_per_epoch = batches_per_epoch.max(1);
+    let total_steps = batches_per_epoch * opts.epochs;
+    let warmup = batches_per_epoch;
+    let class_names: Vec<String> = pipeline.class_names();
+
+    let mut ran = 0;
+    while state.epochs_done < opts.epochs && epochs_this_run.is_none_or(|n| ran < n) {
+        let epoch = state.epochs_done;
+        let t = Instant::now();
+        let mut order: Vec<usize> = (0..split.train.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+            opts.seed,
+            epoch as u64,
+            u64::MAX,
+        )));
+        let batch = opts.batch_size.max(2).min(order.len());
+        let batches: Vec<&[usize]> = order.chunks_exact(batch).take(batches_per_epoch).collect();
+        progress.epoch_started(epoch + 1, batches.len());
+        let mut loss_sum = 0f64;
+        let mut lr = 0f64;
+        stream_batches(
+            &pool,
+            batches.len(),
+            |b| {
+                let samples: Vec<&Sample> = batches[b].iter().map(|&i| &split.train[i]).collect();
+                let aug = |i: usize, img: image::RgbImage| {
+                    opts.augment
+                        .apply(&img, mix(opts.seed, epoch as u64, batches[b][i] as u64))
+                };
+                load_batch(&samples, size, &normalizer, &aug)
+            },
+            |(pixels, labels)| {
+                let n = labels.len();
+                let x = Tensor::from_vec(pixels, (n, 3, size as usize, size as usize), device)?;
+                let y = Tensor::new(labels, device)?;
+                let logits = net.forward_t(&x, true)?;
+                let loss = weighted_cross_entropy(&logits, &y, &class_w)?;
+                lr = schedule(opts.lr, state.step, warmup, total_steps);
+                let grads = loss.backward()?;
+                opt.step(&grads, lr)?;
+                state.step += 1;
+                let l = loss.to_scalar::<f32>()?;
+                loss_sum += f64::from(l);
+                progress.batch_done(l);
+                Ok(())
+            },
+        )?;
+
+        let probs = predict_tiles(
+            &pool,
+            &split.val,
+            size,
+            &normalizer,
+            64,
+            &|x| Ok(net.forward_t(x, false)?),
+            false,
+        )?;
+        let labels: Vec<usize> = split.val.iter().map(|s| s.label).collect();
+        let m = metrics::compute(&labels, &probs, &class_names);
+        let row = EpochRow {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / batches.len().max(1) as f64,
+            val_loss: mean_nll(&labels, &probs, k),
+            val_accuracy: m.accuracy,
+            val_balanced_accuracy: m.balanced_accuracy,
+            val_roc_auc: if k == 2 { m.roc_auc } else { None },
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        let score = if k == 2 {
+            m.roc_auc.unwrap_or(0.0)
+        } else {
+            m.accuracy
+        };
+        if state.best.is_none_or(|(_, b)| score > b) {
+            state.best = Some((epoch + 1, score));
+            save_model(out, &varmap, pipeline, &state, &m, &split.train)?;
+        }
+        state.epochs_done = epoch + 1;
+        state.history.push(row.clone());
+        save_checkpoint(out, &varmap, &opt, &state)?;
+        progress.epoch_done(&row);
+        ran += 1;
+        if let Some((best_epoch, _)) = state.best {
+            if state.epochs_done - best_epoch >= opts.patience.max(1) {
+                break;
+            }
+        }
+    }
+    let stopped_early = state
+        .best
+        .is_some_and(|(b, _)| state.epochs_done - b >= opts.patience.max(1));
+    Ok(TrainReport {
+        epochs_done: state.epochs_done,
+        best_epoch: state.best.map(|b| b.0),
+        best_metric: state.best.map(|b| b.1),
+        finished: state.epochs_done >= opts.epochs || stopped_early,
+        model_dir: out.to_path_buf(),
+    })
+}
+
+/// Mixes a seed with an epoch and a sample index into a per-sample seed.
+fn mix(seed: u64, epoch: u64, index: u64) -> u64 {
+    let mut z = seed
+        ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Linear warm-up, then cosine decay to zero.
+fn schedule(peak: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    peak * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+fn weighted_cross_entropy(logits: &Tensor, y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let wy = w.index_select(y, 0)?;
+    (picked * &wy)?
+        .sum_all()?
+        .neg()?
+        .broadcast_div(&wy.sum_all()?)
+}
+
+fn mean_nll(labels: &[usize], probs: &[f32], k: usize) -> f64 {
+    let total: f64 = labels
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| -f64::from(probs[i * k + y].max(1e-7)).ln())
+        .sum();
+    total / labels.len().max(1) as f64
+}
+
+fn class_counts(samples: &[Sample], k: usize) -> Vec<usize> {
+    let mut c = vec![0; k];
+    for s in samples {
+        c[s.label] += 1;
+    }
+    c
+}
+
+/// Decodes a tile as RGB, naming the file when it cannot.
+pub fn read_tile(path: &Path) -> Result<image::RgbImage> {
+    let img = image::open(path).map_err(|e| Error::Dataset {
+        path: path.to_path_buf(),
+        msg: format!("unreadable tile: {e}"),
+    })?;
+    Ok(img.into_rgb8())
+}
+
+/// Decodes, transforms and preprocesses tiles into one batch (pixels, labels).
+fn load_batch(
+    samples: &[&Sample],
+    size: u32,
+    normalizer: &Normalizer,
+    transform: &(dyn Fn(usize, image::RgbImage) -> image::RgbImage + Sync),
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let plane = 3 * (size * size) as usize;
+    let mut pixels = vec![0f32; samples.len() * plane];
+    pixels
+        .par_chunks_mut(plane)
+        .zip(samples.par_iter())
+        .enumerate()
+        .try_for_each(|(i, (out, s))| {
+            let img = transform(i, read_tile(&s.path)?);
+            normalizer.write_chw(&img, size, out);
+            Ok::<_, Error>(())
+        })?;
+    Ok((pixels, samples.iter().map(|s| s.label as u32).collect()))
+}
+
+/// Builds batches on `pool` while `consume` runs the previous one; a bounded channel
+/// keeps at most two batches waiting.
+fn stream_batches<T: Send>(
+    pool: &rayon::ThreadPool,
+    n: usize,
+    make: impl Fn(usize) -> Result<T> + Sync,
+    mut consume: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    let (tx, rx) = crossbeam_channel::bounded::<Result<T>>(2);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for b in 0..n {
+                let batch = pool.install(|| make(b));
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    break;
+                }
+            }
+            drop(tx);
+        });
+        let result = rx.iter().try_for_each(|batch| consume(batch?));
+        // Unblock and drain the producer if we stopped early.
+        drop(rx);
+        result
+    })
+}
+
+/// Class probabilities (row-major) for tiles, through `logits`. With `tta`, each tile's
+/// probabilities average its 8 dihedral orientations.
+pub fn predict_tiles(
+    pool: &rayon::ThreadPool,
+    samples: &[Sample],
+    size: u32,
+    normalizer: &Normalizer,
+    batch: usize,
+    logits: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
+    tta: bool,
+) -> Result<Vec<f32>> {
+    let chunks: Vec<&[Sample]> = samples.chunks(batch.max(1)).collect();
+    let views: Vec<u8> = if tta { (0..8).collect() } else { vec![0] };
+    let mut out = Vec::new();
+    stream_batches(
+        pool,
+        chunks.len() * views.len(),
+        |b| {
+            let (chunk, view) = (chunks[b / views.len()], views[b % views.len()]);
+            let refs: Vec<&Sample> = chunk.iter().collect();
+            load_batch(&refs, size, normalizer, &|_, img| {
+                crate::augment::dihedral(&img, view)
+            })
+        },
+        |(pixels, labels)| {
+            let n = labels.len();
+            let device = Device::Cpu;
+            let x = Tensor::from_vec(pixels, (n, 3, size as usize, size as usize), &device)?;
+            let p = candle_nn::ops::softmax_last_dim(&logits(&x)?)?.to_device(&Device::Cpu)?;
+            out.push(p.flatten_all()?.to_vec1::<f32>()?);
+            Ok(())
+        },
+    )?;
+    // Average the views of each chunk.
+    let v = views.len();
+    let mut probs = Vec::with_capacity(out.iter().map(Vec::len).sum::<usize>() / v);
+    for group in out.chunks(v) {
+        let mut acc = group[0].clone();
+        for other in &group[1..] {
+            acc.iter_mut().zip(other).for_each(|(a, b)| *a += b);
+        }
+        acc.iter_mut().for_each(|a| *a /= v as f32);
+        probs.extend(acc);
+    }
+    Ok(probs)
+}
+
+/// Per-channel mean and standard deviation of up to 1000 training tiles, at model size.
+fn measure_normalization(train: &[Sample], size: u32, seed: u64) -> Result<Normalization> {
+    let mut idx: Vec<usize> = (0..train.len()).collect();
+    idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    idx.truncate(1000);
+    let identity = Normalizer::new(&Normalization {
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    });
+    let sums = idx
+        .par_iter()
+        .map(|&i| {
+            let img = read_tile(&train[i].path)?;
+            let mut px = vec![0f32; 3 * (size * size) as usize];
+            identity.write_chw(&img, size, &mut px);
+            let plane = (size * size) as usize;
+            let mut s = [0f64; 6];
+            for c in 0..3 {
+                for &v in &px[c * plane..(c + 1) * plane] {
+                    s[c] += f64::from(v);
+                    s[3 + c] += f64::from(v) * f64::from(v);
+                }
+            }
+            Ok((s, plane as f64))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n: f64 = sums.iter().map(|x| x.1).sum();
+    let mut mean = [0f32; 3];
+    let mut std = [0f32; 3];
+    for c in 0..3 {
+        let m = sums.iter().map(|x| x.0[c]).sum::<f64>() / n;
+        let sq = sums.iter().map(|x| x.0[3 + c]).sum::<f64>() / n;
+        mean[c] = m as f32;
+        std[c] = ((sq - m * m).max(1e-6)).sqrt() as f32;
+    }
+    Ok(Normalization { mean, std })
+}
+
+/// PyTorch-like initialisation from a seed (candle cannot seed its CPU generator):
+/// convolutions Kaiming-normal (fan-out, ReLU), linear layers and biases uniform in
+/// ±1/√fan-in, BatchNorm weight 1, bias 0, running mean 0, variance 1.
+fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let fan_in_of = |name: &str| -> Option<usize> {
+        let w = data.get(&name.replace(".bias", ".weight"))?;
+        let dims = w.dims();
+        (dims.len() >= 2).then(|| dims[1..].iter().product())
+    };
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = if name.ends_with("running_var") {
+            vec![1.0; n]
+        } else if name.ends_with("running_mean") {
+            vec![0.0; n]
+        } else if dims.len() == 4 {
+            let fan_out = dims[0] * dims[2] * dims[3];
+            let std = (2.0 / fan_out as f64).sqrt();
+            (0..n).map(|_| (normal(&mut rng) * std) as f32).collect()
+        } else if dims.len() == 2 {
+            let bound = 1.0 / (dims[1] as f64).sqrt();
+            (0..n)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect()
+        } else if let Some(fan_in) = name.ends_with(".bias").then(|| fan_in_of(name)).flatten() {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            (0..n)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect()
+        } else if name.ends_with(".weight") {
+            vec![1.0; n]
+        } else {
+            vec![0.0; n]
+        };
+        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+    }
+    Ok(())
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    // Box–Muller.
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// AdamW whose moments are named tensors, so they go into the checkpoint.
+struct AdamW {
+    params: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: usize,
+    weight_decay: f64,
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+impl AdamW {
+    fn new(varmap: &VarMap, weight_decay: f64) -> Result<Self> {
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut params: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let zeros = |v: &Var| v.zeros_like();
+        let m = params
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<_>>()?;
+        let v = params
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            params,
+            m,
+            v,
+            t: 0,
+            weight_decay,
+        })
+    }
+
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.t += 1;
+        let (c1, c2) = (
+            1.0 - BETA1.powi(self.t as i32),
+            1.0 - BETA2.powi(self.t as i32),
+        );
+        for (i, (_, var)) in self.params.iter().enumerate() {
+            // Detached: the moments must not keep this step's autograd graph alive.
+            let Some(g) = grads.get(var).map(Tensor::detach) else {
+                continue;
+            };
+            self.m[i] = ((&self.m[i] * BETA1)? + (&g * (1.0 - BETA1))?)?.detach();
+            self.v[i] = ((&self.v[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?.detach();
+            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + EPS)?)?;
+            // Decay only weight matrices and kernels, not biases or BatchNorm.
+            let decay = if var.rank() >= 2 {
+                1.0 - lr * self.weight_decay
+            } else {
+                1.0
+            };
+            var.set(&((var.as_tensor().detach() * decay)? - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn save_checkpoint(out: &Path, varmap: &VarMap, opt: &AdamW, state: &State) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+        tensors.insert(format!("model.{name}"), var.as_tensor().clone());
+    }
+    for (i, (name, _)) in opt.params.iter().enumerate() {
+        tensors.insert(format!("adam.m.{name}"), opt.m[i].clone());
+        tensors.insert(format!("adam.v.{name}"), opt.v[i].clone());
+    }
+    let path = out.join(CHECKPOINT);
+    let tmp = out.join(format!(".{CHECKPOINT}.tmp"));
+    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::output(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    write_history(out, &state.history)?;
+    // The state names the checkpoint it belongs to, so it is written last.
+    write_atomic(
+        &out.join(STATE),
+        &serde_json::to_vec_pretty(state).expect("state serialises"),
+    )
+}
+
+fn load_checkpoint(path: &Path, varmap: &VarMap, opt: &mut AdamW, device: &Device) -> Result<()> {
+    let tensors =
+        candle_core::safetensors::load(path, device).map_err(|e| Error::model(path, e))?;
+    let get = |key: &str| {
+        tensors
+            .get(key)
+            .ok_or_else(|| Error::model(path, format!("checkpoint lacks {key}")))
+    };
+    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+        var.set(get(&format!("model.{name}"))?)?;
+    }
+    for (i, (name, _)) in opt.params.iter().enumerate() {
+        opt.m[i] = get(&format!("adam.m.{name}"))?.clone();
+        opt.v[i] = get(&format!("adam.v.{name}"))?.clone();
+    }
+    Ok(())
+}
+
+fn write_history(out: &Path, rows: &[EpochRow]) -> Result<()> {
+    let mut csv = String::from(
+        "epoch,lr,train_loss,val_loss,val_accuracy,val_balanced_accuracy,val_roc_auc,seconds\n",
+    );
+    for r in rows {
+        csv.push_str(&format!(
+            "{},{:.6e},{:.5},{:.5},{:.5},{:.5},{},{:.1}\n",
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            r.val_loss,
+            r.val_accuracy,
+            r.val_balanced_accuracy,
+            r.val_roc_auc.map_or(String::new(), |a| format!("{a:.5}")),
+            r.seconds
+        ));
+    }
+    write_atomic(&out.join(HISTORY), csv.as_bytes())
+}
+
+/// The training record a trained model's card carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingRecord {
+    pub data: PathBuf,
+    pub train_files: usize,
+    pub val_files: usize,
+    /// SHA-256 of the sorted list of training and validation file paths with their side.
+    pub split_sha256: String,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub augment: Augment,
+}
+
+fn save_model(
+    out: &Path,
+    varmap: &VarMap,
+    pipeline: &Pipeline,
+    state: &State,
+    m: &Metrics,
+    train: &[Sample],
+) -> Result<()> {
+    let weights = out.join(WEIGHTS_FILE);
+    let tmp = out.join(format!(".{WEIGHTS_FILE}.tmp"));
+    varmap.save(&tmp).map_err(|e| Error::output(&tmp, e))?;
+    std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+    let opts = &state.options;
+    let mut card = ModelCard::for_pipeline(
+        pipeline,
+        opts.arch,
+        true,
+        format!(
+            "trained by histomap {} on {} training tiles; best validation epoch {}",
+            env!("CARGO_PKG_VERSION"),
+            state.train_files,
+            state.epochs_done + 1
+        ),
+    );
+    card.normalization = state.normalization.clone();
+    card.metrics.insert("val_accuracy".into(), m.accuracy);
+    card.metrics
+        .insert("val_balanced_accuracy".into(), m.balanced_accuracy);
+    card.metrics.insert("val_macro_f1".into(), m.macro_f1);
+    if let Some(auc) = m.roc_auc {
+        card.metrics.insert("val_roc_auc".into(), auc);
+    }
+    let data = train
+        .first()
+        .and_then(|s| s.path.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    card.training = Some(TrainingRecord {
+        data,
+        train_files: state.train_files,
+        val_files: state.val_files,
+        split_sha256: state.split_sha256.clone(),
+        epochs: opts.epochs,
+        best_epoch: state.epochs_done + 1,
+        seed: opts.seed,
+        batch_size: opts.batch_size,
+        lr: opts.lr,
+        augment: opts.augment,
+    });
+    write_atomic(
+        &out.join(CARD_FILE),
+        &serde_json::to_vec_pretty(&card).expect("card serialises"),
+    )
+}
+
+/// Splits a dataset: by a split file's `fold` column (fold `val_fold` validates), else
+/// by the data's own `split` column (`train`; `valid`/`val`/`validation`; other values,
+/// such as `test`, are left out), else by grouped folds of the data.
+pub fn split_dataset(
+    data: &Dataset,
+    split_file: Option<&Path>,
+    val_fold: usize,
+    folds: usize,
+    seed: u64,
+) -> Result<Split> {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    if split_file.is_none() && data.samples.iter().all(|s| s.split.is_some()) {
+        for s in &data.samples {
+            match s.split.as_deref() {
+                Some("train") => train.push(s.clone()),
+                Some("valid" | "val" | "validation") => val.push(s.clone()),
+                _ => {}
+            }
+        }
+        return Ok(Split { train, val });
+    }
+    let fold_of = match split_file {
+        Some(file) => read_split_file(file, data)?,
+        None => crate::split::grouped_folds(
+            &data.samples,
+            &data.hashes()?,
+            data.classes.len(),
+            folds,
+            seed,
+        ),
+    };
+    for (s, &f) in data.samples.iter().zip(&fold_of) {
+        if f == val_fold {
+            val.push(s.clone());
+        } else {
+            train.push(s.clone());
+        }
+    }
+    Ok(Split { train, val })
+}
+
+impl Split {
+    /// SHA-256 over the sorted `side<TAB>path` lines: names the exact split a model saw.
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut lines: Vec<String> = self
+            .train
+            .iter()
+            .map(|s| format!("train\t{}", s.path.display()))
+            .chain(
+                self.val
+                    .iter()
+                    .map(|s| format!("val\t{}", s.path.display())),
+            )
+            .collect();
+        lines.sort();
+        let digest = Sha256::digest(lines.join("\n").as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn read_split_file(file: &Path, data: &Dataset) -> Result<Vec<usize>> {
+    let mut reader = csv::Reader::from_path(file).map_err(|e| Error::Dataset {
+        path: file.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let mut fold: HashMap<PathBuf, usize> = HashMap::new();
+    for row in reader.deserialize::<SplitRow>() {
+        let row = row.map_err(|e| Error::Dataset {
+            path: file.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        fold.insert(row.path, row.fold);
+    }
+    data.samples
+        .iter()
+        .map(|s| {
+            fold.get(&s.path).copied().ok_or_else(|| Error::Dataset {
+                path: file.to_path_buf(),
+                msg: format!("{} is not in the split file", s.path.display()),
+            })
+        })
+        .collect()
+}
+
+/// A row of the CSV that `histomap split` writes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SplitRow {
+    pub path: PathBuf,
+    pub label: String,
+    pub group: String,
+    pub fold: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays() {
+        assert!((schedule(1.0, 0, 10, 100) - 0.1).abs() < 1e-12);
+        assert!((schedule(1.0, 9, 10, 100) - 1.0).abs() < 1e-12);
+        assert!((schedule(1.0, 10, 10, 100) - 1.0).abs() < 1e-12);
+        assert!((schedule(1.0, 55, 10, 100) - 0.5).abs() < 1e-12);
+        assert!(schedule(1.0, 100, 10, 100) < 1e-12);
+    }
+
+    #[test]
+    fn weighted_loss_is_plain_cross_entropy_with_equal_weights() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[2.0f32, 0.0], [0.0, 1.0], [1.0, 1.0]], &dev).unwrap();
+        let y = Tensor::new(&[0u32, 1, 0], &dev).unwrap();
+        let ones = Tensor::new(&[1.0f32, 1.0], &dev).unwrap();
+        let ours = weighted_cross_entropy(&logits, &y, &ones)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let plain = candle_nn::loss::cross_entropy(&logits, &y)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((ours - plain).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,273 @@
+//! Datasets, splits, training with resume, and evaluation, on small pieces of the real
+//! Kather and PCam data.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use common::*;
+use histomap::augment::Augment;
+use histomap::dataset::Dataset;
+use histomap::evaluate::{evaluate, EvalOptions};
+use histomap::model::{read_card, Architecture};
+use histomap::pipeline::Pipeline;
+use histomap::train::{split_dataset, train, Quiet, Resume, TrainOptions};
+
+fn kather_classes() -> Vec<String> {
+    Pipeline::load(&pipeline("kather8")).unwrap().class_names()
+}
+
+#[test]
+fn class_folders_give_kather_patients_as_groups() {
+    let d = Dataset::load(&data().join("kather2016"), &kather_classes()).unwrap();
+    assert_eq!(d.samples.len(), 228);
+    assert!(d.class_counts().iter().all(|&c| c > 0));
+    let groups: HashSet<&str> = d.samples.iter().map(|s| s.group.as_str()).collect();
+    assert_eq!(groups.len(), 8, "{groups:?}");
+    assert!(groups.contains("CRC-Prim-HE-07"));
+}
+
+#[test]
+fn grouped_folds_on_real_patients() {
+    let d = Dataset::load(&data().join("kather2016"), &kather_classes()).unwrap();
+    let hashes = d.hashes().unwrap();
+    let folds = histomap::split::grouped_folds(&d.samples, &hashes, 8, 4, 0);
+    let mut fold_of_group: HashMap<&str, usize> = HashMap::new();
+    for (s, &f) in d.samples.iter().zip(&folds) {
+        assert_eq!(
+            *fold_of_group.entry(&s.group).or_insert(f),
+            f,
+            "{} in two folds",
+            s.group
+        );
+    }
+    for dup in histomap::dataset::duplicates(&hashes) {
+        assert!(
+            dup.iter().all(|&i| folds[i] == folds[dup[0]]),
+            "duplicate straddles folds"
+        );
+    }
+    assert_eq!(folds.iter().collect::<HashSet<_>>().len(), 4);
+}
+
+#[test]
+fn pcam_manifest_and_kaggle_layout() {
+    let classes = vec!["normal".to_string(), "tumor".to_string()];
+    let d = Dataset::load(&data().join("pcam/labels.csv"), &classes).unwrap();
+    assert_eq!(d.samples.len(), 23_000);
+    assert_eq!(
+        d.samples
+            .iter()
+            .filter(|s| s.split.as_deref() == Some("valid"))
+            .count(),
+        3000
+    );
+
+    // The Kaggle layout, made from a few real patches: train/<id>.tif + train_labels.csv.
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("train")).unwrap();
+    let mut csv = String::from("id,label\n");
+    for (i, s) in d.samples.iter().take(6).enumerate() {
+        let id = format!("{i:040x}");
+        image::open(&s.path)
+            .unwrap()
+            .save(dir.path().join(format!("train/{id}.tif")))
+            .unwrap();
+        csv.push_str(&format!("{id},{}\n", s.label));
+    }
+    fs::write(dir.path().join("train_labels.csv"), csv).unwrap();
+    let k = Dataset::load(dir.path(), &classes).unwrap();
+    assert_eq!(k.samples.len(), 6);
+    assert_eq!(k.samples[0].label, d.samples[0].label);
+
+    // Labels outside the pipeline's classes are named.
+    let bad = dir.path().join("bad.csv");
+    fs::write(&bad, "path,label\ntrain/x.tif,7\n").unwrap();
+    let err = Dataset::load(&bad, &classes).unwrap_err().to_string();
+    assert!(err.contains("bad.csv") && err.contains("\"7\""), "{err}");
+}
+
+/// A small PCam manifest: `n` train and `n / 2` valid patches, both classes.
+fn tiny_pcam(dir: &Path, n: usize) -> PathBuf {
+    let labels = fs::read_to_string(data().join("pcam/labels.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = labels
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let pick = |split: &str, label: &str, k: usize| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r[1] == split && r[2] == label)
+            .take(k)
+            .map(|r| {
+                format!(
+                    "{},{},{}",
+                    data().join("pcam").join(r[0]).display(),
+                    r[2],
+                    r[1]
+                )
+            })
+            .collect()
+    };
+    let mut out = String::from("path,label,split\n");
+    for line in [
+        pick("train", "0", n / 2),
+        pick("train", "1", n / 2),
+        pick("valid", "0", n / 4),
+        pick("valid", "1", n / 4),
+    ]
+    .concat()
+    {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let path = dir.join("tiny.csv");
+    fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn resume_gives_the_same_model_as_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_pcam(dir.path(), 32);
+    let pipeline = Pipeline::load(&pipeline("pcam")).unwrap();
+    let data = Dataset::load(&manifest, &pipeline.class_names()).unwrap();
+    let split = split_dataset(&data, None, 0, 5, 0).unwrap();
+    assert_eq!((split.train.len(), split.val.len()), (32, 16));
+    let opts = TrainOptions {
+        arch: Architecture::Smallcnn,
+        epochs: 2,
+        batch_size: 8,
+        lr: 1e-3,
+        weight_decay: 1e-4,
+        patience: 10,
+        seed: 3,
+        augment: Augment {
+            d4: true,
+            hed: 0.05,
+            scale: 0.1,
+        },
+        threads: 2,
+    };
+    let dev = Device::Cpu;
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let whole = train(
+        &pipeline,
+        &split,
+        &a,
+        &opts,
+        Resume::default(),
+        &dev,
+        &Quiet,
+    )
+    .unwrap();
+    assert!(whole.finished && whole.epochs_done == 2);
+    // Interrupted after one epoch (as a kill after the checkpoint would), then resumed.
+    let first = train(
+        &pipeline,
+        &split,
+        &b,
+        &opts,
+        Resume {
+            resume: false,
+            epochs_this_run: Some(1),
+        },
+        &dev,
+        &Quiet,
+    )
+    .unwrap();
+    assert!(!first.finished && first.epochs_done == 1);
+    assert!(
+        train(
+            &pipeline,
+            &split,
+            &b,
+            &opts,
+            Resume::default(),
+            &dev,
+            &Quiet
+        )
+        .is_err(),
+        "refuses to clobber a checkpoint"
+    );
+    let resumed = train(
+        &pipeline,
+        &split,
+        &b,
+        &opts,
+        Resume {
+            resume: true,
+            epochs_this_run: None,
+        },
+        &dev,
+        &Quiet,
+    )
+    .unwrap();
+    assert!(resumed.finished && resumed.epochs_done == 2);
+
+    let load =
+        |p: &Path| candle_core::safetensors::load(p.join("checkpoint.safetensors"), &dev).unwrap();
+    let (ta, tb) = (load(&a), load(&b));
+    assert_eq!(ta.len(), tb.len());
+    for (name, t) in &ta {
+        let diff = (t - &tb[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(
+            diff.to_scalar::<f32>().unwrap() < 1e-6,
+            "{name} differs after resume"
+        );
+    }
+    let strip = |p: &Path| -> Vec<String> {
+        fs::read_to_string(p.join("training.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(strip(&a), strip(&b), "same history apart from timings");
+
+    // The card round-trips and says how the model was made.
+    let card = read_card(&a).unwrap();
+    assert!(card.trained);
+    let rec = card.training.as_ref().unwrap();
+    assert_eq!((rec.train_files, rec.val_files, rec.seed), (32, 16, 3));
+    assert_eq!(rec.split_sha256.len(), 64);
+    let again: histomap::model::ModelCard =
+        serde_json::from_str(&serde_json::to_string(&card).unwrap()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&again).unwrap(),
+        serde_json::to_value(&card).unwrap()
+    );
+
+    // Evaluate counts a duplicated tile once and writes its files.
+    let dup_manifest = dir.path().join("dup.csv");
+    let text = fs::read_to_string(&manifest).unwrap();
+    let last = text.lines().last().unwrap().to_string();
+    fs::write(&dup_manifest, format!("{text}{last}\n")).unwrap();
+    let opts = EvalOptions {
+        split: Some("valid".into()),
+        tta: true,
+        batch_size: 16,
+        threads: 2,
+    };
+    let e = evaluate(&a, &dup_manifest, &dir.path().join("eval"), &opts, &dev).unwrap();
+    assert_eq!((e.metrics.n, e.duplicates_dropped), (16, 1));
+    assert!(e.metrics.roc_auc.is_some());
+    assert!(dir.path().join("eval/metrics.json").is_file());
+    assert_eq!(
+        fs::read_to_string(dir.path().join("eval/predictions.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        17
+    );
+}
