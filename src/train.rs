@@ -72,20 +72,6 @@ pub struct EpochRow {
     pub seconds: f64,
 }
 
-impl EpochRow {
-    /// The validation figure that selects the best epoch: ROC AUC for two classes,
-    /// balanced accuracy otherwise.
-    pub fn selection(&self) -> f64 {
-        self.val_roc_auc
-            .filter(|_| self.binary())
-            .unwrap_or(self.val_balanced_accuracy)
-    }
-
-    fn binary(&self) -> bool {
-        self.val_roc_auc.is_some() && self.val_balanced_accuracy.is_finite()
-    }
-}
-
 /// Train and validation samples.
 pub struct Split {
     pub train: Vec<Sample>,
@@ -125,7 +111,8 @@ pub struct Resume {
     pub epochs_this_run: Option<usize>,
 }
 
-/// Trains into `out`.
+/// Trains into `out`. The best epoch is the one with the highest validation ROC AUC
+/// for two classes, or accuracy for more.
 pub fn train(
     pipeline: &Pipeline,
     split: &Split,
