@@ -8,6 +8,7 @@
 mod layers;
 mod resnet;
 mod smallcnn;
+pub mod wsinfer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -196,8 +197,13 @@ pub struct Classifier {
 }
 
 impl Classifier {
+    /// Loads a histomap model folder (`card.json`) or a WSInfer one (`config.json`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let card = read_card(dir)?;
+        let card = if !dir.join(CARD_FILE).is_file() && dir.join(wsinfer::CONFIG_FILE).is_file() {
+            wsinfer::card(dir)?
+        } else {
+            read_card(dir)?
+        };
         let weights = dir.join(WEIGHTS_FILE);
         if !weights.is_file() {
             return Err(Error::model(&weights, "weights file is missing"));
