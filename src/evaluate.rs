@@ -112,6 +112,18 @@ pub fn evaluate(
         ));
     }
     write_atomic(&out.join("predictions.csv"), csv.as_bytes())?;
+    crate::draw::save(
+        crate::draw::confusion(&classes, &metrics.confusion_matrix),
+        &out.join("confusion.png"),
+    )?;
+    if let (2, Some(auc)) = (k, metrics.roc_auc) {
+        let scores: Vec<f32> = (0..samples.len()).map(|i| probs[i * 2 + 1]).collect();
+        let positive: Vec<bool> = labels.iter().map(|&y| y == 1).collect();
+        crate::draw::save(
+            crate::draw::roc(&scores, &positive, auc),
+            &out.join("roc.png"),
+        )?;
+    }
     let eval = Evaluation {
         model: model_dir.to_path_buf(),
         data: data.to_path_buf(),

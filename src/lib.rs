@@ -20,6 +20,7 @@
 
 pub mod augment;
 pub mod dataset;
+pub mod draw;
 pub mod error;
 pub mod evaluate;
 pub mod geom;

@@ -653,7 +653,27 @@ fn write_history(out: &Path, rows: &[EpochRow]) -> Result<()> {
             r.seconds
         ));
     }
-    write_atomic(&out.join(HISTORY), csv.as_bytes())
+    write_atomic(&out.join(HISTORY), csv.as_bytes())?;
+    let col = |f: fn(&EpochRow) -> f64| rows.iter().map(f).collect::<Vec<_>>();
+    let series = vec![
+        ("train loss", col(|r| r.train_loss)),
+        ("val loss", col(|r| r.val_loss)),
+    ];
+    let metric = if rows.iter().any(|r| r.val_roc_auc.is_some()) {
+        ("val ROC AUC", col(|r| r.val_roc_auc.unwrap_or(f64::NAN)))
+    } else {
+        ("val accuracy", col(|r| r.val_accuracy))
+    };
+    let losses = crate::draw::chart("loss", &series);
+    let metric_chart = crate::draw::chart(metric.0, &[metric]);
+    let mut both = image::RgbImage::from_pixel(
+        losses.width(),
+        losses.height() * 2,
+        image::Rgb([255, 255, 255]),
+    );
+    image::imageops::replace(&mut both, &losses, 0, 0);
+    image::imageops::replace(&mut both, &metric_chart, 0, i64::from(losses.height()));
+    crate::draw::save(both, &out.join("curves.png"))
 }
 
 /// The training record a trained model's card carries.

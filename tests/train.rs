@@ -262,7 +262,15 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let e = evaluate(&a, &dup_manifest, &dir.path().join("eval"), &opts, &dev).unwrap();
     assert_eq!((e.metrics.n, e.duplicates_dropped), (16, 1));
     assert!(e.metrics.roc_auc.is_some());
-    assert!(dir.path().join("eval/metrics.json").is_file());
+    for f in [
+        "eval/metrics.json",
+        "eval/confusion.png",
+        "eval/roc.png",
+        "a/curves.png",
+        "a/training.csv",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
     assert_eq!(
         fs::read_to_string(dir.path().join("eval/predictions.csv"))
             .unwrap()

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
-use font8x8::UnicodeFonts;
-use image::{GrayAlphaImage, ImageFormat, LumaA, Rgb, RgbImage};
+use image::{GrayAlphaImage, LumaA, Rgb, RgbImage};
 
 use super::{file_stem, Sink, SlideResult};
-use crate::error::{Error, Result};
+use crate::draw::{draw_text, save};
+use crate::error::Result;
 use crate::heatmap::argmax;
 
 pub struct Overlay;
@@ -21,14 +21,6 @@ pub const OVERLAY: &str = "overlay.png";
 const MAP_TARGET_SIDE: u32 = 1024;
 /// Tint opacity at full confidence.
 const MAX_ALPHA: f32 = 0.6;
-
-fn save(img: impl Into<image::DynamicImage>, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.into()
-        .write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png)
-        .map_err(|e| Error::output(path, e))?;
-    crate::output::write_atomic(path, &bytes)
-}
 
 /// The whole-number scale from grid cells to class-map pixels.
 pub fn map_scale(cols: u32, rows: u32) -> u32 {
@@ -130,30 +122,4 @@ fn with_legend(img: &RgbImage, r: &SlideResult) -> RgbImage {
         y += GLYPH + 4;
     }
     out
-}
-
-/// Draws ASCII text in black with the public-domain 8×8 bitmap font.
-fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32, scale: u32) {
-    for (i, ch) in text.chars().enumerate() {
-        let glyph = font8x8::BASIC_FONTS
-            .get(ch)
-            .or_else(|| font8x8::BASIC_FONTS.get('?'))
-            .unwrap_or([0; 8]);
-        for (row, bits) in glyph.iter().enumerate() {
-            for col in 0..8u32 {
-                if bits & (1 << col) == 0 {
-                    continue;
-                }
-                for sy in 0..scale {
-                    for sx in 0..scale {
-                        let px = x + (i as u32 * 8 + col) * scale + sx;
-                        let py = y + row as u32 * scale + sy;
-                        if px < img.width() && py < img.height() {
-                            img.put_pixel(px, py, Rgb([0, 0, 0]));
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
