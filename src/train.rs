@@ -30,7 +30,6 @@ use crate::output::write_atomic;
 use crate::pipeline::{Normalization, Pipeline};
 use crate::preprocess::Normalizer;
 
-const CHECKPOINT: &str = "checkpoint.safetensors";
 const STATE: &str = "checkpoint.json";
 const HISTORY: &str = "training.csv";
 
@@ -90,6 +89,8 @@ struct State {
     train_files: usize,
     val_files: usize,
     split_sha256: String,
+    /// The weights and optimiser file this state belongs to.
+    checkpoint: String,
 }
 
 /// How a training run ended.
@@ -153,7 +154,7 @@ pub fn train(
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
         let state: State = serde_json::from_str(&text).map_err(|e| Error::model(&state_path, e))?;
         opt = AdamW::new(&varmap, state.options.weight_decay)?;
-        load_checkpoint(&out.join(CHECKPOINT), &varmap, &mut opt, device)?;
+        load_checkpoint(&out.join(&state.checkpoint), &varmap, &mut opt, device)?;
         opt.t = state.step;
         state
     } else {
@@ -173,6 +174,7 @@ pub fn train(
             train_files: split.train.len(),
             val_files: split.val.len(),
             split_sha256: split.sha256(),
+            checkpoint: String::new(),
         }
     };
     let opts = state.options.clone();
@@ -270,7 +272,7 @@ pub fn train(
         }
         state.epochs_done = epoch + 1;
         state.history.push(row.clone());
-        save_checkpoint(out, &varmap, &opt, &state)?;
+        save_checkpoint(out, &varmap, &opt, &mut state)?;
         progress.epoch_done(&row);
         ran += 1;
         if let Some((best_epoch, _)) = state.best {
@@ -597,7 +599,9 @@ impl AdamW {
     }
 }
 
-fn save_checkpoint(out: &Path, varmap: &VarMap, opt: &AdamW, state: &State) -> Result<()> {
+/// Writes `checkpoint-<epoch>.safetensors`, then the state naming it, then removes the
+/// previous checkpoint: a kill at any moment leaves a state and the weights it names.
+fn save_checkpoint(out: &Path, varmap: &VarMap, opt: &AdamW, state: &mut State) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
         tensors.insert(format!("model.{name}"), var.as_tensor().clone());
@@ -606,16 +610,20 @@ fn save_checkpoint(out: &Path, varmap: &VarMap, opt: &AdamW, state: &State) -> R
         tensors.insert(format!("adam.m.{name}"), opt.m[i].clone());
         tensors.insert(format!("adam.v.{name}"), opt.v[i].clone());
     }
-    let path = out.join(CHECKPOINT);
-    let tmp = out.join(format!(".{CHECKPOINT}.tmp"));
+    let name = format!("checkpoint-{}.safetensors", state.epochs_done);
+    let path = out.join(&name);
+    let tmp = out.join(format!(".{name}.tmp"));
     candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::output(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     write_history(out, &state.history)?;
-    // The state names the checkpoint it belongs to, so it is written last.
-    write_atomic(
-        &out.join(STATE),
-        &serde_json::to_vec_pretty(state).expect("state serialises"),
-    )
+    let previous = std::mem::replace(&mut state.checkpoint, name);
+    let json = serde_json::to_vec_pretty(&*state).expect("state serialises");
+    write_atomic(&out.join(STATE), &json)?;
+    if !previous.is_empty() && previous != state.checkpoint {
+        let old = out.join(previous);
+        std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
 }
 
 fn load_checkpoint(path: &Path, varmap: &VarMap, opt: &mut AdamW, device: &Device) -> Result<()> {

@@ -208,8 +208,9 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     .unwrap();
     assert!(resumed.finished && resumed.epochs_done == 2);
 
-    let load =
-        |p: &Path| candle_core::safetensors::load(p.join("checkpoint.safetensors"), &dev).unwrap();
+    let load = |p: &Path| {
+        candle_core::safetensors::load(p.join("checkpoint-2.safetensors"), &dev).unwrap()
+    };
     let (ta, tb) = (load(&a), load(&b));
     assert_eq!(ta.len(), tb.len());
     for (name, t) in &ta {
@@ -278,4 +279,70 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
             .count(),
         17
     );
+}
+
+#[test]
+fn train_resumes_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_pcam(dir.path(), 32);
+    let out = dir.path().join("model");
+    let args = |cmd: &mut std::process::Command| {
+        cmd.args([
+            "train",
+            "-q",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--seed",
+            "1",
+            "--pipeline",
+        ])
+        .arg(pipeline("pcam"))
+        .arg("--data")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out);
+    };
+    let bin = assert_cmd::cargo::cargo_bin("histomap");
+    let mut cmd = std::process::Command::new(&bin);
+    args(&mut cmd);
+    let mut child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
+    // Kill as soon as the first epoch's checkpoint is complete (its state file is written last).
+    let state = out.join("checkpoint.json");
+    let start = std::time::Instant::now();
+    while !state.is_file() {
+        assert!(start.elapsed().as_secs() < 300, "no checkpoint after 300 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let rows = |p: &Path| {
+        fs::read_to_string(p.join("training.csv"))
+            .unwrap()
+            .lines()
+            .count()
+            - 1
+    };
+    let done = rows(&out);
+    assert!((1..3).contains(&done), "{done} epochs before the kill");
+
+    let mut cmd = std::process::Command::new(&bin);
+    args(&mut cmd);
+    let status = cmd
+        .arg("--resume")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        rows(&out),
+        3,
+        "resumed to the end, no epoch repeated or lost"
+    );
+    assert!(read_card(&out).unwrap().trained);
 }
