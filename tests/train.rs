@@ -345,4 +345,10 @@ fn train_resumes_after_kill_9() {
         "resumed to the end, no epoch repeated or lost"
     );
     assert!(read_card(&out).unwrap().trained);
+    let checkpoints = fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .count();
+    assert_eq!(checkpoints, 1, "older checkpoints are removed");
 }
