@@ -108,15 +108,74 @@ impl ResNet {
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = self.stem.forward_t(x, train)?.relu()?;
-        // torchvision pads the 3×3/2 max-pool by 1 with -inf; after ReLU every value is
-        // ≥ 0, so zero padding gives the same maxima.
-        let mut x = x
-            .pad_with_zeros(2, 1, 1)?
-            .pad_with_zeros(3, 1, 1)?
-            .max_pool2d_with_stride(3, 2)?;
+        let mut x = max_pool_3x3_s2(&x)?;
         for block in &self.layers {
             x = block.forward_t(&x, train)?;
         }
         self.fc.forward(&global_avg_pool(&x)?)
+    }
+}
+
+/// torchvision's stem pooling: 3×3 max-pool, stride 2, padding 1, as the running
+/// maximum of nine strided views (candle has no backward pass for a pooling window
+/// larger than its stride). The input follows a ReLU, so every value is ≥ 0 and zero
+/// padding gives the same maxima as torchvision's -inf padding.
+fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    // Padded to (2·oh + 2) × (2·ow + 2): 1 in front, the rest behind; then viewed as
+    // (rows / 2, 2, cols / 2, 2) so each window offset is a plain slice.
+    let x = x
+        .pad_with_zeros(2, 1, 2 * oh + 1 - h)?
+        .pad_with_zeros(3, 1, 2 * ow + 1 - w)?;
+    let x = x.reshape((n, c, oh + 1, 2, ow + 1, 2))?;
+    let mut out: Option<Tensor> = None;
+    for i in 0..3 {
+        for j in 0..3 {
+            let view = x
+                .narrow(2, i / 2, oh)?
+                .narrow(3, i % 2, 1)?
+                .narrow(4, j / 2, ow)?
+                .narrow(5, j % 2, 1)?;
+            out = Some(match out {
+                Some(m) => m.maximum(&view)?,
+                None => view,
+            });
+        }
+    }
+    out.expect("nine views").reshape((n, c, oh, ow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn stem_pool_matches_candle_and_has_gradients() {
+        let dev = Device::Cpu;
+        for (h, w) in [(8, 8), (7, 9), (38, 38)] {
+            let x = Var::rand(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
+            let want = x
+                .pad_with_zeros(2, 1, 1)
+                .unwrap()
+                .pad_with_zeros(3, 1, 1)
+                .unwrap()
+                .max_pool2d_with_stride(3, 2)
+                .unwrap();
+            let got = max_pool_3x3_s2(&x).unwrap();
+            assert_eq!(got.dims(), want.dims(), "{h}×{w}");
+            let diff = (got.clone() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+            let grads = got.sum_all().unwrap().backward().unwrap();
+            assert_eq!(grads.get(&x).unwrap().dims(), x.dims());
+        }
     }
 }

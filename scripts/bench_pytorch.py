@@ -1,0 +1,44 @@
+"""PyTorch side of scripts/bench-vs-pytorch.sh: the same measurement as
+benches/models.rs (inference in eval mode; forward in train mode + backward), images/s.
+
+usage: python bench_pytorch.py ARCH SIZE BATCH ITERS THREADS
+SmallCnn is the peer's own definition (../shared/peers/wsinfer_model.py).
+"""
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1].parent / "shared" / "peers"))
+from wsinfer_model import SmallCnn  # noqa: E402
+
+arch, size, batch, iters, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+model = SmallCnn(num_classes=2) if arch == "smallcnn" else getattr(torchvision.models, arch)(weights=None, num_classes=2)
+x = torch.randn(batch, 3, size, size)
+y = torch.zeros(batch, dtype=torch.long)
+
+
+def timed(f):
+    f()
+    t = time.perf_counter()
+    for _ in range(iters):
+        f()
+    return batch * iters / (time.perf_counter() - t)
+
+
+model.eval()
+with torch.inference_mode():
+    infer = timed(lambda: model(x))
+model.train()
+
+
+def step():
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+
+
+train = timed(step)
+print(f"pytorch {arch} size={size} batch={batch} threads={threads} infer_img_s={infer:.1f} train_img_s={train:.1f}")
