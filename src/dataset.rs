@@ -94,12 +94,17 @@ impl Dataset {
 
     /// Per class, how many samples.
     pub fn class_counts(&self) -> Vec<usize> {
-        let mut counts = vec![0; self.classes.len()];
-        for s in &self.samples {
-            counts[s.label] += 1;
-        }
-        counts
+        class_counts(&self.samples, self.classes.len())
     }
+}
+
+/// Per class (of `classes`), how many of `samples`.
+pub fn class_counts(samples: &[Sample], classes: usize) -> Vec<usize> {
+    let mut counts = vec![0; classes];
+    for s in samples {
+        counts[s.label] += 1;
+    }
+    counts
 }
 
 /// Groups of sample indices with identical bytes (only groups of two or more).

@@ -238,17 +238,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 folds,
                 seed,
             );
-            let mut w = csv::Writer::from_path(&out)
-                .with_context(|| format!("writing {}", out.display()))?;
-            for (s, f) in dataset.samples.iter().zip(fold) {
-                w.serialize(histomap::train::SplitRow {
-                    path: s.path.clone(),
-                    label: dataset.classes[s.label].clone(),
-                    group: s.group.clone(),
-                    fold: f,
-                })?;
-            }
-            w.flush()?;
+            histomap::split::write_csv(&out, &dataset, &fold)?;
             eprintln!(
                 "wrote {} tiles in {folds} folds to {}",
                 dataset.samples.len(),
@@ -270,7 +260,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 split,
                 tta: tta == Tta::D4,
                 batch_size,
-                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                threads: all_cores(),
             };
             let e = histomap::evaluate::evaluate(&model, &data, &out, &opts, &device.device()?)?;
             let m = &e.metrics;
@@ -320,10 +310,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = a.threads.unwrap_or_else(all_cores).max(1);
     let pipeline = Pipeline::load(&a.pipeline)?;
     let dataset = Dataset::load(&a.data, &pipeline.class_names())?;
     let split =
@@ -381,6 +368,10 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn info(paths: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for path in paths {
@@ -422,10 +413,7 @@ fn info(paths: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = a.threads.unwrap_or_else(all_cores).max(1);
     // candle's CPU kernels use the global rayon pool and read this variable for gemm.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     rayon::ThreadPoolBuilder::new()

@@ -4,7 +4,7 @@
 //! One bad slide never stops the rest: its error is reported and the next slide
 //! starts. A slide whose `OUT/<name>/summary.json` exists is skipped on reruns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -342,29 +342,28 @@ fn summarise(
 ) -> Summary {
     let grid = &r.plan.grid;
     let cell_mm2 = f64::from(grid.stride).powi(2) * r.um2_per_px() / 1e6;
-    let labels = r.heatmap.labels();
-    let tissue_cells = labels.iter().flatten().count().max(1);
+    let mut cells_per_class = vec![0usize; r.classes.len()];
+    for &k in r.heatmap.labels().iter().flatten() {
+        cells_per_class[k] += 1;
+    }
+    let tissue_count = cells_per_class.iter().sum::<usize>().max(1);
     let mut mean = vec![0f64; r.classes.len()];
     for i in 0..r.predictions.len() {
         for (m, &v) in mean.iter_mut().zip(r.predictions.probs(i)) {
             *m += f64::from(v);
         }
     }
-    let mut cells_per_class: BTreeMap<usize, usize> = BTreeMap::new();
-    for l in labels.iter().flatten() {
-        *cells_per_class.entry(*l).or_default() += 1;
-    }
     let classes = r
         .classes
         .iter()
         .enumerate()
         .map(|(k, c)| {
-            let cells = cells_per_class.get(&k).copied().unwrap_or(0);
+            let cells = cells_per_class[k];
             ClassSummary {
                 name: c.name.clone(),
                 cells,
                 area_mm2: cells as f64 * cell_mm2,
-                fraction_of_tissue: cells as f64 / tissue_cells as f64,
+                fraction_of_tissue: cells as f64 / tissue_count as f64,
                 mean_probability: mean[k] / r.predictions.len().max(1) as f64,
             }
         })

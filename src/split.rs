@@ -4,12 +4,65 @@
 //! Reproducible from a seed.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
-use crate::dataset::{duplicates, Sample};
+use crate::dataset::{duplicates, Dataset, Sample};
+use crate::error::{Error, Result};
+use crate::output::write_atomic;
+
+/// A row of the split CSV that `histomap split` writes and `train --split` reads.
+#[derive(Debug, Serialize, Deserialize)]
+struct SplitRow {
+    path: PathBuf,
+    label: String,
+    group: String,
+    fold: usize,
+}
+
+/// Writes the fold of every sample of `dataset` as CSV (path, label, group, fold).
+pub fn write_csv(path: &Path, dataset: &Dataset, folds: &[usize]) -> Result<()> {
+    let fail = |e: csv::Error| Error::output(path, e);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for (s, &fold) in dataset.samples.iter().zip(folds) {
+        w.serialize(SplitRow {
+            path: s.path.clone(),
+            label: dataset.classes[s.label].clone(),
+            group: s.group.clone(),
+            fold,
+        })
+        .map_err(fail)?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::output(path, e.error()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a split CSV: the fold of each of `dataset`'s samples, which must all be listed.
+pub fn read_csv(path: &Path, dataset: &Dataset) -> Result<Vec<usize>> {
+    let bad = |msg: String| Error::Dataset {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut reader = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
+    let mut fold: HashMap<PathBuf, usize> = HashMap::new();
+    for row in reader.deserialize::<SplitRow>() {
+        let row = row.map_err(|e| bad(e.to_string()))?;
+        fold.insert(row.path, row.fold);
+    }
+    dataset
+        .samples
+        .iter()
+        .map(|s| {
+            fold.get(&s.path)
+                .copied()
+                .ok_or_else(|| bad(format!("{} is not in the split file", s.path.display())))
+        })
+        .collect()
+}
 
 /// Assigns each sample to one of `k` folds.
 pub fn grouped_folds(

@@ -180,7 +180,7 @@ pub fn train(
     let opts = state.options.clone();
     let normalizer = Normalizer::new(&state.normalization);
     let size = pipeline.patch_size;
-    let counts = class_counts(&split.train, k);
+    let counts = crate::dataset::class_counts(&split.train, k);
     // Class-balanced loss: each class weighs as much in total.
     let class_w: Vec<f32> = counts
         .iter()
@@ -329,14 +329,6 @@ fn mean_nll(labels: &[usize], probs: &[f32], k: usize) -> f64 {
         .map(|(i, &y)| -f64::from(probs[i * k + y].max(1e-7)).ln())
         .sum();
     total / labels.len().max(1) as f64
-}
-
-fn class_counts(samples: &[Sample], k: usize) -> Vec<usize> {
-    let mut c = vec![0; k];
-    for s in samples {
-        c[s.label] += 1;
-    }
-    c
 }
 
 /// Decodes a tile as RGB, naming the file when it cannot.
@@ -778,7 +770,7 @@ pub fn split_dataset(
         return Ok(Split { train, val });
     }
     let fold_of = match split_file {
-        Some(file) => read_split_file(file, data)?,
+        Some(file) => crate::split::read_csv(file, data)?,
         None => crate::split::grouped_folds(
             &data.samples,
             &data.hashes()?,
@@ -815,39 +807,6 @@ impl Split {
         let digest = Sha256::digest(lines.join("\n").as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
-}
-
-fn read_split_file(file: &Path, data: &Dataset) -> Result<Vec<usize>> {
-    let mut reader = csv::Reader::from_path(file).map_err(|e| Error::Dataset {
-        path: file.to_path_buf(),
-        msg: e.to_string(),
-    })?;
-    let mut fold: HashMap<PathBuf, usize> = HashMap::new();
-    for row in reader.deserialize::<SplitRow>() {
-        let row = row.map_err(|e| Error::Dataset {
-            path: file.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        fold.insert(row.path, row.fold);
-    }
-    data.samples
-        .iter()
-        .map(|s| {
-            fold.get(&s.path).copied().ok_or_else(|| Error::Dataset {
-                path: file.to_path_buf(),
-                msg: format!("{} is not in the split file", s.path.display()),
-            })
-        })
-        .collect()
-}
-
-/// A row of the CSV that `histomap split` writes.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SplitRow {
-    pub path: PathBuf,
-    pub label: String,
-    pub group: String,
-    pub fold: usize,
 }
 
 #[cfg(test)]

@@ -6,26 +6,20 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use histomap::model::Classifier;
 
-fn max_abs_diff(dir: &Path, io: &Path) -> f32 {
+/// Max |candle − PyTorch| over the logits of the fixed inputs in `io`.
+fn parity(dir: &Path, io: &Path) -> f32 {
     let model = Classifier::load(dir, &Device::Cpu).unwrap();
     let pair = candle_core::safetensors::load(io, &Device::Cpu).unwrap();
-    let y = model.logits(&pair["x"]).unwrap();
-    let diff: Tensor = (y - &pair["y"]).unwrap().abs().unwrap();
-    diff.flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    common::max_abs_diff(&model.logits(&pair["x"]).unwrap(), &pair["y"])
 }
 
 #[test]
 fn smallcnn_matches_pytorch() {
     let dir = common::root().join("fixtures/smallcnn96");
-    let d = max_abs_diff(&dir, &dir.join("io.safetensors"));
+    let d = parity(&dir, &dir.join("io.safetensors"));
     assert!(d < 1e-4, "max |candle - torch| = {d}");
 }
 
@@ -52,7 +46,7 @@ fn wsinfer_model_folder_loads_and_runs() {
     let model = Classifier::load(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(model.card.classes[1].name, "tumor");
     assert_eq!(model.card.normalization.std, [0.229, 0.224, 0.225]);
-    let d = max_abs_diff(dir.path(), &fixture.join("io.safetensors"));
+    let d = parity(dir.path(), &fixture.join("io.safetensors"));
     assert!(d < 1e-4, "max |candle - torch| = {d}");
 }
 
@@ -84,6 +78,6 @@ fn resnet18_matches_pytorch() {
         serde_json::to_vec(&card).unwrap(),
     )
     .unwrap();
-    let d = max_abs_diff(dir.path(), &src.join("io.safetensors"));
+    let d = parity(dir.path(), &src.join("io.safetensors"));
     assert!(d < 1e-4, "max |candle - torch| = {d}");
 }

@@ -214,16 +214,8 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let (ta, tb) = (load(&a), load(&b));
     assert_eq!(ta.len(), tb.len());
     for (name, t) in &ta {
-        let diff = (t - &tb[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
         assert!(
-            diff.to_scalar::<f32>().unwrap() < 1e-6,
+            max_abs_diff(t, &tb[name]) < 1e-6,
             "{name} differs after resume"
         );
     }

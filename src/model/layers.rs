@@ -157,18 +157,7 @@ mod tests {
                 .forward(&x)
                 .unwrap();
             let got = conv2d_gemm(&x, &w, stride, pad).unwrap();
-            let max_diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
+            let max_diff = crate::model::max_abs_diff;
             assert_eq!(got.dims(), want.dims());
             assert!(
                 max_diff(&got, &want) < 1e-4,

@@ -265,6 +265,14 @@ fn micro_batch(side: usize) -> usize {
 
 const MICRO_BATCH_PIXELS: usize = 16 * 150 * 150;
 
+/// Largest absolute elementwise difference of two tensors, for tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("same shapes")
+}
+
 pub fn read_card(dir: &Path) -> Result<ModelCard> {
     let path = dir.join(CARD_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;

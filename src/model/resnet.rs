@@ -165,15 +165,7 @@ mod tests {
                 .unwrap();
             let got = max_pool_3x3_s2(&x).unwrap();
             assert_eq!(got.dims(), want.dims(), "{h}×{w}");
-            let diff = (got.clone() - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+            assert_eq!(crate::model::max_abs_diff(&got, &want), 0.0);
             let grads = got.sum_all().unwrap().backward().unwrap();
             assert_eq!(grads.get(&x).unwrap().dims(), x.dims());
         }

@@ -133,17 +133,7 @@ impl SlideSource for RasterSource {
         }
         let mut out = RgbImage::from_pixel(size.w, size.h, image::Rgb([255, 255, 255]));
         match &self.pixels {
-            Pixels::Whole(img) => {
-                let (x1, y1) = (
-                    (origin.x + size.w).min(img.width()),
-                    (origin.y + size.h).min(img.height()),
-                );
-                for y in origin.y..y1 {
-                    for x in origin.x..x1 {
-                        out.put_pixel(x - origin.x, y - origin.y, *img.get_pixel(x, y));
-                    }
-                }
-            }
+            Pixels::Whole(img) => blit(img, L0Point { x: 0, y: 0 }, &mut out, origin),
             Pixels::Tiff(chunks) => chunks.read_into(&self.info.path, origin, &mut out)?,
         }
         Ok(out)
@@ -244,16 +234,11 @@ impl TiffChunks {
         for row in r0..=r1 {
             for col in c0..=c1 {
                 let chunk = self.chunk(path, row * self.chunks_across + col)?;
-                let (cx, cy) = (col * self.chunk.w, row * self.chunk.h);
-                let xa = origin.x.max(cx);
-                let xb = x1.min(cx + chunk.width());
-                let ya = origin.y.max(cy);
-                let yb = y1.min(cy + chunk.height());
-                for y in ya..yb {
-                    for x in xa..xb {
-                        out.put_pixel(x - origin.x, y - origin.y, *chunk.get_pixel(x - cx, y - cy));
-                    }
-                }
+                let at = L0Point {
+                    x: col * self.chunk.w,
+                    y: row * self.chunk.h,
+                };
+                blit(&chunk, at, out, origin);
             }
         }
         Ok(())
@@ -328,6 +313,26 @@ impl TiffChunks {
             _ => data.iter().take(n).flat_map(|&g| [g, g, g]).collect(),
         };
         Ok(RgbImage::from_raw(w, h, rgb).expect("length checked above"))
+    }
+}
+
+/// Copies the overlap of `src` (its top-left corner at `src_at`) and `out` (at
+/// `out_at`), both placed in level-0 pixels, row by row.
+fn blit(src: &RgbImage, src_at: L0Point, out: &mut RgbImage, out_at: L0Point) {
+    let x0 = src_at.x.max(out_at.x);
+    let y0 = src_at.y.max(out_at.y);
+    let x1 = (src_at.x + src.width()).min(out_at.x + out.width());
+    let y1 = (src_at.y + src.height()).min(out_at.y + out.height());
+    if x0 >= x1 || y0 >= y1 {
+        return;
+    }
+    let len = 3 * (x1 - x0) as usize;
+    let (src_w, out_w) = (src.width() as usize, out.width() as usize);
+    let (src_raw, out_raw) = (src.as_raw(), &mut **out);
+    for y in y0..y1 {
+        let s = 3 * ((y - src_at.y) as usize * src_w + (x0 - src_at.x) as usize);
+        let d = 3 * ((y - out_at.y) as usize * out_w + (x0 - out_at.x) as usize);
+        out_raw[d..d + len].copy_from_slice(&src_raw[s..s + len]);
     }
 }
 

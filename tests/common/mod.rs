@@ -66,6 +66,13 @@ pub fn model(pipeline_name: &str, arch: Architecture) -> PathBuf {
     dir
 }
 
+/// Largest absolute elementwise difference of two tensors.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("same shapes")
+}
+
 pub fn histomap() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("histomap").unwrap()
 }
