@@ -5,6 +5,7 @@
 //! and MPP, normalisation, whether they were trained, and provenance. A model whose
 //! card disagrees with the pipeline is refused before any slide is read.
 
+mod cpu_ops;
 mod layers;
 mod resnet;
 mod smallcnn;

@@ -5,7 +5,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use super::layers::{global_avg_pool, ConvBn, ConvSpec};
+use super::layers::{global_avg_pool, max_pool, ConvBn, ConvSpec};
 
 #[derive(Debug, Clone)]
 struct BasicBlock {
@@ -16,16 +16,18 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn new(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
-        let conv3 = |c_in, stride| ConvSpec {
+        let conv3 = |c_in, stride, relu| ConvSpec {
             c_in,
             c_out,
             kernel: 3,
             stride,
             padding: 1,
             bias: false,
+            relu,
         };
-        let a = ConvBn::new(conv3(c_in, stride), &vb, "conv1", "bn1")?;
-        let b = ConvBn::new(conv3(c_out, 1), &vb, "conv2", "bn2")?;
+        let a = ConvBn::new(conv3(c_in, stride, true), &vb, "conv1", "bn1")?;
+        // The second ReLU comes after the shortcut is added.
+        let b = ConvBn::new(conv3(c_out, 1, false), &vb, "conv2", "bn2")?;
         let downsample = if stride != 1 || c_in != c_out {
             let spec = ConvSpec {
                 c_in,
@@ -34,6 +36,7 @@ impl BasicBlock {
                 stride,
                 padding: 0,
                 bias: false,
+                relu: false,
             };
             Some(ConvBn::new(spec, &vb.pp("downsample"), "0", "1")?)
         } else {
@@ -51,7 +54,7 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.a.forward_t(x, train)?.relu()?;
+        let y = self.a.forward_t(x, train)?;
         let y = self.b.forward_t(&y, train)?;
         let shortcut = match &self.downsample {
             Some(d) => d.forward_t(x, train)?,
@@ -78,6 +81,7 @@ impl ResNet {
             stride: 2,
             padding: 3,
             bias: false,
+            relu: true,
         };
         let stem = ConvBn::new(stem_spec, &vb, "conv1", "bn1")?;
         let mut layers = Vec::new();
@@ -107,8 +111,8 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.stem.forward_t(x, train)?.relu()?;
-        let mut x = max_pool_3x3_s2(&x)?;
+        let x = self.stem.forward_t(x, train)?;
+        let mut x = max_pool(&x, 3, 2, 1, max_pool_3x3_s2)?;
         for block in &self.layers {
             x = block.forward_t(&x, train)?;
         }
@@ -116,8 +120,8 @@ impl ModuleT for ResNet {
     }
 }
 
-/// torchvision's stem pooling: 3×3 max-pool, stride 2, padding 1, as the running
-/// maximum of nine strided views (candle has no backward pass for a pooling window
+/// torchvision's stem pooling off the CPU: 3×3 max-pool, stride 2, padding 1, as the
+/// running maximum of nine strided views (candle has no backward pass for a pooling window
 /// larger than its stride). The input follows a ReLU, so every value is ≥ 0 and zero
 /// padding gives the same maxima as torchvision's -inf padding.
 fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
@@ -166,6 +170,8 @@ mod tests {
             let got = max_pool_3x3_s2(&x).unwrap();
             assert_eq!(got.dims(), want.dims(), "{h}×{w}");
             assert_eq!(crate::model::max_abs_diff(&got, &want), 0.0);
+            let cpu = max_pool(&x, 3, 2, 1, max_pool_3x3_s2).unwrap();
+            assert_eq!(crate::model::max_abs_diff(&cpu, &want), 0.0);
             let grads = got.sum_all().unwrap().backward().unwrap();
             assert_eq!(grads.get(&x).unwrap().dims(), x.dims());
         }

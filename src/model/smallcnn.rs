@@ -6,7 +6,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use super::layers::{global_avg_pool, ConvBn, ConvSpec};
+use super::layers::{global_avg_pool, max_pool, ConvBn, ConvSpec};
 
 pub const CHANNELS: [usize; 4] = [32, 64, 128, 256];
 
@@ -28,6 +28,7 @@ impl SmallCnn {
                 stride: 1,
                 padding: 1,
                 bias: true,
+                relu: true,
             };
             features.push(ConvBn::new(
                 spec,
@@ -50,7 +51,8 @@ impl ModuleT for SmallCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for block in &self.features {
-            x = block.forward_t(&x, train)?.relu()?.max_pool2d(2)?;
+            let y = block.forward_t(&x, train)?;
+            x = max_pool(&y, 2, 2, 0, |y| y.max_pool2d(2))?;
         }
         self.fc.forward(&global_avg_pool(&x)?)
     }
