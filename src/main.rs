@@ -185,6 +185,18 @@ struct TrainArgs {
     /// Folds when the split is made here (no --split, no split column in the data).
     #[arg(long, default_value_t = 5)]
     folds: usize,
+    /// Train on every tile of --data: no validation, no early stopping, the last epoch
+    /// is kept (for the final model once cross-validation has chosen the settings).
+    #[arg(long, conflicts_with_all = ["split", "fold"])]
+    no_val: bool,
+    /// More training tiles (any --data layout), added to the training side of every
+    /// split and never validated on: e.g. background cut from other slides.
+    #[arg(long)]
+    extra_train: Option<PathBuf>,
+    /// Start from this model folder's weights (same names and shapes; a classifier head
+    /// for other classes starts fresh), e.g. a model trained on PCam.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// No augmentation (by default: D4, HED stain jitter 0.05, zoom up to 1.15×).
     #[arg(long)]
     no_augment: bool,
@@ -313,8 +325,18 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let threads = a.threads.unwrap_or_else(all_cores).max(1);
     let pipeline = Pipeline::load(&a.pipeline)?;
     let dataset = Dataset::load(&a.data, &pipeline.class_names())?;
-    let split =
-        histomap::train::split_dataset(&dataset, a.split.as_deref(), a.fold, a.folds, a.seed)?;
+    let mut split = if a.no_val {
+        histomap::train::Split {
+            train: dataset.samples.clone(),
+            val: Vec::new(),
+        }
+    } else {
+        histomap::train::split_dataset(&dataset, a.split.as_deref(), a.fold, a.folds, a.seed)?
+    };
+    if let Some(extra) = &a.extra_train {
+        let extra = Dataset::load(extra, &pipeline.class_names())?;
+        split.train.extend(extra.samples);
+    }
     eprintln!(
         "training on {} tiles, validating on {}",
         split.train.len(),
@@ -338,6 +360,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             }
         },
         threads,
+        init: a.init.clone(),
     };
     let bars = TrainBars::new(a.quiet);
     let report = histomap::train::train(

@@ -47,6 +47,10 @@ pub struct TrainOptions {
     pub augment: Augment,
     /// Loader threads.
     pub threads: usize,
+    /// A model folder whose weights start the training (tensors of the same name and
+    /// shape; the classifier head of a model with other classes keeps its seeded init).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
 }
 
 /// What the caller sees while training runs.
@@ -129,12 +133,8 @@ pub fn train(
     } = run;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let k = pipeline.classes.len();
-    if split.train.is_empty() || split.val.is_empty() {
-        return Err(Error::Usage(format!(
-            "training needs tiles on both sides of the split ({} train, {} validation)",
-            split.train.len(),
-            split.val.len()
-        )));
+    if split.train.is_empty() {
+        return Err(Error::Usage("no training tiles".into()));
     }
     let varmap = VarMap::new();
     let net = Network::new(
@@ -159,6 +159,9 @@ pub fn train(
         state
     } else {
         init_weights(&varmap, opts.seed)?;
+        if let Some(init) = &opts.init {
+            init_from(&varmap, init, device)?;
+        }
         opt = AdamW::new(&varmap, opts.weight_decay)?;
         let normalization = match &pipeline.normalization {
             Some(n) => n.clone(),
@@ -240,35 +243,44 @@ pub fn train(
             },
         )?;
 
-        let probs = predict_tiles(
-            &pool,
-            &split.val,
-            size,
-            &normalizer,
-            64,
-            &|x| Ok(net.forward_t(x, false)?),
-            false,
-        )?;
-        let labels: Vec<usize> = split.val.iter().map(|s| s.label).collect();
-        let m = metrics::compute(&labels, &probs, &class_names);
+        // Without validation tiles every epoch is the best so far: the last one is kept.
+        let m = if split.val.is_empty() {
+            None
+        } else {
+            let probs = predict_tiles(
+                &pool,
+                &split.val,
+                size,
+                &normalizer,
+                64,
+                &|x| Ok(net.forward_t(x, false)?),
+                false,
+            )?;
+            let labels: Vec<usize> = split.val.iter().map(|s| s.label).collect();
+            Some((
+                metrics::compute(&labels, &probs, &class_names),
+                mean_nll(&labels, &probs, k),
+            ))
+        };
         let row = EpochRow {
             epoch: epoch + 1,
             lr,
             train_loss: loss_sum / batches.len().max(1) as f64,
-            val_loss: mean_nll(&labels, &probs, k),
-            val_accuracy: m.accuracy,
-            val_balanced_accuracy: m.balanced_accuracy,
-            val_roc_auc: if k == 2 { m.roc_auc } else { None },
+            val_loss: m.as_ref().map_or(f64::NAN, |m| m.1),
+            val_accuracy: m.as_ref().map_or(f64::NAN, |m| m.0.accuracy),
+            val_balanced_accuracy: m.as_ref().map_or(f64::NAN, |m| m.0.balanced_accuracy),
+            val_roc_auc: m.as_ref().and_then(|m| m.0.roc_auc.filter(|_| k == 2)),
             seconds: t.elapsed().as_secs_f64(),
         };
-        let score = if k == 2 {
-            m.roc_auc.unwrap_or(0.0)
-        } else {
-            m.accuracy
+        let score = match &m {
+            Some((m, _)) if k == 2 => m.roc_auc.unwrap_or(0.0),
+            Some((m, _)) => m.accuracy,
+            None => (epoch + 1) as f64,
         };
         if state.best.is_none_or(|(_, b)| score > b) {
             state.best = Some((epoch + 1, score));
-            save_model(out, &varmap, pipeline, &state, &m, &split.train)?;
+            let m = m.as_ref().map(|m| &m.0);
+            save_model(out, &varmap, pipeline, &state, m, &split.train)?;
         }
         state.epochs_done = epoch + 1;
         state.history.push(row.clone());
@@ -476,6 +488,28 @@ fn measure_normalization(train: &[Sample], size: u32, seed: u64) -> Result<Norma
 /// PyTorch-like initialisation from a seed (candle cannot seed its CPU generator):
 /// convolutions Kaiming-normal (fan-out, ReLU), linear layers and biases uniform in
 /// ±1/√fan-in, BatchNorm weight 1, bias 0, running mean 0, variance 1.
+/// Copies every tensor of the model folder `dir` whose name and shape match a variable.
+fn init_from(varmap: &VarMap, dir: &Path, device: &Device) -> Result<()> {
+    let file = dir.join(crate::model::WEIGHTS_FILE);
+    let tensors =
+        candle_core::safetensors::load(&file, device).map_err(|e| Error::model(&file, e))?;
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut copied = 0;
+    for (name, var) in data.iter() {
+        if let Some(t) = tensors.get(name).filter(|t| t.dims() == var.dims()) {
+            var.set(&t.to_dtype(DType::F32)?)?;
+            copied += 1;
+        }
+    }
+    if copied == 0 {
+        return Err(Error::model(
+            &file,
+            "no tensor matches the architecture being trained",
+        ));
+    }
+    Ok(())
+}
+
 fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut names: Vec<&String> = data.keys().collect();
@@ -691,6 +725,9 @@ pub struct TrainingRecord {
     pub batch_size: usize,
     pub lr: f64,
     pub augment: Augment,
+    /// The model whose weights started the training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 fn save_model(
@@ -698,7 +735,7 @@ fn save_model(
     varmap: &VarMap,
     pipeline: &Pipeline,
     state: &State,
-    m: &Metrics,
+    m: Option<&Metrics>,
     train: &[Sample],
 ) -> Result<()> {
     let weights = out.join(WEIGHTS_FILE);
@@ -710,20 +747,30 @@ fn save_model(
         pipeline,
         opts.arch,
         true,
-        format!(
-            "trained by histomap {} on {} training tiles; best validation epoch {}",
-            env!("CARGO_PKG_VERSION"),
-            state.train_files,
-            state.epochs_done + 1
-        ),
+        match m {
+            Some(_) => format!(
+                "trained by histomap {} on {} training tiles; best validation epoch {}",
+                env!("CARGO_PKG_VERSION"),
+                state.train_files,
+                state.epochs_done + 1
+            ),
+            None => format!(
+                "trained by histomap {} on {} tiles, no validation split; last epoch {}",
+                env!("CARGO_PKG_VERSION"),
+                state.train_files,
+                state.epochs_done + 1
+            ),
+        },
     );
     card.normalization = state.normalization.clone();
-    card.metrics.insert("val_accuracy".into(), m.accuracy);
-    card.metrics
-        .insert("val_balanced_accuracy".into(), m.balanced_accuracy);
-    card.metrics.insert("val_macro_f1".into(), m.macro_f1);
-    if let Some(auc) = m.roc_auc {
-        card.metrics.insert("val_roc_auc".into(), auc);
+    if let Some(m) = m {
+        card.metrics.insert("val_accuracy".into(), m.accuracy);
+        card.metrics
+            .insert("val_balanced_accuracy".into(), m.balanced_accuracy);
+        card.metrics.insert("val_macro_f1".into(), m.macro_f1);
+        if let Some(auc) = m.roc_auc {
+            card.metrics.insert("val_roc_auc".into(), auc);
+        }
     }
     let data = train
         .first()
@@ -741,6 +788,7 @@ fn save_model(
         batch_size: opts.batch_size,
         lr: opts.lr,
         augment: opts.augment,
+        init: opts.init.clone(),
     });
     write_atomic(
         &out.join(CARD_FILE),

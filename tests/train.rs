@@ -151,6 +151,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
             scale: 0.1,
         },
         threads: 2,
+        init: None,
     };
     let dev = Device::Cpu;
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Patient-grouped cross-validation of kather8 on the 228 shared Kather 2016 tiles: one
+# grouped split (no patient on both sides), one training per fold with the same
+# settings, and the pooled accuracy of each fold's LAST epoch on its held-out patients
+# (no model selection on the held-out fold). Extra training arguments pass through,
+# e.g. --init models/pcam.
+# usage: scripts/kather-cv.sh OUT [FOLDS=4] [EPOCHS=40] [-- extra train args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: scripts/kather-cv.sh OUT [FOLDS] [EPOCHS] [-- train args]}
+folds=${2:-4}
+epochs=${3:-40}
+shift $(($# < 3 ? $# : 3))
+[[ ${1:-} == -- ]] && shift
+bin=${HISTOMAP:-target/release/histomap}
+data=../shared/data/kather2016
+[[ -d target/extra/kather-glass ]] || scripts/make-glass-tiles.sh
+mkdir -p "$out"
+"$bin" split --data "$data" --pipeline pipelines/kather8.toml --out "$out/split.csv" \
+  --folds "$folds" --seed 0
+for ((f = 0; f < folds; f++)); do
+  [[ -f $out/fold$f/training.csv ]] && [[ $(($(wc -l < "$out/fold$f/training.csv") - 1)) -ge $epochs ]] && continue
+  resume=(); [[ -f $out/fold$f/checkpoint.json ]] && resume=(--resume)
+  "$bin" train --data "$data" --pipeline pipelines/kather8.toml --out "$out/fold$f" \
+    --split "$out/split.csv" --fold "$f" --epochs "$epochs" --patience "$epochs" \
+    --batch-size 16 --extra-train target/extra/kather-glass --quiet "${resume[@]}" "$@"
+done
+# Pooled over folds: Σ (last-epoch accuracy × held-out tiles) / Σ held-out tiles.
+for ((f = 0; f < folds; f++)); do
+  n=$(awk -F, -v f="$f" 'NR > 1 && $NF == f' "$out/split.csv" | wc -l)
+  tail -1 "$out/fold$f/training.csv" | awk -F, -v f="$f" -v n="$n" \
+    '{ print f, n, $5, $6 }'
+done | awk '{ printf "fold %d: %d tiles, last-epoch accuracy %.3f, balanced %.3f\n", $1, $2, $3, $4
+              hit += $2 * $3; n += $2 }
+            END { printf "pooled patient-grouped CV accuracy: %.3f (%d tiles)\n", hit / n, n }' |
+  tee "$out/cv.txt"
