@@ -345,3 +345,59 @@ fn train_resumes_after_kill_9() {
         .count();
     assert_eq!(checkpoints, 1, "older checkpoints are removed");
 }
+
+/// `--init` copies the weights whose names and shapes match (the 2-class head of a PCam
+/// model does not fit kather8's 8 classes), `--extra-train` adds training tiles and
+/// `--no-val` trains on every tile with no validation metrics in the card.
+#[test]
+fn init_extra_train_and_no_val() {
+    let dir = tempfile::tempdir().unwrap();
+    let kather = data().join("kather2016");
+    let (tiles, extra) = (dir.path().join("tiles"), dir.path().join("extra"));
+    for folder in fs::read_dir(&kather).unwrap().map(|e| e.unwrap().path()) {
+        if !folder.is_dir() {
+            continue;
+        }
+        let name = folder.file_name().unwrap();
+        let mut files: Vec<PathBuf> = fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for (to, file) in [(&tiles, &files[0]), (&tiles, &files[1]), (&extra, &files[2])] {
+            fs::create_dir_all(to.join(name)).unwrap();
+            fs::copy(file, to.join(name).join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    let init = model("pcam", Architecture::Smallcnn);
+    let out = dir.path().join("model");
+    histomap()
+        .args(["train", "-q", "--no-val", "--epochs", "1", "--lr", "0"])
+        .args(["--batch-size", "8", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--data")
+        .arg(&tiles)
+        .arg("--extra-train")
+        .arg(&extra)
+        .arg("--init")
+        .arg(&init)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let card = read_card(&out).unwrap();
+    let record = card.training.as_ref().unwrap();
+    assert_eq!((record.train_files, record.val_files), (24, 0));
+    assert_eq!(record.init.as_deref(), Some(init.as_path()));
+    assert!(card.metrics.is_empty(), "no validation, no metrics");
+    let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let (ours, theirs) = (
+        load(&out.join("model.safetensors")),
+        load(&init.join("model.safetensors")),
+    );
+    // Learning rate 0: copied weights are still the init model's.
+    let conv = "features.0.0.weight";
+    assert_eq!(common::max_abs_diff(&ours[conv], &theirs[conv]), 0.0);
+    assert_eq!(ours["fc.weight"].dims(), [8, 256]);
+    assert_eq!(theirs["fc.weight"].dims(), [2, 256]);
+}
