@@ -361,6 +361,9 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         },
         threads,
         init: a.init.clone(),
+        data: std::iter::once(a.data.clone())
+            .chain(a.extra_train.clone())
+            .collect(),
     };
     let bars = TrainBars::new(a.quiet);
     let report = histomap::train::train(
@@ -375,14 +378,19 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         &a.device.device()?,
         &bars,
     )?;
+    let state = if report.finished {
+        "finished"
+    } else {
+        "paused (resume with --resume)"
+    };
     match (report.best_epoch, report.best_metric) {
+        (Some(_), Some(_)) if a.no_val => eprintln!(
+            "{state} after {} epoch(s), no validation; model in {}",
+            report.epochs_done,
+            report.model_dir.display()
+        ),
         (Some(e), Some(m)) => eprintln!(
-            "{} after {} epoch(s); best validation metric {m:.4} at epoch {e}; model in {}",
-            if report.finished {
-                "finished"
-            } else {
-                "paused (resume with --resume)"
-            },
+            "{state} after {} epoch(s); best validation metric {m:.4} at epoch {e}; model in {}",
             report.epochs_done,
             report.model_dir.display()
         ),

@@ -51,6 +51,9 @@ pub struct TrainOptions {
     /// shape; the classifier head of a model with other classes keeps its seeded init).
     #[serde(default)]
     pub init: Option<PathBuf>,
+    /// Where the tiles came from, for the model card: `--data` and `--extra-train`.
+    #[serde(default)]
+    pub data: Vec<PathBuf>,
 }
 
 /// What the caller sees while training runs.
@@ -280,7 +283,7 @@ pub fn train(
         if state.best.is_none_or(|(_, b)| score > b) {
             state.best = Some((epoch + 1, score));
             let m = m.as_ref().map(|m| &m.0);
-            save_model(out, &varmap, pipeline, &state, m, &split.train)?;
+            save_model(out, &varmap, pipeline, &state, m)?;
         }
         state.epochs_done = epoch + 1;
         state.history.push(row.clone());
@@ -714,7 +717,8 @@ fn write_history(out: &Path, rows: &[EpochRow]) -> Result<()> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingRecord {
-    pub data: PathBuf,
+    /// The datasets the tiles came from (`--data`, then `--extra-train`).
+    pub data: Vec<PathBuf>,
     pub train_files: usize,
     pub val_files: usize,
     /// SHA-256 of the sorted list of training and validation file paths with their side.
@@ -736,7 +740,6 @@ fn save_model(
     pipeline: &Pipeline,
     state: &State,
     m: Option<&Metrics>,
-    train: &[Sample],
 ) -> Result<()> {
     let weights = out.join(WEIGHTS_FILE);
     let tmp = out.join(format!(".{WEIGHTS_FILE}.tmp"));
@@ -772,13 +775,8 @@ fn save_model(
             card.metrics.insert("val_roc_auc".into(), auc);
         }
     }
-    let data = train
-        .first()
-        .and_then(|s| s.path.parent())
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     card.training = Some(TrainingRecord {
-        data,
+        data: opts.data.clone(),
         train_files: state.train_files,
         val_files: state.val_files,
         split_sha256: state.split_sha256.clone(),

@@ -152,6 +152,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         },
         threads: 2,
         init: None,
+        data: vec![manifest.clone()],
     };
     let dev = Device::Cpu;
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -364,7 +365,11 @@ fn init_extra_train_and_no_val() {
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
-        for (to, file) in [(&tiles, &files[0]), (&tiles, &files[1]), (&extra, &files[2])] {
+        for (to, file) in [
+            (&tiles, &files[0]),
+            (&tiles, &files[1]),
+            (&extra, &files[2]),
+        ] {
             fs::create_dir_all(to.join(name)).unwrap();
             fs::copy(file, to.join(name).join(file.file_name().unwrap())).unwrap();
         }
@@ -389,6 +394,7 @@ fn init_extra_train_and_no_val() {
     let record = card.training.as_ref().unwrap();
     assert_eq!((record.train_files, record.val_files), (24, 0));
     assert_eq!(record.init.as_deref(), Some(init.as_path()));
+    assert_eq!(record.data, [tiles, extra]);
     assert!(card.metrics.is_empty(), "no validation, no metrics");
     let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
     let (ours, theirs) = (
