@@ -19,6 +19,7 @@ fn main() {
     let arch = match args.first().map(String::as_str).unwrap_or("smallcnn") {
         "resnet18" => Architecture::Resnet18,
         "resnet34" => Architecture::Resnet34,
+        "resnet50" => Architecture::Resnet50,
         _ => Architecture::Smallcnn,
     };
     let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);

@@ -377,3 +377,38 @@ fn gigapixel_pyramid_with_sparse_tissue() {
     );
     assert_eq!(tiles, classified);
 }
+
+/// The shipped models: trained, well under 50 MB, classes as their pipelines say, and
+/// used by `heatmap` when no `--model` is given.
+#[test]
+fn shipped_models_are_the_pipelines_defaults() {
+    for name in ["kather8"] {
+        let pipeline_file = pipeline(name);
+        let p = histomap::pipeline::Pipeline::load(&pipeline_file).unwrap();
+        let card = histomap::model::read_card(&p.model_path).unwrap();
+        assert!(card.trained, "{name}: card says untrained");
+        assert!(card.training.is_some(), "{name}: no training record");
+        let names: Vec<&str> = card.classes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, p.class_names(), "{name}: classes");
+        let bytes = fs::metadata(p.model_path.join("model.safetensors"))
+            .unwrap()
+            .len();
+        assert!(bytes < 50 << 20, "{name}: {bytes} bytes");
+
+        let out = tempfile::tempdir().unwrap();
+        histomap()
+            .args(["heatmap", "-q", "--pipeline"])
+            .arg(&pipeline_file)
+            .arg("--out")
+            .arg(out.path())
+            .arg(svs())
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("UNTRAINED").not());
+        let summary: Value = serde_json::from_slice(
+            &fs::read(out.path().join("cmu_small_region/summary.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(summary["model"]["trained"], true);
+    }
+}

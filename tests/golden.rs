@@ -50,16 +50,15 @@ fn wsinfer_model_folder_loads_and_runs() {
     assert!(d < 1e-4, "max |candle - torch| = {d}");
 }
 
-/// Needs the peer's model folder (45 MB, not shipped):
-/// `python ../shared/peers/wsinfer_model.py --out DIR` then
+/// Parity of a torchvision ResNet from `HISTOMAP_PEER_MODELS/<name>` (weights too big
+/// to ship): `resnet18_150` from `python ../shared/peers/wsinfer_model.py --out DIR`,
+/// `resnet50_150` from `python scripts/make-resnet-golden.py DIR resnet50`; then
 /// `HISTOMAP_PEER_MODELS=DIR cargo test --release --test golden -- --ignored`.
-#[test]
-#[ignore = "needs HISTOMAP_PEER_MODELS (45 MB of ResNet-18 weights made by the peer script)"]
-fn resnet18_matches_pytorch() {
+fn resnet_matches_pytorch(name: &str, arch: histomap::model::Architecture) {
     let peers = std::path::PathBuf::from(
         std::env::var("HISTOMAP_PEER_MODELS").expect("HISTOMAP_PEER_MODELS"),
     );
-    let src = peers.join("resnet18_150");
+    let src = peers.join(name);
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         src.join("model.safetensors"),
@@ -69,7 +68,7 @@ fn resnet18_matches_pytorch() {
     let p = histomap::pipeline::Pipeline::load(&common::pipeline("kather8")).unwrap();
     let card = histomap::model::ModelCard::for_pipeline(
         &p,
-        histomap::model::Architecture::Resnet18,
+        arch,
         false,
         "peer: seeded random weights".into(),
     );
@@ -79,5 +78,17 @@ fn resnet18_matches_pytorch() {
     )
     .unwrap();
     let d = parity(dir.path(), &src.join("io.safetensors"));
-    assert!(d < 1e-4, "max |candle - torch| = {d}");
+    assert!(d < 1e-4, "{name}: max |candle - torch| = {d}");
+}
+
+#[test]
+#[ignore = "needs HISTOMAP_PEER_MODELS (45 MB of ResNet-18 weights made by the peer script)"]
+fn resnet18_matches_pytorch() {
+    resnet_matches_pytorch("resnet18_150", histomap::model::Architecture::Resnet18);
+}
+
+#[test]
+#[ignore = "needs HISTOMAP_PEER_MODELS (94 MB of ResNet-50 weights, scripts/make-resnet-golden.py)"]
+fn resnet50_matches_pytorch() {
+    resnet_matches_pytorch("resnet50_150", histomap::model::Architecture::Resnet50);
 }

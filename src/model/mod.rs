@@ -18,7 +18,7 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-pub use self::resnet::ResNet;
+pub use self::resnet::{BlockKind, ResNet};
 pub use self::smallcnn::SmallCnn;
 use crate::error::{Error, Result};
 use crate::pipeline::{Class, Normalization, Pipeline};
@@ -36,6 +36,8 @@ pub enum Architecture {
     Resnet18,
     /// torchvision ResNet-34.
     Resnet34,
+    /// torchvision ResNet-50 (bottleneck blocks).
+    Resnet50,
 }
 
 /// `card.json`: everything needed to use the weights correctly, and where they came from.
@@ -135,6 +137,15 @@ pub enum Network {
     ResNet(ResNet),
 }
 
+fn resnet(
+    vb: VarBuilder,
+    kind: BlockKind,
+    blocks: [usize; 4],
+    num_classes: usize,
+) -> candle_core::Result<Network> {
+    Ok(Network::ResNet(ResNet::new(vb, kind, blocks, num_classes)?))
+}
+
 impl Network {
     pub fn new(
         arch: Architecture,
@@ -143,8 +154,9 @@ impl Network {
     ) -> candle_core::Result<Self> {
         Ok(match arch {
             Architecture::Smallcnn => Network::SmallCnn(SmallCnn::new(vb, num_classes)?),
-            Architecture::Resnet18 => Network::ResNet(ResNet::new(vb, [2, 2, 2, 2], num_classes)?),
-            Architecture::Resnet34 => Network::ResNet(ResNet::new(vb, [3, 4, 6, 3], num_classes)?),
+            Architecture::Resnet18 => resnet(vb, BlockKind::Basic, [2, 2, 2, 2], num_classes)?,
+            Architecture::Resnet34 => resnet(vb, BlockKind::Basic, [3, 4, 6, 3], num_classes)?,
+            Architecture::Resnet50 => resnet(vb, BlockKind::Bottleneck, [3, 4, 6, 3], num_classes)?,
         })
     }
 

@@ -1,61 +1,103 @@
-//! ResNet-18 and ResNet-34 (basic blocks) with torchvision's parameter names
-//! (`conv1`, `bn1`, `layer1.0.conv1`, `layer2.0.downsample.{0,1}`, `fc`, ...), so a
-//! torchvision or timm ResNet exported to safetensors loads as is.
+//! ResNet-18/34 (basic blocks) and ResNet-50 (bottlenecks) with torchvision's parameter
+//! names (`conv1`, `bn1`, `layer1.0.conv1`, `layer2.0.downsample.{0,1}`, `fc`, ...), so
+//! a torchvision or timm ResNet exported to safetensors loads as is.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::layers::{global_avg_pool, max_pool, ConvBn, ConvSpec};
 
+/// A residual block: `conv1`/`bn1`, `conv2`/`bn2` (and for a bottleneck `conv3`/`bn3`),
+/// ReLU between them, the shortcut (`downsample.{0,1}` where the shape changes) added
+/// before the last ReLU.
 #[derive(Debug, Clone)]
-struct BasicBlock {
-    a: ConvBn,
-    b: ConvBn,
+struct Block {
+    convs: Vec<ConvBn>,
     downsample: Option<ConvBn>,
 }
 
-impl BasicBlock {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
-        let conv3 = |c_in, stride, relu| ConvSpec {
+/// Which block a ResNet stacks.
+#[derive(Debug, Clone, Copy)]
+pub enum BlockKind {
+    /// Two 3×3 convolutions (ResNet-18/34).
+    Basic,
+    /// 1×1 down, 3×3 (carrying the stride, as torchvision's "v1.5"), 1×1 up to 4× the
+    /// stage width (ResNet-50).
+    Bottleneck,
+}
+
+impl BlockKind {
+    fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+impl Block {
+    fn new(
+        vb: VarBuilder,
+        kind: BlockKind,
+        c_in: usize,
+        width: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let c_out = width * kind.expansion();
+        let conv = |c_in, c_out, kernel: usize, stride, relu| ConvSpec {
             c_in,
             c_out,
-            kernel: 3,
+            kernel,
             stride,
-            padding: 1,
+            padding: kernel / 2,
             bias: false,
             relu,
         };
-        let a = ConvBn::new(conv3(c_in, stride, true), &vb, "conv1", "bn1")?;
-        // The second ReLU comes after the shortcut is added.
-        let b = ConvBn::new(conv3(c_out, 1, false), &vb, "conv2", "bn2")?;
+        // The last convolution's ReLU comes after the shortcut is added.
+        let specs = match kind {
+            BlockKind::Basic => vec![
+                conv(c_in, width, 3, stride, true),
+                conv(width, c_out, 3, 1, false),
+            ],
+            BlockKind::Bottleneck => vec![
+                conv(c_in, width, 1, 1, true),
+                conv(width, width, 3, stride, true),
+                conv(width, c_out, 1, 1, false),
+            ],
+        };
+        let convs = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                ConvBn::new(
+                    spec,
+                    &vb,
+                    &format!("conv{}", i + 1),
+                    &format!("bn{}", i + 1),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let downsample = if stride != 1 || c_in != c_out {
-            let spec = ConvSpec {
-                c_in,
-                c_out,
-                kernel: 1,
-                stride,
-                padding: 0,
-                bias: false,
-                relu: false,
-            };
+            let spec = conv(c_in, c_out, 1, stride, false);
             Some(ConvBn::new(spec, &vb.pp("downsample"), "0", "1")?)
         } else {
             None
         };
-        Ok(Self { a, b, downsample })
+        Ok(Self { convs, downsample })
     }
 
     fn fuse(&mut self) -> Result<()> {
-        self.a.fuse()?;
-        self.b.fuse()?;
+        self.convs.iter_mut().try_for_each(ConvBn::fuse)?;
         self.downsample.as_mut().map_or(Ok(()), ConvBn::fuse)
     }
 }
 
-impl ModuleT for BasicBlock {
+impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.a.forward_t(x, train)?;
-        let y = self.b.forward_t(&y, train)?;
+        let mut y = x.clone();
+        for conv in &self.convs {
+            y = conv.forward_t(&y, train)?;
+        }
         let shortcut = match &self.downsample {
             Some(d) => d.forward_t(x, train)?,
             None => x.clone(),
@@ -67,13 +109,19 @@ impl ModuleT for BasicBlock {
 #[derive(Debug, Clone)]
 pub struct ResNet {
     stem: ConvBn,
-    layers: Vec<BasicBlock>,
+    layers: Vec<Block>,
     fc: Linear,
 }
 
 impl ResNet {
-    /// `blocks`: basic blocks per stage, `[2, 2, 2, 2]` for ResNet-18, `[3, 4, 6, 3]` for 34.
-    pub fn new(vb: VarBuilder, blocks: [usize; 4], num_classes: usize) -> Result<Self> {
+    /// `blocks` per stage: `[2, 2, 2, 2]` basic for ResNet-18, `[3, 4, 6, 3]` basic for
+    /// 34, `[3, 4, 6, 3]` bottleneck for 50.
+    pub fn new(
+        vb: VarBuilder,
+        kind: BlockKind,
+        blocks: [usize; 4],
+        num_classes: usize,
+    ) -> Result<Self> {
         let stem_spec = ConvSpec {
             c_in: 3,
             c_out: 64,
@@ -87,16 +135,12 @@ impl ResNet {
         let mut layers = Vec::new();
         let mut c_in = 64;
         for (stage, &n) in blocks.iter().enumerate() {
-            let c_out = 64 << stage;
+            let width = 64 << stage;
             for i in 0..n {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                layers.push(BasicBlock::new(
-                    vb.pp(format!("layer{}.{i}", stage + 1)),
-                    c_in,
-                    c_out,
-                    stride,
-                )?);
-                c_in = c_out;
+                let vb = vb.pp(format!("layer{}.{i}", stage + 1));
+                layers.push(Block::new(vb, kind, c_in, width, stride)?);
+                c_in = width * kind.expansion();
             }
         }
         let fc = linear(c_in, num_classes, vb.pp("fc"))?;
@@ -105,7 +149,7 @@ impl ResNet {
 
     pub fn fuse(&mut self) -> Result<()> {
         self.stem.fuse()?;
-        self.layers.iter_mut().try_for_each(BasicBlock::fuse)
+        self.layers.iter_mut().try_for_each(Block::fuse)
     }
 }
 

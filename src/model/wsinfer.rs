@@ -53,10 +53,13 @@ pub fn card(dir: &Path) -> Result<ModelCard> {
         "smallcnn" => Architecture::Smallcnn,
         "resnet18" => Architecture::Resnet18,
         "resnet34" => Architecture::Resnet34,
+        "resnet50" => Architecture::Resnet50,
         other => {
             return Err(Error::model(
                 &path,
-                format!("architecture {other:?} is not supported (smallcnn, resnet18, resnet34)"),
+                format!(
+                "architecture {other:?} is not supported (smallcnn, resnet18, resnet34, resnet50)"
+            ),
             ))
         }
     };
