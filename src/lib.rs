@@ -35,6 +35,7 @@ pub mod preprocess;
 pub mod progress;
 pub mod regions;
 pub mod run;
+pub mod shard;
 pub mod sink;
 pub mod slide;
 pub mod split;

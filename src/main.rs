@@ -13,6 +13,7 @@ use histomap::model::{self, Architecture, Classifier, DeviceChoice, ModelCard};
 use histomap::pipeline::Pipeline;
 use histomap::progress::{Bars, TrainBars};
 use histomap::run::{self, Job, Outcome};
+use histomap::shard::Shard;
 use histomap::slide;
 use histomap::stream::StreamOptions;
 use histomap::train::TrainOptions;
@@ -131,6 +132,11 @@ struct HeatmapArgs {
     threads: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+    /// Run only part K/N of the slides (0-based K; sorted by path, balanced by file
+    /// size), so N workers with the same arguments cover every slide exactly once;
+    /// `slurm` takes K and N from the Slurm array task's environment.
+    #[arg(long, value_name = "K/N|slurm")]
+    shard: Option<Shard>,
     /// Redo slides that are already finished.
     #[arg(long)]
     force: bool,
@@ -496,6 +502,7 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         out: a.out,
         slide_mpp: a.slide_mpp,
         force: a.force,
+        shard: a.shard.unwrap_or(Shard::ALL),
     };
     let reports = {
         let bars = Bars::new(a.quiet);

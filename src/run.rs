@@ -19,6 +19,7 @@ use crate::model::{Architecture, Classifier};
 use crate::output::{write_atomic, Staging};
 use crate::pipeline::Pipeline;
 use crate::progress::Progress;
+use crate::shard::Shard;
 use crate::sink::{self, SlideResult};
 use crate::slide::{self, SlideInfo};
 use crate::stream::{self, StreamOptions, StreamStats};
@@ -41,6 +42,8 @@ pub struct Job {
     pub stream: StreamOptions,
     /// Redo slides that are already finished.
     pub force: bool,
+    /// The part of the slide list this worker runs.
+    pub shard: Shard,
 }
 
 #[derive(Debug)]
@@ -142,13 +145,18 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// Runs every slide; returns one report each, in order.
+/// Runs every slide of the job's shard; returns one report each, in list order. Output
+/// names come from the whole list, so every shard names a slide alike.
 pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Vec<SlideReport> {
-    progress.begin(slides.len());
-    let names = output_names(slides);
-    slides
-        .iter()
-        .zip(names)
+    let mut names: Vec<Option<String>> = output_names(slides).into_iter().map(Some).collect();
+    let mine: Vec<(&PathBuf, String)> = job
+        .shard
+        .select(&crate::shard::sizes(slides))
+        .into_iter()
+        .map(|i| (&slides[i], names[i].take().expect("each index once")))
+        .collect();
+    progress.begin(mine.len());
+    mine.into_iter()
         .map(|(path, name)| {
             let dir = job.out.join(&name);
             let outcome = if !job.force && dir.join(SUMMARY).is_file() {

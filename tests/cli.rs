@@ -412,3 +412,42 @@ fn shipped_models_are_the_pipelines_defaults() {
         assert_eq!(summary["model"]["trained"], true);
     }
 }
+
+/// Two workers with `--shard 0/2` and `--shard 1/2` over the same folder run every slide
+/// exactly once between them.
+#[test]
+fn shards_cover_a_folder_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let slides = dir.path().join("slides");
+    fs::create_dir(&slides).unwrap();
+    for name in ["a.svs", "b.svs", "c.svs"] {
+        fs::copy(svs(), slides.join(name)).unwrap();
+    }
+    let out = dir.path().join("out");
+    let model = model("kather8", Architecture::Smallcnn);
+    let mut ran = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let result = heatmap("kather8", &model, &out, &slides)
+            .args(["--shard", shard])
+            .assert()
+            .success();
+        let stderr = String::from_utf8_lossy(&result.get_output().stderr).into_owned();
+        ran.extend(
+            stderr
+                .lines()
+                .filter(|l| l.starts_with("done"))
+                .map(|l| l.split_whitespace().nth(1).unwrap().to_string()),
+        );
+    }
+    ran.sort();
+    assert_eq!(ran, ["a", "b", "c"]);
+    histomap()
+        .args(["heatmap", "--shard", "2/2", "-p"])
+        .arg(pipeline("kather8"))
+        .arg("-o")
+        .arg(&out)
+        .arg(&slides)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("0 <= K < N"));
+}
