@@ -382,7 +382,7 @@ fn gigapixel_pyramid_with_sparse_tissue() {
 /// used by `heatmap` when no `--model` is given.
 #[test]
 fn shipped_models_are_the_pipelines_defaults() {
-    for name in ["kather8"] {
+    for name in ["kather8", "pcam"] {
         let pipeline_file = pipeline(name);
         let p = histomap::pipeline::Pipeline::load(&pipeline_file).unwrap();
         let card = histomap::model::read_card(&p.model_path).unwrap();
