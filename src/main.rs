@@ -46,11 +46,8 @@ enum Command {
     /// path, label, group, fold). Tiles of one group (patient or slide) and
     /// byte-identical tiles always share a fold. Reproducible from --seed.
     Split {
-        /// Class folders, a Kaggle folder (train/ + train_labels.csv) or a manifest CSV.
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, short)]
-        pipeline: PathBuf,
+        #[command(flatten)]
+        tiles: TileArgs,
         /// CSV file to write.
         #[arg(long, short)]
         out: PathBuf,
@@ -151,13 +148,28 @@ enum Tta {
     D4,
 }
 
+/// A tile dataset and the pipeline whose classes label it.
 #[derive(Args)]
-struct TrainArgs {
+struct TileArgs {
     /// Class folders, a Kaggle folder (train/ + train_labels.csv) or a manifest CSV.
     #[arg(long)]
     data: PathBuf,
     #[arg(long, short)]
     pipeline: PathBuf,
+}
+
+impl TileArgs {
+    fn load(&self) -> anyhow::Result<(Pipeline, Dataset)> {
+        let pipeline = Pipeline::load(&self.pipeline)?;
+        let dataset = Dataset::load(&self.data, &pipeline.class_names())?;
+        Ok((pipeline, dataset))
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    tiles: TileArgs,
     /// Model folder to write.
     #[arg(long, short)]
     out: PathBuf,
@@ -232,14 +244,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Info { slides, json } => info(&slides, json),
         Command::Heatmap(args) => heatmap(args),
         Command::Split {
-            data,
-            pipeline,
+            tiles,
             out,
             folds,
             seed,
         } => {
-            let pipeline = Pipeline::load(&pipeline)?;
-            let dataset = Dataset::load(&data, &pipeline.class_names())?;
+            let (_, dataset) = tiles.load()?;
             let hashes = dataset.hashes()?;
             let dups = histomap::dataset::duplicates(&hashes);
             if !dups.is_empty() {
@@ -329,8 +339,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let threads = a.threads.unwrap_or_else(all_cores).max(1);
-    let pipeline = Pipeline::load(&a.pipeline)?;
-    let dataset = Dataset::load(&a.data, &pipeline.class_names())?;
+    let (pipeline, dataset) = a.tiles.load()?;
     let mut split = if a.no_val {
         histomap::train::Split {
             train: dataset.samples.clone(),
@@ -367,7 +376,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         },
         threads,
         init: a.init.clone(),
-        data: std::iter::once(a.data.clone())
+        data: std::iter::once(a.tiles.data.clone())
             .chain(a.extra_train.clone())
             .collect(),
     };

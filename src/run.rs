@@ -148,16 +148,12 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
 /// Runs every slide of the job's shard; returns one report each, in list order. Output
 /// names come from the whole list, so every shard names a slide alike.
 pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Vec<SlideReport> {
-    let mut names: Vec<Option<String>> = output_names(slides).into_iter().map(Some).collect();
-    let mine: Vec<(&PathBuf, String)> = job
-        .shard
-        .select(&crate::shard::sizes(slides))
-        .into_iter()
-        .map(|i| (&slides[i], names[i].take().expect("each index once")))
-        .collect();
+    let names = output_names(slides);
+    let mine = job.shard.select(&crate::shard::sizes(slides));
     progress.begin(mine.len());
     mine.into_iter()
-        .map(|(path, name)| {
+        .map(|i| {
+            let (path, name) = (&slides[i], names[i].clone());
             let dir = job.out.join(&name);
             let outcome = if !job.force && dir.join(SUMMARY).is_file() {
                 Outcome::Skipped { dir }

@@ -60,7 +60,7 @@ pub fn batch_norm_train(
     conv_bias: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
+    let (n, _, h, w) = x.dims4()?;
     let Some((gamma, beta)) = bn.weight_and_bias() else {
         candle_core::bail!("batch_norm_train: BatchNorm without weight and bias")
     };
@@ -87,7 +87,6 @@ pub fn batch_norm_train(
             .map(|v| 1.0 / (v + bn.eps() as f32).sqrt())
             .collect(),
         relu,
-        channels: c,
     };
     x.apply_op3(gamma, beta, op)
 }
@@ -276,13 +275,19 @@ struct BnTrain {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     relu: bool,
-    channels: usize,
 }
 
 impl BnTrain {
+    /// For one value of channel `ch` in the backward pass: the gradient dz before the
+    /// ReLU (zero where the ReLU cut the output `y`) and the normalised input x̂.
+    fn grad_terms(&self, ch: usize, x: f32, y: f32, dy: f32) -> (f32, f32) {
+        let dz = if self.relu && y <= 0.0 { 0.0 } else { dy };
+        (dz, (x - self.mean[ch]) * self.inv_std[ch])
+    }
+
     /// Per-channel scale and shift of the affine map, from γ and β.
     fn affine(&self, gamma: &[f32], beta: &[f32]) -> Vec<(f32, f32)> {
-        (0..self.channels)
+        (0..self.mean.len())
             .map(|ch| {
                 let scale = gamma[ch] * self.inv_std[ch];
                 (scale, beta[ch] - self.mean[ch] * scale)
@@ -347,6 +352,12 @@ impl CustomOp3 for BnTrain {
     }
 }
 
+/// x, y and dy of a [`BnTrain`] backward op as slices.
+fn backward_inputs<'a>(inputs: [(&'a CpuStorage, &Layout); 3]) -> Result<[&'a [f32]; 3]> {
+    let [a, b, c] = inputs.map(|(s, l)| contiguous_f32(s, l, "batch-norm"));
+    Ok([a?, b?, c?])
+}
+
 /// Σ dz and Σ dz·x̂ per channel, as a (2, c) tensor; inputs x, y, dy.
 struct BnGradSums<'a>(&'a BnTrain);
 
@@ -365,25 +376,19 @@ impl CustomOp3 for BnGradSums<'_> {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let (x, y, dy) = (
-            contiguous_f32(s1, l1, "batch-norm")?,
-            contiguous_f32(s2, l2, "batch-norm")?,
-            contiguous_f32(s3, l3, "batch-norm")?,
-        );
+        let [x, y, dy] = backward_inputs([(s1, l1), (s2, l2), (s3, l3)])?;
         let plane = h * w;
-        let bn = self.0;
         let (d_beta, d_gamma): (Vec<f32>, Vec<f32>) = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mean, inv_std) = (bn.mean[ch], bn.inv_std[ch]);
                 let (mut sum, mut sum_xhat) = (0f64, 0f64);
                 for i in 0..n {
                     let at = (i * c + ch) * plane..(i * c + ch + 1) * plane;
                     let (mut s, mut sx) = (0f32, 0f32);
                     for ((&x, &y), &g) in x[at.clone()].iter().zip(&y[at.clone()]).zip(&dy[at]) {
-                        let g = if bn.relu && y <= 0.0 { 0.0 } else { g };
-                        s += g;
-                        sx += g * (x - mean) * inv_std;
+                        let (dz, xhat) = self.0.grad_terms(ch, x, y, g);
+                        s += dz;
+                        sx += dz * xhat;
                     }
                     sum += s as f64;
                     sum_xhat += sx as f64;
@@ -421,19 +426,13 @@ impl CustomOp3 for BnGradInput<'_> {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let (x, y, dy) = (
-            contiguous_f32(s1, l1, "batch-norm")?,
-            contiguous_f32(s2, l2, "batch-norm")?,
-            contiguous_f32(s3, l3, "batch-norm")?,
-        );
+        let [x, y, dy] = backward_inputs([(s1, l1), (s2, l2), (s3, l3)])?;
         let plane = h * w;
         let m = (n * plane) as f32;
-        let bn = self.bn;
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
             let ch = p % c;
-            let (mean, inv_std) = (bn.mean[ch], bn.inv_std[ch]);
-            let scale = self.gamma[ch] * inv_std;
+            let scale = self.gamma[ch] * self.bn.inv_std[ch];
             let (mean_dz, mean_dz_xhat) = (self.sums[0][ch] / m, self.sums[1][ch] / m);
             let at = p * plane..(p + 1) * plane;
             for (((d, &x), &y), &g) in out
@@ -442,9 +441,8 @@ impl CustomOp3 for BnGradInput<'_> {
                 .zip(&y[at.clone()])
                 .zip(&dy[at])
             {
-                let g = if bn.relu && y <= 0.0 { 0.0 } else { g };
-                let xhat = (x - mean) * inv_std;
-                *d = scale * (g - mean_dz - xhat * mean_dz_xhat);
+                let (dz, xhat) = self.bn.grad_terms(ch, x, y, g);
+                *d = scale * (dz - mean_dz - xhat * mean_dz_xhat);
             }
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))

@@ -57,27 +57,27 @@ impl ConvBn {
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // Training on the CPU goes through hand-written kernels (see `cpu_ops`): candle's
-        // convolution backward is a direct loop and its composed BatchNorm costs a
-        // gradient buffer per op. Inference keeps candle's convolution, which is as fast
-        // there and needs no im2col buffer.
-        if let (true, true, Some(bn)) = (train, x.device().is_cpu(), &self.bn) {
-            let cfg = self.conv.config();
-            let y = cpu_ops::conv2d(x, self.conv.weight(), cfg.stride, cfg.padding)?;
+        if !x.device().is_cpu() {
+            let y = self.conv.forward(x)?;
+            let y = match &self.bn {
+                Some(bn) => bn.forward_t(&y, train)?,
+                None => y,
+            };
+            return if self.relu { y.relu() } else { Ok(y) };
+        }
+        // On the CPU, hand-written kernels (see `cpu_ops`): candle's convolution backward
+        // is a direct loop and its composed BatchNorm costs a gradient buffer per op.
+        let cfg = self.conv.config();
+        let y = cpu_ops::conv2d(x, self.conv.weight(), cfg.stride, cfg.padding)?;
+        if let (true, Some(bn)) = (train, &self.bn) {
             return cpu_ops::batch_norm_train(&y, bn, self.conv.bias(), self.relu);
         }
-        let y = if x.device().is_cpu() {
-            let cfg = self.conv.config();
-            let y = cpu_ops::conv2d(x, self.conv.weight(), cfg.stride, cfg.padding)?;
-            match self.conv.bias() {
-                Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
-                None => y,
-            }
-        } else {
-            self.conv.forward(x)?
+        let y = match self.conv.bias() {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
         };
         let y = match &self.bn {
-            Some(bn) => bn.forward_t(&y, train)?,
+            Some(bn) => bn.forward_t(&y, false)?,
             None => y,
         };
         if self.relu {
