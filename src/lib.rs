@@ -14,6 +14,11 @@
 //! | [`regions`] | per-cell labels | dissolved class polygons |
 //! | [`sink`] | a finished slide | overlay and class PNGs, GeoJSON, CSV |
 //! | [`run`] | slides and folders | one complete output folder per slide |
+//! | [`ledger`] | an OUT folder | slide locks, failure records, the run's slide list and log |
+//! | [`report`] | an OUT folder | `cohort.csv` and a static `index.html` |
+//!
+//! [`shard`] splits a slide list among workers and [`slurm`] writes the job array that
+//! runs them.
 //!
 //! [`pipeline`] loads the declarative pipeline files; [`geom`] holds the coordinate
 //! types; [`progress`] is the only way the library talks to a user.
@@ -26,6 +31,7 @@ pub mod evaluate;
 pub mod geom;
 pub mod grid;
 pub mod heatmap;
+pub mod ledger;
 pub mod mask;
 pub mod metrics;
 pub mod model;
@@ -34,10 +40,12 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
 pub mod regions;
+pub mod report;
 pub mod run;
 pub mod shard;
 pub mod sink;
 pub mod slide;
+pub mod slurm;
 pub mod split;
 pub mod stream;
 pub mod train;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use histomap::augment::Augment;
 use histomap::dataset::Dataset;
 use histomap::evaluate::EvalOptions;
@@ -81,6 +81,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Write a Slurm job array that runs `heatmap` over the slides, N tasks each taking
+    /// a deterministic part of them; with --submit, submit it through sbatch. Takes
+    /// every `heatmap` option. Resubmitting the script redoes only unfinished slides.
+    Slurm(SlurmArgs),
+    /// Where a run stands: done, failed, running and missing slides, read from OUT's
+    /// markers (no Slurm needed).
+    Status {
+        /// The run's output folder.
+        out: PathBuf,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge every slide's summary into OUT/cohort.csv and a static OUT/index.html
+    /// (thumbnails with overlays, class areas, sortable table, failed slides) that
+    /// opens from disk with no server.
+    Report {
+        /// The run's output folder.
+        out: PathBuf,
+    },
     /// Write a model with RANDOM, UNTRAINED weights for a pipeline's classes. For
     /// testing the plumbing only: its maps mean nothing, and its card says so.
     InitModel {
@@ -140,6 +160,75 @@ struct HeatmapArgs {
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
+}
+
+impl HeatmapArgs {
+    /// The `heatmap` command line that repeats these arguments with absolute paths,
+    /// leaving out --shard, --threads and --quiet, which each worker sets.
+    fn worker_argv(&self) -> anyhow::Result<Vec<String>> {
+        let abs = |p: &PathBuf| -> anyhow::Result<String> {
+            Ok(std::path::absolute(p)
+                .with_context(|| format!("{}: cannot make absolute", p.display()))?
+                .display()
+                .to_string())
+        };
+        let mut v = vec!["heatmap".to_string()];
+        for i in &self.inputs {
+            v.push(abs(i)?);
+        }
+        v.extend(["--pipeline".into(), abs(&self.pipeline)?]);
+        v.extend(["--out".into(), abs(&self.out)?]);
+        if let Some(m) = &self.model {
+            v.extend(["--model".into(), abs(m)?]);
+        }
+        let mut opt = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                v.extend([k.to_string(), val]);
+            }
+        };
+        opt("--slide-mpp", self.slide_mpp.map(|x| x.to_string()));
+        opt("--patch-size", self.patch_size.map(|x| x.to_string()));
+        opt("--stride", self.stride.map(|x| x.to_string()));
+        opt("--min-tissue", self.min_tissue.map(|x| x.to_string()));
+        opt("--batch-size", self.batch_size.map(|x| x.to_string()));
+        let device = self.device.to_possible_value().expect("not skipped");
+        opt("--device", Some(device.get_name().to_string()));
+        if self.force {
+            v.push("--force".into());
+        }
+        Ok(v)
+    }
+}
+
+#[derive(Args)]
+struct SlurmArgs {
+    #[command(flatten)]
+    heatmap: HeatmapArgs,
+    /// Array tasks (workers).
+    #[arg(long)]
+    array: usize,
+    #[arg(long)]
+    partition: Option<String>,
+    /// CPUs per task.
+    #[arg(long, default_value_t = 4)]
+    cpus: usize,
+    /// Memory per task (sbatch syntax, e.g. 8G).
+    #[arg(long)]
+    mem: Option<String>,
+    /// GPUs per task (the workers then run with --device cuda unless --device is given).
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Time limit per task (sbatch syntax, e.g. 4:00:00).
+    #[arg(long)]
+    time: Option<String>,
+    #[arg(long, default_value = "histomap")]
+    job_name: String,
+    /// Where to write the script; default OUT/histomap.sbatch.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Submit it with sbatch and print the job id.
+    #[arg(long)]
+    submit: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -316,6 +405,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("wrote {}", out.join("metrics.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Slurm(args) => slurm(args),
+        Command::Status { out, json } => status(&out, json),
+        Command::Report { out } => {
+            let r = histomap::report::write(&out)?;
+            println!(
+                "{} done, {} failed, {} running, {} missing",
+                r.done, r.failed, r.running, r.missing
+            );
+            println!("wrote {} and {}", r.csv.display(), r.html.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::InitModel {
@@ -515,7 +615,7 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
     };
     let reports = {
         let bars = Bars::new(a.quiet);
-        run::run_all(&slides, &job, &bars)
+        run::run_all(&slides, &job, &bars)?
     };
     let failed = reports
         .iter()
@@ -524,6 +624,103 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
     if failed > 0 {
         eprintln!("histomap: {failed} of {} slide(s) failed", reports.len());
         return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn slurm(a: SlurmArgs) -> anyhow::Result<ExitCode> {
+    if a.heatmap.shard.is_some() {
+        bail!("histomap slurm: --shard is set per task by the script; leave it out");
+    }
+    let mut heatmap = a.heatmap;
+    if a.gpus.is_some_and(|g| g > 0) && heatmap.device == DeviceChoice::Auto {
+        heatmap.device = DeviceChoice::Cuda;
+    }
+    // Check the job before it reaches a queue: the pipeline and model load, and the
+    // slide list is what every task will see.
+    let pipeline = Pipeline::load(&heatmap.pipeline)?;
+    let model_dir = heatmap.model.clone().unwrap_or(pipeline.model_path.clone());
+    Classifier::load(&model_dir, &candle_core::Device::Cpu)?
+        .card
+        .check_against(&pipeline, &model_dir)?;
+    let slides = run::collect_slides(&heatmap.inputs)?;
+    if slides.is_empty() {
+        bail!("no slides found in {:?}", heatmap.inputs);
+    }
+    let ledger = histomap::ledger::Ledger::create(&heatmap.out)?;
+    let entries: Vec<_> = slides
+        .iter()
+        .zip(run::output_names(&slides))
+        .map(|(path, name)| histomap::ledger::SlideEntry {
+            path: path.clone(),
+            name,
+        })
+        .collect();
+    ledger.write_slides(&entries)?;
+
+    let (default_script, logs) =
+        histomap::slurm::default_paths(&std::path::absolute(&heatmap.out)?);
+    std::fs::create_dir_all(&logs).with_context(|| format!("{}", logs.display()))?;
+    let opts = histomap::slurm::SlurmOptions {
+        array: a.array,
+        job_name: a.job_name,
+        partition: a.partition,
+        cpus: a.cpus,
+        mem: a.mem,
+        gpus: a.gpus,
+        time: a.time,
+    };
+    let exe = std::env::current_exe().context("locating the histomap executable")?;
+    let text = histomap::slurm::script(&exe, &heatmap.worker_argv()?, &logs, &opts)?;
+    let script = a.script.unwrap_or(default_script);
+    histomap::output::write_atomic(&script, text.as_bytes())?;
+    eprintln!(
+        "wrote {} ({} tasks over {} slides)",
+        script.display(),
+        opts.array,
+        slides.len()
+    );
+    if a.submit {
+        let id = histomap::slurm::submit(&script)?;
+        println!("{id}");
+        eprintln!(
+            "submitted job {id}; follow it with: histomap status {}",
+            heatmap.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(out: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    use histomap::ledger::{Ledger, SlideState};
+    if !out.is_dir() {
+        bail!("{}: no such output folder", out.display());
+    }
+    let survey = Ledger::at(out).survey()?;
+    let mut counts = [0usize; 4];
+    for (name, path, state) in &survey {
+        let (i, word, detail) = match state {
+            SlideState::Done => (0, "done", String::new()),
+            SlideState::Failed(f) => (1, "failed", f.error.clone()),
+            SlideState::Running { holder } => (2, "running", holder.clone()),
+            SlideState::Missing => (3, "missing", String::new()),
+        };
+        counts[i] += 1;
+        if json {
+            let row = serde_json::json!({
+                "slide": name, "path": path, "state": word, "detail": detail,
+            });
+            println!("{row}");
+        } else {
+            println!("{word:<8} {name}  {detail}");
+        }
+    }
+    let [done, failed, running, missing] = counts;
+    if !json {
+        println!(
+            "{done} done, {failed} failed, {running} running, {missing} missing (of {})",
+            survey.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

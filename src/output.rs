@@ -70,25 +70,31 @@ fn tmp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// A slide's output folder under construction: `OUT/.staging/<name>-<pid>`, renamed to
-/// `OUT/<name>` by [`Staging::commit`]. Dropped without commit, it is removed.
+/// A slide's output folder under construction: `STAGING/<name>`, renamed to
+/// `OUT/<name>` by [`Staging::commit`]. Dropped without commit, it is removed. The
+/// caller holds the slide's lock, so whatever a killed worker left at `STAGING/<name>`
+/// is stale and is cleared first.
 pub struct Staging {
     dir: PathBuf,
     target: PathBuf,
+    replaced: PathBuf,
     committed: bool,
 }
 
 impl Staging {
-    pub fn new(out: &Path, name: &str) -> Result<Self> {
-        let root = out.join(".staging");
-        let dir = root.join(format!("{name}-{}", std::process::id()));
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    pub fn new(staging: &Path, out: &Path, name: &str) -> Result<Self> {
+        let dir = staging.join(name);
+        let replaced = staging.join(".replaced").join(name);
+        for stale in [&dir, &replaced] {
+            if stale.exists() {
+                fs::remove_dir_all(stale).map_err(|e| Error::io(stale, e))?;
+            }
         }
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Self {
             dir,
             target: out.join(name),
+            replaced,
             committed: false,
         })
     }
@@ -100,18 +106,17 @@ impl Staging {
     /// Moves the finished folder into place, replacing an older one if present.
     pub fn commit(mut self) -> Result<PathBuf> {
         if self.target.exists() {
-            let old = self.dir.with_extension("old");
-            fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
+            let old = &self.replaced;
+            if let Some(parent) = old.parent() {
+                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            fs::rename(&self.target, old).map_err(|e| Error::io(&self.target, e))?;
             fs::rename(&self.dir, &self.target).map_err(|e| Error::io(&self.target, e))?;
-            fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
         } else {
             fs::rename(&self.dir, &self.target).map_err(|e| Error::io(&self.target, e))?;
         }
         self.committed = true;
-        if let Some(root) = self.dir.parent() {
-            // Only succeeds when no other slide is being staged.
-            let _ = fs::remove_dir(root);
-        }
         Ok(self.target.clone())
     }
 }
@@ -120,9 +125,6 @@ impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.dir);
-            if let Some(root) = self.dir.parent() {
-                let _ = fs::remove_dir(root);
-            }
         }
     }
 }
@@ -134,16 +136,33 @@ mod tests {
     #[test]
     fn staging_is_invisible_until_commit() {
         let out = tempfile::tempdir().unwrap();
-        let st = Staging::new(out.path(), "s1").unwrap();
+        let staging = out.path().join(".histomap/staging");
+        let st = Staging::new(&staging, out.path(), "s1").unwrap();
         write_atomic(&st.dir().join("a.txt"), b"hi").unwrap();
         assert!(!out.path().join("s1").exists());
         let final_dir = st.commit().unwrap();
         assert_eq!(fs::read(final_dir.join("a.txt")).unwrap(), b"hi");
-        assert!(!out.path().join(".staging").exists());
 
-        let st = Staging::new(out.path(), "s2").unwrap();
+        // A second run replaces the folder whole.
+        let st = Staging::new(&staging, out.path(), "s1").unwrap();
+        write_atomic(&st.dir().join("b.txt"), b"new").unwrap();
+        st.commit().unwrap();
+        assert!(!out.path().join("s1/a.txt").exists());
+        assert_eq!(fs::read(out.path().join("s1/b.txt")).unwrap(), b"new");
+
+        let st = Staging::new(&staging, out.path(), "s2").unwrap();
         drop(st);
         assert!(!out.path().join("s2").exists());
-        assert!(!out.path().join(".staging").exists());
+        assert_eq!(fs::read_dir(&staging).unwrap().count(), 1, "only .replaced");
+    }
+
+    #[test]
+    fn staging_clears_what_a_killed_worker_left() {
+        let out = tempfile::tempdir().unwrap();
+        let staging = out.path().join("staging");
+        fs::create_dir_all(staging.join("s")).unwrap();
+        fs::write(staging.join("s/partial.png"), b"half").unwrap();
+        let st = Staging::new(&staging, out.path(), "s").unwrap();
+        assert_eq!(fs::read_dir(st.dir()).unwrap().count(), 0);
     }
 }

@@ -1,8 +1,10 @@
 //! The `heatmap` job over many slides. In: slide paths and folders, a pipeline and a
 //! model. Out: one folder per slide under `OUT/`, each complete or absent.
 //!
-//! One bad slide never stops the rest: its error is reported and the next slide
-//! starts. A slide whose `OUT/<name>/summary.json` exists is skipped on reruns.
+//! One bad slide never stops the rest: its error is reported, recorded in the
+//! [`ledger`](crate::ledger), and the next slide starts. A slide whose
+//! `OUT/<name>/summary.json` exists is skipped on reruns, and a slide another worker
+//! has locked is left to it, so reruns and concurrent workers redo nothing finished.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::geom::Cell;
 use crate::grid::{Grid, ReadPlan};
 use crate::heatmap::{Heatmap, Predictions};
+use crate::ledger::{EventKind, Failure, Ledger, SlideEntry, Worker, SUMMARY};
 use crate::mask::TissueMask;
 use crate::model::{Architecture, Classifier};
 use crate::output::{write_atomic, Staging};
@@ -24,7 +27,6 @@ use crate::sink::{self, SlideResult};
 use crate::slide::{self, SlideInfo};
 use crate::stream::{self, StreamOptions, StreamStats};
 
-pub const SUMMARY: &str = "summary.json";
 /// Longer side of the thumbnail behind the tissue mask and the overlay.
 pub const THUMBNAIL_SIDE: u32 = 2048;
 const SLIDE_EXTENSIONS: &[&str] = &[
@@ -56,6 +58,8 @@ pub enum Outcome {
     Skipped {
         dir: PathBuf,
     },
+    /// Another worker holds the slide's lock.
+    Busy,
     Failed {
         error: String,
     },
@@ -87,6 +91,7 @@ impl SlideReport {
                 self.name,
                 dir.display()
             ),
+            Outcome::Busy => format!("busy    {}  (another worker has it)", self.name),
             Outcome::Failed { error } => format!("FAILED  {}  {error}", self.name),
         }
     }
@@ -147,38 +152,84 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
 
 /// Runs every slide of the job's shard; returns one report each, in list order. Output
 /// names come from the whole list, so every shard names a slide alike.
-pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Vec<SlideReport> {
+pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Result<Vec<SlideReport>> {
     let names = output_names(slides);
+    let ledger = Ledger::create(&job.out)?;
+    let entries: Vec<SlideEntry> = slides
+        .iter()
+        .zip(&names)
+        .map(|(path, name)| SlideEntry {
+            path: path.clone(),
+            name: name.clone(),
+        })
+        .collect();
+    ledger.write_slides(&entries)?;
     let mine = job.shard.select(&crate::shard::sizes(slides));
     progress.begin(mine.len());
     mine.into_iter()
         .map(|i| {
             let (path, name) = (&slides[i], names[i].clone());
-            let dir = job.out.join(&name);
-            let outcome = if !job.force && dir.join(SUMMARY).is_file() {
-                Outcome::Skipped { dir }
-            } else {
-                let t = Instant::now();
-                match process_slide(path, &name, job, progress) {
-                    Ok((dir, summary)) => Outcome::Done {
-                        dir,
-                        patches: summary.patches.classified,
-                        seconds: t.elapsed().as_secs_f64(),
-                    },
-                    Err(e) => Outcome::Failed {
-                        error: e.to_string(),
-                    },
-                }
-            };
+            let outcome = run_one(path, &name, job, &ledger, progress)?;
             let report = SlideReport {
                 path: path.clone(),
                 name,
                 outcome,
             };
             progress.slide_finished(&report.line());
-            report
+            Ok(report)
         })
         .collect()
+}
+
+/// One slide under its lock. Errors of the slide become its outcome; errors of the
+/// ledger (OUT unwritable) end the run.
+fn run_one(
+    path: &Path,
+    name: &str,
+    job: &Job,
+    ledger: &Ledger,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let dir = job.out.join(name);
+    if !job.force && ledger.is_done(name) {
+        ledger.log(EventKind::Skipped, name)?;
+        return Ok(Outcome::Skipped { dir });
+    }
+    let Some(_lock) = ledger.try_lock(name)? else {
+        ledger.log(EventKind::Busy, name)?;
+        return Ok(Outcome::Busy);
+    };
+    // Another worker may have finished it between the check and the lock.
+    if !job.force && ledger.is_done(name) {
+        ledger.log(EventKind::Skipped, name)?;
+        return Ok(Outcome::Skipped { dir });
+    }
+    ledger.log(EventKind::Start, name)?;
+    let t = Instant::now();
+    Ok(match process_slide(path, name, job, ledger, progress) {
+        Ok((dir, summary)) => {
+            ledger.clear_failure(name)?;
+            ledger.log(EventKind::Done, name)?;
+            Outcome::Done {
+                dir,
+                patches: summary.patches.classified,
+                seconds: t.elapsed().as_secs_f64(),
+            }
+        }
+        Err(e) => {
+            let error = e.to_string();
+            ledger.record_failure(
+                name,
+                &Failure {
+                    slide: path.to_path_buf(),
+                    error: error.clone(),
+                    worker: Worker::now(),
+                },
+            )?;
+            ledger.log(EventKind::Failed, name)?;
+            Outcome::Failed { error }
+        }
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -228,6 +279,8 @@ pub struct PatchCounts {
 #[derive(Debug, Serialize)]
 pub struct ClassSummary {
     pub name: String,
+    #[serde(with = "crate::pipeline::hex_color")]
+    pub color: [u8; 3],
     /// Grid cells whose winning class this is.
     pub cells: usize,
     pub area_mm2: f64,
@@ -254,11 +307,13 @@ pub fn tissue_cells(grid: &Grid, mask: &TissueMask, min_tissue: f32) -> (Vec<Cel
         .unzip()
 }
 
-/// Processes one slide into `OUT/<name>/`; the folder appears only when complete.
+/// Processes one slide into `OUT/<name>/`; the folder appears only when complete. The
+/// caller holds the slide's lock.
 pub fn process_slide(
     path: &Path,
     name: &str,
     job: &Job,
+    ledger: &Ledger,
     progress: &dyn Progress,
 ) -> Result<(PathBuf, Summary)> {
     let t0 = Instant::now();
@@ -318,8 +373,7 @@ pub fn process_slide(
         thumbnail: &thumb,
         caption: &caption,
     };
-    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
-    let staging = Staging::new(&job.out, name)?;
+    let staging = Staging::new(&ledger.staging(), &job.out, name)?;
     let mut outputs = Vec::new();
     for s in sink::standard() {
         outputs.extend(s.write(&result, staging.dir())?);
@@ -365,6 +419,7 @@ fn summarise(
             let cells = cells_per_class[k];
             ClassSummary {
                 name: c.name.clone(),
+                color: c.color,
                 cells,
                 area_mm2: cells as f64 * cell_mm2,
                 fraction_of_tissue: cells as f64 / tissue_count as f64,

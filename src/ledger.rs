@@ -1,0 +1,387 @@
+//! What a batch run keeps beside its outputs so that many workers, on one machine or
+//! on a cluster's shared filesystem, can share one OUT folder with no service of their
+//! own. In: an OUT folder. Out: per-slide locks, failure records, the slide list, an
+//! event log, and each slide's state read back from them.
+//!
+//! ```text
+//! OUT/<name>/                  a finished slide (summary.json inside marks it done)
+//! OUT/.histomap/slides.json    the run's slide list, so `status` can name missing slides
+//! OUT/.histomap/locks/<name>   locked (flock) by the worker processing that slide
+//! OUT/.histomap/failed/<name>.json   the last error of a slide; removed on success
+//! OUT/.histomap/log.jsonl      one line per event: start, done, failed, skipped, busy
+//! OUT/.histomap/staging/       slide folders under construction
+//! ```
+//!
+//! Locks are `flock`s, not files whose existence means "taken": the kernel releases
+//! one when its process dies, by `kill -9` or a node's crash too, so a killed job never
+//! leaves a slide stuck, and no clock or PID has to be trusted. On NFSv4 the lock is a
+//! server-side lock held under the client's lease: a vanished node's locks expire with
+//! that lease. Lock files are never deleted, since deleting one while another worker
+//! has it open would let two workers lock two different files of the same name.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::output::write_atomic;
+
+/// The folder under OUT that holds the ledger.
+pub const DIR: &str = ".histomap";
+/// A slide's folder holds this file once it is complete.
+pub const SUMMARY: &str = "summary.json";
+
+/// One slide of a run's list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlideEntry {
+    pub path: PathBuf,
+    /// Its output folder under OUT.
+    pub name: String,
+}
+
+/// Where a slide stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlideState {
+    Done,
+    /// A worker holds its lock; `holder` is what that worker wrote into it.
+    Running {
+        holder: String,
+    },
+    Failed(Failure),
+    Missing,
+}
+
+/// The record of a slide's last failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub slide: PathBuf,
+    pub error: String,
+    pub worker: Worker,
+}
+
+/// Which process did something, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Worker {
+    pub host: String,
+    pub pid: u32,
+    /// `JOBID_TASK` of a Slurm array task, `JOBID` of another Slurm job.
+    pub job: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+}
+
+impl Worker {
+    pub fn now() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let job = match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+            (Some(j), Some(t)) => Some(format!("{j}_{t}")),
+            _ => var("SLURM_JOB_ID"),
+        };
+        Self {
+            host: hostname(),
+            pid: std::process::id(),
+            job,
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// One line of `log.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event: EventKind,
+    pub slide: String,
+    #[serde(flatten)]
+    pub worker: Worker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Start,
+    Done,
+    Failed,
+    /// Finished earlier.
+    Skipped,
+    /// Another worker held the slide's lock.
+    Busy,
+}
+
+/// A slide's lock, held until dropped (or until the process ends, however it ends).
+#[derive(Debug)]
+pub struct SlideLock {
+    _file: File,
+}
+
+/// The ledger of one OUT folder.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    out: PathBuf,
+    dir: PathBuf,
+}
+
+impl Ledger {
+    /// The ledger of `out`, creating its folders.
+    pub fn create(out: &Path) -> Result<Self> {
+        let ledger = Self::at(out);
+        for d in ["locks", "failed", "staging"] {
+            let d = ledger.dir.join(d);
+            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        Ok(ledger)
+    }
+
+    /// The ledger of `out` as it is, for reading.
+    pub fn at(out: &Path) -> Self {
+        Self {
+            out: out.to_path_buf(),
+            dir: out.join(DIR),
+        }
+    }
+
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Where slide folders are built before they are renamed into OUT.
+    pub fn staging(&self) -> PathBuf {
+        self.dir.join("staging")
+    }
+
+    fn slides_file(&self) -> PathBuf {
+        self.dir.join("slides.json")
+    }
+
+    pub fn write_slides(&self, slides: &[SlideEntry]) -> Result<()> {
+        let json = serde_json::to_vec_pretty(slides).expect("slide list serialises");
+        write_atomic(&self.slides_file(), &json)
+    }
+
+    /// The run's slide list, if a run has written one.
+    pub fn read_slides(&self) -> Result<Option<Vec<SlideEntry>>> {
+        let path = self.slides_file();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::output(&path, format!("not a slide list: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.dir.join("locks").join(name)
+    }
+
+    /// Takes the slide's lock, or `None` when another worker holds it.
+    pub fn try_lock(&self, name: &str) -> Result<Option<SlideLock>> {
+        let path = self.lock_path(name);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        // Who holds it, for `status`; the lock, not this text, is what counts.
+        let holder = serde_json::to_vec(&Worker::now()).expect("worker serialises");
+        file.set_len(0)
+            .and_then(|()| file.write_all(&holder))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Some(SlideLock { _file: file }))
+    }
+
+    /// What the worker holding the slide's lock wrote, or `None` when nobody holds it.
+    pub fn holder(&self, name: &str) -> Option<String> {
+        let path = self.lock_path(name);
+        let file = File::open(&path).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(_) => Some(fs::read_to_string(&path).unwrap_or_default()),
+        }
+    }
+
+    fn failure_path(&self, name: &str) -> PathBuf {
+        self.dir.join("failed").join(format!("{name}.json"))
+    }
+
+    pub fn record_failure(&self, name: &str, failure: &Failure) -> Result<()> {
+        let json = serde_json::to_vec_pretty(failure).expect("failure serialises");
+        write_atomic(&self.failure_path(name), &json)
+    }
+
+    pub fn clear_failure(&self, name: &str) -> Result<()> {
+        let path = self.failure_path(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn failure(&self, name: &str) -> Option<Failure> {
+        let bytes = fs::read(self.failure_path(name)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Every failure record, by slide name.
+    pub fn failures(&self) -> Vec<(String, Failure)> {
+        let Ok(entries) = fs::read_dir(self.dir.join("failed")) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(String, Failure)> = entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                let name = name.strip_suffix(".json")?.to_string();
+                let f = self.failure(&name)?;
+                Some((name, f))
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Appends one line to `log.jsonl`. One `write` of a short line in append mode
+    /// lands whole even with other workers appending.
+    pub fn log(&self, kind: EventKind, slide: &str) -> Result<()> {
+        let path = self.dir.join("log.jsonl");
+        let event = Event {
+            event: kind,
+            slide: slide.to_string(),
+            worker: Worker::now(),
+        };
+        let mut line = serde_json::to_vec(&event).expect("event serialises");
+        line.push(b'\n');
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&line))
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// Every event logged so far (lines that do not parse are left out).
+    pub fn events(&self) -> Vec<Event> {
+        fs::read_to_string(self.dir.join("log.jsonl"))
+            .map(|s| {
+                s.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn is_done(&self, name: &str) -> bool {
+        self.out.join(name).join(SUMMARY).is_file()
+    }
+
+    /// Every slide the run listed, finished or recorded as failed, by name, with its
+    /// file (when known) and state.
+    pub fn survey(&self) -> Result<Vec<(String, Option<PathBuf>, SlideState)>> {
+        let mut names: std::collections::BTreeMap<String, Option<PathBuf>> = Default::default();
+        for e in self.read_slides()?.unwrap_or_default() {
+            names.insert(e.name, Some(e.path));
+        }
+        let entries = fs::read_dir(&self.out).map_err(|e| Error::io(&self.out, e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && e.path().join(SUMMARY).is_file() {
+                names.entry(name).or_default();
+            }
+        }
+        for (name, f) in self.failures() {
+            names.entry(name).or_insert(Some(f.slide));
+        }
+        Ok(names
+            .into_iter()
+            .map(|(name, path)| {
+                let state = self.state(&name);
+                (name, path, state)
+            })
+            .collect())
+    }
+
+    pub fn state(&self, name: &str) -> SlideState {
+        if self.is_done(name) {
+            SlideState::Done
+        } else if let Some(holder) = self.holder(name) {
+            SlideState::Running { holder }
+        } else if let Some(f) = self.failure(name) {
+            SlideState::Failed(f)
+        } else {
+            SlideState::Missing
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_excludes_others_until_dropped() {
+        let out = tempfile::tempdir().unwrap();
+        let ledger = Ledger::create(out.path()).unwrap();
+        let lock = ledger.try_lock("s").unwrap().expect("free");
+        assert!(ledger.try_lock("s").unwrap().is_none(), "held");
+        let holder = ledger.holder("s").expect("running");
+        assert!(holder.contains(&format!("\"pid\":{}", std::process::id())));
+        assert!(matches!(ledger.state("s"), SlideState::Running { .. }));
+        drop(lock);
+        assert_eq!(ledger.holder("s"), None);
+        assert_eq!(ledger.state("s"), SlideState::Missing);
+        assert!(ledger.try_lock("s").unwrap().is_some(), "free again");
+    }
+
+    #[test]
+    fn failures_are_recorded_and_cleared() {
+        let out = tempfile::tempdir().unwrap();
+        let ledger = Ledger::create(out.path()).unwrap();
+        let f = Failure {
+            slide: "a/b.svs".into(),
+            error: "b.svs: not a slide".into(),
+            worker: Worker::now(),
+        };
+        ledger.record_failure("b", &f).unwrap();
+        assert_eq!(ledger.state("b"), SlideState::Failed(f.clone()));
+        assert_eq!(ledger.failures(), vec![("b".to_string(), f)]);
+        ledger.clear_failure("b").unwrap();
+        ledger.clear_failure("b").unwrap();
+        assert_eq!(ledger.state("b"), SlideState::Missing);
+    }
+
+    #[test]
+    fn events_and_slide_list_round_trip() {
+        let out = tempfile::tempdir().unwrap();
+        let ledger = Ledger::create(out.path()).unwrap();
+        assert_eq!(ledger.read_slides().unwrap(), None);
+        let slides = vec![SlideEntry {
+            path: "x/a.svs".into(),
+            name: "a".into(),
+        }];
+        ledger.write_slides(&slides).unwrap();
+        assert_eq!(ledger.read_slides().unwrap(), Some(slides));
+        ledger.log(EventKind::Start, "a").unwrap();
+        ledger.log(EventKind::Done, "a").unwrap();
+        let kinds: Vec<_> = ledger.events().iter().map(|e| e.event).collect();
+        assert_eq!(kinds, [EventKind::Start, EventKind::Done]);
+    }
+}
