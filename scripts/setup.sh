@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks and builds histomap in release mode.
 #   system packages: OpenSlide 3.4.1 (libopenslide-dev), libclang (openslide-rs's
-#   bindgen), vips (generates the test slides), GNU time (memory figures)
-# usage: scripts/setup.sh
+#   bindgen), vips (generates the test slides), GNU time (memory figures); for the
+#   tests also Slurm and munge (scripts/slurm-test.sh) and Chromium (the report is
+#   rendered in a real browser)
+# usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(libopenslide-dev libclang-dev pkg-config libvips-tools time)
+[[ ${1:-} == --test ]] && pkgs+=(slurm-wlm munge chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if (( ${#missing[@]} )); then

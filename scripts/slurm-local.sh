@@ -19,6 +19,10 @@ stop() {
 if [[ $action == stop ]]; then stop; exit 0; fi
 [[ $action == start ]] || { echo "slurm-local: unknown action $action" >&2; exit 2; }
 
+if pgrep -x slurmctld >/dev/null && ! { [[ -f $dir/slurmctld.pid ]] && pgrep -F "$dir/slurmctld.pid" >/dev/null; }; then
+  echo "slurm-local: a slurmctld not started from $dir is running; stop it first" >&2
+  exit 2
+fi
 for b in munged slurmctld slurmd sbatch; do
   command -v "$b" >/dev/null || { echo "slurm-local: $b not found (scripts/setup.sh --slurm)" >&2; exit 2; }
 done
@@ -60,6 +64,7 @@ JobCompType=jobcomp/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
 ReturnToService=2
 MpiDefault=none
 KillWait=5

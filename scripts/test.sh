@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's second command and what CI runs: install what is missing, check
-# formatting, run every test in the release profile (the only profile we build, so
-# candle is compiled once).
+# formatting, run the Slurm test on a single-node cluster started here (needs root),
+# then every cargo test in the release profile (the only profile we build, so candle
+# is compiled once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --test
 cargo fmt --all -- --check
+scripts/slurm-test.sh
 cargo test --release --locked

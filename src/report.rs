@@ -339,7 +339,7 @@ td{white-space:nowrap}td.n{text-align:right;font-variant-numeric:tabular-nums}td
 .cards{display:flex;flex-wrap:wrap;gap:16px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px;width:380px}
 .card img{display:block;max-width:360px;max-height:360px;margin:6px 0}
-.card h3{font-size:15px;margin:0;word-break:break-all}.card .links a{margin-right:8px}
+.card h3{font-size:15px;margin:0;word-break:break-all}.card .links{display:flex;flex-wrap:wrap;gap:2px 10px}
 .err{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-all}
 "#;
 

@@ -136,7 +136,12 @@ fn heatmap_on_real_svs_writes_every_output() {
     assert!(csv.starts_with("x,y,w,h,tissue_fraction,prob_TUMOR,"));
     let overlay = image::open(dir.join("overlay.png")).unwrap();
     assert!(overlay.width() > 2048 / 2, "thumbnail plus legend");
-    assert!(!out.path().join(".staging").exists());
+    let staging = out.path().join(".histomap/staging");
+    assert_eq!(
+        fs::read_dir(staging).unwrap().count(),
+        0,
+        "nothing left staged"
+    );
 }
 
 #[test]

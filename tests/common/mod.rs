@@ -3,6 +3,8 @@
 //! test models (never trained; for plumbing only).
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

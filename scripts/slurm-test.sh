@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The Slurm test, on a real single-node cluster started here (scripts/slurm-local.sh;
+# needs root, Debian's slurm-wlm and munge: scripts/setup.sh --test installs them).
+#
+# 1. A folder of 7 slides: two copies of the real Aperio SVS, the real NDPI, the
+#    generated 5000×5000 strip TIFF and 100,000×80,000 pyramid, a Kather tile as PNG
+#    and one truncated SVS. A single process maps them: the reference.
+# 2. `histomap slurm --array 3 --submit`: every good slide is done exactly once (the
+#    run log), with outputs byte-identical to the reference; the corrupt one is
+#    reported failed.
+# 3. A fresh run: while the 5000×5000 slide is being mapped, its array task is
+#    cancelled with scancel; the same script is resubmitted, and only unfinished
+#    slides (the cancelled one, the failed one, any not yet started) run again.
+#
+# usage: scripts/slurm-test.sh   (after `cargo build --release`; prints one summary line)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bin=$root/target/release/histomap
+data=${HISTOMAP_DATA:-$root/../shared/data}
+work=$root/target/slurm-test
+t0=$(date +%s)
+
+fail() { echo "slurm-test: FAILED: $*" >&2; exit 1; }
+[[ -x $bin ]] || fail "$bin missing: cargo build --release first"
+
+rm -rf "$work"
+mkdir -p "$work/slides"
+scripts/make-slides.sh "$root/target/slides" >/dev/null
+cluster=$work/cluster
+eval "$(scripts/slurm-local.sh start "$cluster")"
+trap 'scripts/slurm-local.sh stop "$cluster"' EXIT
+
+s=$work/slides
+cp "$data/slides/cmu_small_region.svs" "$s/cmu_a.svs"
+cp "$data/slides/cmu_small_region.svs" "$s/cmu_b.svs"
+cp "$data/slides/stritt_dapi_fluorescence.ndpi" "$s/dapi.ndpi"
+ln -s "$root/target/slides/kather5000.tif" "$s/kather5000.tif"
+ln -s "$root/target/slides/gigapixel.tif" "$s/gigapixel.tif"
+vips copy "$(find "$data/kather2016" -name '*.tif' | LC_ALL=C sort | head -1)" "$s/tile.png"
+head -c 300000 "$data/slides/cmu_small_region.svs" > "$s/corrupt.svs"
+good=(cmu_a cmu_b dapi gigapixel kather5000 tile)
+# A Kather tile has no MPP; tell histomap the dataset's.
+args=("$s" -p pipelines/kather8.toml --slide-mpp 0.495)
+
+"$bin" heatmap "${args[@]}" -o "$work/ref" --quiet 2>"$work/ref.log" && fail "the corrupt slide did not fail"
+
+# Waits for a job to leave the queue.
+wait_job() {
+  for _ in $(seq 900); do
+    [[ -z $(squeue -h -j "$1" 2>/dev/null) ]] && return 0
+    sleep 1
+  done
+  fail "job $1 still queued after 15 min"
+}
+
+# How many times each slide reached an event in OUT's run log: `count OUT EVENT SLIDE`.
+count() {
+  grep -c "\"event\":\"$2\",\"slide\":\"$3\"" "$1/.histomap/log.jsonl" || true
+}
+
+# Every output of the slide but its summary (which holds timings) equals the reference.
+same_as_ref() { # OUT SLIDE
+  for f in "$work/ref/$2"/*; do
+    [[ $(basename "$f") == summary.json ]] && continue
+    cmp -s "$f" "$1/$2/$(basename "$f")" || fail "$2/$(basename "$f") differs from the single-process run"
+  done
+}
+
+# --- 2. One array job over the folder. ---
+out=$work/run1
+job=$("$bin" slurm "${args[@]}" -o "$out" --array 3 --cpus 1 --mem 2G --submit)
+wait_job "$job"
+for g in "${good[@]}"; do
+  [[ $(count "$out" done "$g") == 1 ]] || fail "run 1: $g done $(count "$out" done "$g") times"
+  same_as_ref "$out" "$g"
+done
+[[ $(count "$out" failed corrupt) == 1 ]] || fail "run 1: corrupt not reported"
+"$bin" status "$out" > "$work/status1.txt"
+grep -q '^failed   corrupt ' "$work/status1.txt" || fail "status does not report the corrupt slide"
+grep -q '^6 done, 1 failed, 0 running, 0 missing (of 7)$' "$work/status1.txt" || fail "status: $(tail -1 "$work/status1.txt")"
+tasks=$(grep -o "\"job\":\"${job}_[0-9]*\"" "$out/.histomap/log.jsonl" | sort -u | wc -l)
+[[ $tasks == 3 ]] || fail "run 1: $tasks array tasks logged, expected 3"
+"$bin" report "$out" >/dev/null
+
+# --- 3. Cancel the task mapping kather5000 mid-slide, then resubmit. ---
+out=$work/run2
+job=$("$bin" slurm "${args[@]}" -o "$out" --array 3 --cpus 1 --mem 2G --submit)
+victim=""
+for _ in $(seq 3000); do
+  line=$("$bin" status "$out" | grep '^running  kather5000 ' || true)
+  if [[ -n $line ]]; then
+    victim=$(grep -o "\"job\":\"${job}_[0-9]*\"" <<<"$line" | cut -d'"' -f4)
+    break
+  fi
+  sleep 0.1
+done
+[[ -n $victim ]] || fail "never saw kather5000 running"
+scancel "$victim"
+wait_job "$job"
+[[ -f $out/kather5000/summary.json ]] && fail "kather5000 finished before scancel took effect"
+[[ -e $out/kather5000 ]] && fail "a partial kather5000 folder is visible"
+declare -A first
+for g in "${good[@]}"; do first[$g]=$(count "$out" done "$g"); done
+
+"$bin" status "$out" > "$work/status2a.txt"
+job2=$(sbatch --parsable "$out/histomap.sbatch" | cut -d';' -f1)
+wait_job "$job2"
+reran=()
+for g in "${good[@]}" corrupt; do
+  starts=$(count "$out" start "$g")
+  if [[ $g != corrupt && ${first[$g]} == 1 ]]; then
+    [[ $starts == 1 ]] || fail "$g was finished before the resubmission but ran again"
+  else
+    [[ $starts -ge 1 ]] || fail "$g never ran"
+    reran+=("$g")
+  fi
+done
+for g in "${good[@]}"; do
+  [[ $(count "$out" done "$g") == 1 ]] || fail "run 2: $g done $(count "$out" done "$g") times"
+  same_as_ref "$out" "$g"
+done
+[[ " ${reran[*]} " == *" kather5000 "* ]] || fail "the cancelled slide did not run again"
+
+"$bin" status "$out" > "$work/status2.txt"
+grep -q '^6 done, 1 failed, 0 running, 0 missing (of 7)$' "$work/status2.txt" || fail "status after resubmission: $(tail -1 "$work/status2.txt")"
+echo "slurm-test: ok: 7 slides (6 good, 1 corrupt), array of 3 tasks on a single-node Slurm: every good slide done once, identical to one process; cancelled $victim mid-kather5000, resubmission reran only: ${reran[*]}; $(( $(date +%s) - t0 )) s"

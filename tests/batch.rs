@@ -1,0 +1,372 @@
+//! Batches as a cohort runs them: a worker killed with SIGKILL in the middle of a
+//! slide, workers sharing one OUT folder, `status`, the sbatch script, and `report`
+//! rendered in a real headless Chromium. The Slurm cluster test itself is
+//! scripts/slurm-test.sh (it needs daemons started as root).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use histomap::ledger::{EventKind, Ledger};
+use histomap::model::Architecture;
+
+fn heatmap_cmd(model: &Path, out: &Path, input: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("histomap"));
+    cmd.args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .arg(input);
+    cmd
+}
+
+/// Every file of a folder with its bytes and modification time.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let m = fs::metadata(&p).unwrap().modified().unwrap();
+            (p.clone(), (fs::read(&p).unwrap(), m))
+        })
+        .collect()
+}
+
+/// How many times each slide reached `kind` in the run's log.
+fn count(ledger: &Ledger, kind: EventKind) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for e in ledger.events().into_iter().filter(|e| e.event == kind) {
+        *n.entry(e.slide).or_default() += 1;
+    }
+    n
+}
+
+#[test]
+fn kill_9_mid_slide_then_rerun_redoes_only_that_slide() {
+    let dir = tempfile::tempdir().unwrap();
+    let slides = dir.path().join("slides");
+    fs::create_dir(&slides).unwrap();
+    fs::copy(svs(), slides.join("a.svs")).unwrap();
+    // The 5000×5000 mosaic takes seconds on one thread: time to kill it mid-slide.
+    fs::copy(generated().join("kather5000.tif"), slides.join("b.tif")).unwrap();
+    fs::copy(svs(), slides.join("c.svs")).unwrap();
+    let out = dir.path().join("out");
+    let model = model("kather8", Architecture::Smallcnn);
+    let ledger = Ledger::at(&out);
+
+    let mut child = heatmap_cmd(&model, &out, &slides)
+        .args(["--threads", "1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut b_locked_at = None;
+    loop {
+        // No partial folder is ever visible under a final name.
+        for name in ["a", "b", "c"] {
+            let d = out.join(name);
+            assert!(
+                !d.exists() || d.join("summary.json").is_file(),
+                "{name} partial"
+            );
+        }
+        if b_locked_at.is_none() && ledger.holder("b").is_some() {
+            b_locked_at = Some(Instant::now());
+        }
+        // Kill while b is being written if we see it, else well inside its stream.
+        if let Some(t) = b_locked_at {
+            let staged = out.join(".histomap/staging/b").exists();
+            if staged || t.elapsed() > Duration::from_millis(1500) {
+                break;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "b never started"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(out.join("a/summary.json").is_file(), "a finished before b");
+    assert!(!out.join("b").exists(), "killed mid-slide: no b yet");
+    assert!(!out.join("c").exists());
+    assert_eq!(
+        ledger.holder("b"),
+        None,
+        "the kernel dropped the dead worker's lock"
+    );
+    let a_before = snapshot(&out.join("a"));
+
+    let status = heatmap_cmd(&model, &out, &slides)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        snapshot(&out.join("a")),
+        a_before,
+        "a untouched: same bytes and mtimes"
+    );
+    for name in ["b", "c"] {
+        assert!(out.join(name).join("summary.json").is_file(), "{name} done");
+    }
+    let starts = count(&ledger, EventKind::Start);
+    assert_eq!(starts["a"], 1);
+    assert_eq!(starts["b"], 2, "b redone");
+    assert_eq!(starts["c"], 1);
+    assert_eq!(
+        fs::read_dir(ledger.staging())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != ".replaced")
+            .count(),
+        0
+    );
+}
+
+/// Two workers given the same folder at once, with no shard: the locks keep them off
+/// each other's slides, so each slide is done exactly once.
+#[test]
+fn concurrent_workers_on_one_list_do_each_slide_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let slides = dir.path().join("slides");
+    fs::create_dir(&slides).unwrap();
+    for name in ["a.svs", "b.svs", "c.svs", "d.svs"] {
+        fs::copy(svs(), slides.join(name)).unwrap();
+    }
+    let out = dir.path().join("out");
+    let model = model("kather8", Architecture::Smallcnn);
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            heatmap_cmd(&model, &out, &slides)
+                .args(["--threads", "1"])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut w in workers {
+        assert!(w.wait().unwrap().success());
+    }
+    let ledger = Ledger::at(&out);
+    let done = count(&ledger, EventKind::Done);
+    assert_eq!(done.len(), 4);
+    assert!(done.values().all(|&n| n == 1), "{done:?}");
+    let pids: std::collections::BTreeSet<u32> =
+        ledger.events().iter().map(|e| e.worker.pid).collect();
+    assert_eq!(pids.len(), 2, "both workers ran");
+}
+
+#[test]
+fn status_names_done_failed_and_missing_slides() {
+    let dir = tempfile::tempdir().unwrap();
+    let slides = dir.path().join("slides");
+    fs::create_dir(&slides).unwrap();
+    fs::copy(svs(), slides.join("good.svs")).unwrap();
+    fs::copy(svs(), slides.join("other.svs")).unwrap();
+    fs::write(slides.join("notes.svs"), "not a slide\n").unwrap();
+    let out = dir.path().join("out");
+    let model = model("kather8", Architecture::Smallcnn);
+    // Both small slides weigh the same, so shard 0 of 2 leaves one of them missing.
+    let shard = heatmap_cmd(&model, &out, &slides)
+        .args(["--shard", "0/2"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    let ran_notes = out.join(".histomap/failed/notes.json").is_file();
+    assert_eq!(
+        shard.success(),
+        !ran_notes,
+        "exit code says whether a slide failed"
+    );
+
+    let status = histomap().arg("status").arg(&out).assert().success();
+    let text = String::from_utf8_lossy(&status.get_output().stdout).into_owned();
+    let state = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{name} not listed:\n{text}"))
+    };
+    let states: Vec<String> = ["good", "other", "notes"].map(state).to_vec();
+    assert_eq!(states.iter().filter(|s| *s == "done").count(), 1, "{text}");
+    assert_eq!(state("notes"), if ran_notes { "failed" } else { "missing" });
+    assert!(text.contains("of 3)"), "{text}");
+
+    // The rest of the run: only the missing and the failed slides run.
+    heatmap_cmd(&model, &out, &slides)
+        .args(["--shard", "1/2"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    let done_before = count(&Ledger::at(&out), EventKind::Done);
+    heatmap_cmd(&model, &out, &slides)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    let ledger = Ledger::at(&out);
+    assert_eq!(
+        count(&ledger, EventKind::Done),
+        done_before,
+        "nothing redone"
+    );
+    assert_eq!(
+        count(&ledger, EventKind::Failed)["notes"],
+        2,
+        "the failed one retried"
+    );
+}
+
+#[test]
+fn slurm_writes_a_script_that_shards_the_same_heatmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("my out");
+    let model = model("kather8", Architecture::Smallcnn);
+    histomap()
+        .args([
+            "slurm", "--array", "3", "--cpus", "2", "--mem", "4G", "--time", "10:00",
+        ])
+        .args(["--stride", "100", "-p"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(&model)
+        .arg("-o")
+        .arg(&out)
+        .arg(svs())
+        .assert()
+        .success();
+    let script = fs::read_to_string(out.join("histomap.sbatch")).unwrap();
+    for needle in [
+        "#SBATCH --array=0-2",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH --mem=4G",
+        "#SBATCH --time=10:00",
+        "--stride \\",
+        "--shard slurm --threads \"${SLURM_CPUS_PER_TASK:-2}\"",
+    ] {
+        assert!(script.contains(needle), "{needle:?} not in\n{script}");
+    }
+    assert!(
+        script.contains(&format!("'{}'", out.display())),
+        "quoted OUT"
+    );
+    let listed = Ledger::at(&out).read_slides().unwrap().unwrap();
+    assert_eq!(listed.len(), 1);
+
+    // The script runs as written when the environment looks like array task 1 of 3.
+    let run = Command::new("bash")
+        .arg(out.join("histomap.sbatch"))
+        .envs([
+            ("SLURM_ARRAY_TASK_ID", "0"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+            ("SLURM_CPUS_PER_TASK", "1"),
+        ])
+        .status()
+        .unwrap();
+    assert!(run.success());
+    assert!(out.join("cmu_small_region/summary.json").is_file());
+
+    histomap()
+        .args(["slurm", "--array", "2", "--shard", "0/2", "-p"])
+        .arg(pipeline("kather8"))
+        .arg("-o")
+        .arg(&out)
+        .arg(svs())
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--shard is set per task"));
+}
+
+/// `report` on a run with a good SVS, the fluorescence NDPI and a bad file, opened from
+/// disk in headless Chromium: every image loads, no console errors, sorting works.
+#[test]
+fn report_renders_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let slides = dir.path().join("slides");
+    fs::create_dir(&slides).unwrap();
+    fs::copy(svs(), slides.join("cmu small #1.svs")).unwrap();
+    fs::copy(ndpi(), slides.join("dapi.ndpi")).unwrap();
+    fs::write(slides.join("broken.svs"), "<b>not a slide</b>\n").unwrap();
+    let out = dir.path().join("out");
+    let model = model("kather8", Architecture::Smallcnn);
+    heatmap_cmd(&model, &out, &slides)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    histomap()
+        .arg("report")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(
+            "2 done, 1 failed, 0 running, 0 missing",
+        ));
+
+    let mut csv = csv::Reader::from_path(out.join("cohort.csv")).unwrap();
+    let header = csv.headers().unwrap().clone();
+    assert!(header.iter().any(|h| h == "area_mm2_TUMOR"));
+    assert!(header.iter().any(|h| h == "mean_prob_EMPTY"));
+    let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let by_name = |n: &str| rows.iter().find(|r| &r[0] == n).unwrap().clone();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(&by_name("broken")[col("status")], "failed");
+    assert!(by_name("broken")[col("error")].contains("broken.svs"));
+    let cmu = by_name("cmu small #1");
+    assert_eq!(&cmu[col("status")], "done");
+    assert_eq!(&cmu[col("width_px")], "2220");
+    let areas: f64 = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.starts_with("area_mm2_"))
+        .map(|(i, _)| cmu[i].parse::<f64>().unwrap())
+        .sum();
+    assert!(areas > 0.0);
+
+    let html = fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(
+        html.contains("&lt;b&gt;") || !html.contains("<b>not"),
+        "errors are escaped"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no network"
+    );
+
+    let url = format!("file://{}", out.join("index.html").display());
+    // Sort by tissue area, descending on the second click.
+    let sort = "(() => { const th = [...document.querySelectorAll('th')]\
+        .find(t => t.textContent.startsWith('tissue')); th.click(); th.click(); \
+        return [...document.querySelector('table tbody').rows].map(r => r.cells[0].textContent); })()";
+    let page = browser::check_page(&url, Some(sort));
+    let artefacts = root().join("target/test-artifacts");
+    fs::create_dir_all(&artefacts).unwrap();
+    fs::write(artefacts.join("report.png"), &page.screenshot).unwrap();
+    assert_eq!(page.images, 2, "a thumbnail per finished slide");
+    assert!(page.broken.is_empty(), "broken images: {:?}", page.broken);
+    assert!(page.errors.is_empty(), "console errors: {:?}", page.errors);
+    let shot = image::load_from_memory(&page.screenshot).unwrap();
+    assert!(shot.width() >= 1000 && shot.height() >= 600);
+    let order: Vec<String> = serde_json::from_value(page.script_value).unwrap();
+    let tissue = |n: &str| {
+        let r = rows.iter().find(|r| &r[0] == n).unwrap();
+        r[col("tissue_mm2")]
+            .parse::<f64>()
+            .unwrap_or(f64::NEG_INFINITY)
+    };
+    let mut expected = order.clone();
+    expected.sort_by(|a, b| tissue(b).total_cmp(&tissue(a)));
+    assert_eq!(order, expected, "sorted by tissue, descending");
+}
