@@ -500,9 +500,9 @@ fn index_html(rows: &[Row], classes: &[(String, String)]) -> String {
              <th>slide</th><th>file</th><th>error</th></tr></thead><tbody>\n",
         );
         for r in failed {
-            let _ = write!(
+            let _ = writeln!(
                 h,
-                "<tr id=\"s-{}\"><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>\n",
+                "<tr id=\"s-{}\"><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
                 esc(&url(&r.name)),
                 esc(&r.name),
                 esc(&r
