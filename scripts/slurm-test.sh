@@ -12,6 +12,9 @@
 #    cancelled with scancel; the same script is resubmitted, and only unfinished
 #    slides (the cancelled one, the failed one, any not yet started) run again.
 #
+# 4. `histomap report` over the final output (tests/batch.rs renders it in Chromium
+#    when HISTOMAP_SLURM_OUT names it, as scripts/test.sh does).
+#
 # usage: scripts/slurm-test.sh   (after `cargo build --release`; prints one summary line)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -122,6 +125,7 @@ for g in "${good[@]}"; do
 done
 [[ " ${reran[*]} " == *" kather5000 "* ]] || fail "the cancelled slide did not run again"
 
+"$bin" report "$out" >/dev/null
 "$bin" status "$out" > "$work/status2.txt"
 grep -q '^6 done, 1 failed, 0 running, 0 missing (of 7)$' "$work/status2.txt" || fail "status after resubmission: $(tail -1 "$work/status2.txt")"
 echo "slurm-test: ok: 7 slides (6 good, 1 corrupt), array of 3 tasks on a single-node Slurm: every good slide done once, identical to one process; cancelled $victim mid-kather5000, resubmission reran only: ${reran[*]}; $(( $(date +%s) - t0 )) s"

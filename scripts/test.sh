@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 cargo fmt --all -- --check
 scripts/slurm-test.sh
-cargo test --release --locked
+# The Slurm run's report is rendered in Chromium by tests/batch.rs.
+HISTOMAP_SLURM_OUT=$(pwd)/target/slurm-test/run2 cargo test --release --locked

@@ -137,7 +137,8 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
-    /// `slide_mpp` overrides the slide's own MPP (for files that do not record it).
+    /// `slide_mpp` serves slides that do not record their MPP; a slide's own MPP wins,
+    /// so one value can be given for a folder that mixes both.
     pub fn new(
         info: &SlideInfo,
         size: u32,
@@ -145,7 +146,7 @@ impl ReadPlan {
         model_mpp: f64,
         slide_mpp: Option<f64>,
     ) -> Result<Self> {
-        let slide_mpp = slide_mpp.or(info.mpp).ok_or_else(|| {
+        let slide_mpp = info.mpp.or(slide_mpp).ok_or_else(|| {
             Error::slide(
                 &info.path,
                 "the slide does not record its microns per pixel; pass --slide-mpp (e.g. 0.5 for a 20× scan)",
@@ -251,7 +252,9 @@ mod tests {
             ),
             (150, 75, 0, 150)
         );
-        // Unknown MPP needs the override.
+        // A recorded MPP wins over the fallback; an unknown one needs it.
+        let with_fallback = ReadPlan::new(&info, 96, 96, 1.0, Some(0.5)).unwrap();
+        assert_eq!(with_fallback.slide_mpp, 0.25);
         let info = SlideInfo { mpp: None, ..info };
         assert!(ReadPlan::new(&info, 96, 96, 0.97, None)
             .unwrap_err()

@@ -129,7 +129,8 @@ struct HeatmapArgs {
     /// Model folder; default: the pipeline's model.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Microns per pixel of slides that do not record it (PNG, JPEG, many plain TIFFs).
+    /// Microns per pixel of slides that do not record it (PNG, JPEG, many plain TIFFs);
+    /// slides that record their own keep it.
     #[arg(long)]
     slide_mpp: Option<f64>,
     /// Override the pipeline's patch side (pixels at the model's MPP).

@@ -289,6 +289,39 @@ fn slurm_writes_a_script_that_shards_the_same_heatmap() {
         .stderr(predicates::str::contains("--shard is set per task"));
 }
 
+/// Opens OUT/index.html in headless Chromium, keeps the screenshot under
+/// target/test-artifacts/, and checks that every image loads with no console error.
+fn render(out: &Path, screenshot: &str, script: Option<&str>) -> browser::PageCheck {
+    let url = format!("file://{}", out.join("index.html").display());
+    let page = browser::check_page(&url, script);
+    let artefacts = root().join("target/test-artifacts");
+    fs::create_dir_all(&artefacts).unwrap();
+    fs::write(artefacts.join(screenshot), &page.screenshot).unwrap();
+    assert!(page.broken.is_empty(), "broken images: {:?}", page.broken);
+    assert!(page.errors.is_empty(), "console errors: {:?}", page.errors);
+    let shot = image::load_from_memory(&page.screenshot).unwrap();
+    assert!(shot.width() >= 1000 && shot.height() >= 600);
+    page
+}
+
+/// The report of scripts/slurm-test.sh's cluster run, in headless Chromium. That
+/// script runs first in scripts/test.sh and names its output in HISTOMAP_SLURM_OUT;
+/// without it this test has nothing to look at and says so.
+#[test]
+fn slurm_run_report_renders_in_headless_chromium() {
+    let Some(out) = std::env::var_os("HISTOMAP_SLURM_OUT").map(PathBuf::from) else {
+        eprintln!(
+            "HISTOMAP_SLURM_OUT unset: run scripts/slurm-test.sh first (scripts/test.sh does)"
+        );
+        return;
+    };
+    let page = render(&out, "slurm-report.png", None);
+    assert_eq!(page.images, 6, "a thumbnail per good slide");
+    let csv = fs::read_to_string(out.join("cohort.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 7);
+    assert_eq!(csv.lines().filter(|l| l.contains(",failed,")).count(), 1);
+}
+
 /// `report` on a run with a good SVS, the fluorescence NDPI and a bad file, opened from
 /// disk in headless Chromium: every image loads, no console errors, sorting works.
 #[test]
@@ -345,20 +378,12 @@ fn report_renders_in_headless_chromium() {
         "no network"
     );
 
-    let url = format!("file://{}", out.join("index.html").display());
     // Sort by tissue area, descending on the second click.
     let sort = "(() => { const th = [...document.querySelectorAll('th')]\
         .find(t => t.textContent.startsWith('tissue')); th.click(); th.click(); \
         return [...document.querySelector('table tbody').rows].map(r => r.cells[0].textContent); })()";
-    let page = browser::check_page(&url, Some(sort));
-    let artefacts = root().join("target/test-artifacts");
-    fs::create_dir_all(&artefacts).unwrap();
-    fs::write(artefacts.join("report.png"), &page.screenshot).unwrap();
+    let page = render(&out, "report.png", Some(sort));
     assert_eq!(page.images, 2, "a thumbnail per finished slide");
-    assert!(page.broken.is_empty(), "broken images: {:?}", page.broken);
-    assert!(page.errors.is_empty(), "console errors: {:?}", page.errors);
-    let shot = image::load_from_memory(&page.screenshot).unwrap();
-    assert!(shot.width() >= 1000 && shot.height() >= 600);
     let order: Vec<String> = serde_json::from_value(page.script_value).unwrap();
     let tissue = |n: &str| {
         let r = rows.iter().find(|r| &r[0] == n).unwrap();
