@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -16,15 +16,26 @@ use histomap::ledger::{EventKind, Ledger};
 use histomap::model::Architecture;
 
 fn heatmap_cmd(model: &Path, out: &Path, input: &Path) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("histomap"));
-    cmd.args(["heatmap", "-q", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--model")
-        .arg(model)
-        .arg("--out")
-        .arg(out)
-        .arg(input);
-    cmd
+    heatmap_command("kather8", model, out, input)
+}
+
+/// Runs `heatmap` to the end with extra flags, its report lines discarded.
+fn heatmap_quiet(model: &Path, out: &Path, input: &Path, flags: &[&str]) -> ExitStatus {
+    heatmap_cmd(model, out, input)
+        .args(flags)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+}
+
+/// DIR/slides holding copies of `files` under new names.
+fn slide_folder(dir: &Path, files: &[(&str, PathBuf)]) -> PathBuf {
+    let slides = dir.join("slides");
+    fs::create_dir(&slides).unwrap();
+    for (name, source) in files {
+        fs::copy(source, slides.join(name)).unwrap();
+    }
+    slides
 }
 
 /// Every file of a folder with its bytes and modification time.
@@ -51,12 +62,12 @@ fn count(ledger: &Ledger, kind: EventKind) -> BTreeMap<String, usize> {
 #[test]
 fn kill_9_mid_slide_then_rerun_redoes_only_that_slide() {
     let dir = tempfile::tempdir().unwrap();
-    let slides = dir.path().join("slides");
-    fs::create_dir(&slides).unwrap();
-    fs::copy(svs(), slides.join("a.svs")).unwrap();
     // The 5000×5000 mosaic takes seconds on one thread: time to kill it mid-slide.
-    fs::copy(generated().join("kather5000.tif"), slides.join("b.tif")).unwrap();
-    fs::copy(svs(), slides.join("c.svs")).unwrap();
+    let b = generated().join("kather5000.tif");
+    let slides = slide_folder(
+        dir.path(),
+        &[("a.svs", svs()), ("b.tif", b), ("c.svs", svs())],
+    );
     let out = dir.path().join("out");
     let model = model("kather8", Architecture::Smallcnn);
     let ledger = Ledger::at(&out);
@@ -109,10 +120,7 @@ fn kill_9_mid_slide_then_rerun_redoes_only_that_slide() {
     );
     let a_before = snapshot(&out.join("a"));
 
-    let status = heatmap_cmd(&model, &out, &slides)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = heatmap_quiet(&model, &out, &slides, &[]);
     assert!(status.success());
     assert_eq!(
         snapshot(&out.join("a")),
@@ -141,11 +149,8 @@ fn kill_9_mid_slide_then_rerun_redoes_only_that_slide() {
 #[test]
 fn concurrent_workers_on_one_list_do_each_slide_once() {
     let dir = tempfile::tempdir().unwrap();
-    let slides = dir.path().join("slides");
-    fs::create_dir(&slides).unwrap();
-    for name in ["a.svs", "b.svs", "c.svs", "d.svs"] {
-        fs::copy(svs(), slides.join(name)).unwrap();
-    }
+    let copies = ["a.svs", "b.svs", "c.svs", "d.svs"].map(|n| (n, svs()));
+    let slides = slide_folder(dir.path(), &copies);
     let out = dir.path().join("out");
     let model = model("kather8", Architecture::Smallcnn);
     let workers: Vec<_> = (0..2)
@@ -172,19 +177,12 @@ fn concurrent_workers_on_one_list_do_each_slide_once() {
 #[test]
 fn status_names_done_failed_and_missing_slides() {
     let dir = tempfile::tempdir().unwrap();
-    let slides = dir.path().join("slides");
-    fs::create_dir(&slides).unwrap();
-    fs::copy(svs(), slides.join("good.svs")).unwrap();
-    fs::copy(svs(), slides.join("other.svs")).unwrap();
+    let slides = slide_folder(dir.path(), &[("good.svs", svs()), ("other.svs", svs())]);
     fs::write(slides.join("notes.svs"), "not a slide\n").unwrap();
     let out = dir.path().join("out");
     let model = model("kather8", Architecture::Smallcnn);
     // Both small slides weigh the same, so shard 0 of 2 leaves one of them missing.
-    let shard = heatmap_cmd(&model, &out, &slides)
-        .args(["--shard", "0/2"])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let shard = heatmap_quiet(&model, &out, &slides, &["--shard", "0/2"]);
     let ran_notes = out.join(".histomap/failed/notes.json").is_file();
     assert_eq!(
         shard.success(),
@@ -206,16 +204,9 @@ fn status_names_done_failed_and_missing_slides() {
     assert!(text.contains("of 3)"), "{text}");
 
     // The rest of the run: only the missing and the failed slides run.
-    heatmap_cmd(&model, &out, &slides)
-        .args(["--shard", "1/2"])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    heatmap_quiet(&model, &out, &slides, &["--shard", "1/2"]);
     let done_before = count(&Ledger::at(&out), EventKind::Done);
-    heatmap_cmd(&model, &out, &slides)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    heatmap_quiet(&model, &out, &slides, &[]);
     let ledger = Ledger::at(&out);
     assert_eq!(
         count(&ledger, EventKind::Done),
@@ -327,17 +318,14 @@ fn slurm_run_report_renders_in_headless_chromium() {
 #[test]
 fn report_renders_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
-    let slides = dir.path().join("slides");
-    fs::create_dir(&slides).unwrap();
-    fs::copy(svs(), slides.join("cmu small #1.svs")).unwrap();
-    fs::copy(ndpi(), slides.join("dapi.ndpi")).unwrap();
+    let slides = slide_folder(
+        dir.path(),
+        &[("cmu small #1.svs", svs()), ("dapi.ndpi", ndpi())],
+    );
     fs::write(slides.join("broken.svs"), "<b>not a slide</b>\n").unwrap();
     let out = dir.path().join("out");
     let model = model("kather8", Architecture::Smallcnn);
-    heatmap_cmd(&model, &out, &slides)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    heatmap_quiet(&model, &out, &slides, &[]);
     histomap()
         .arg("report")
         .arg(&out)

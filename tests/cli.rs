@@ -67,17 +67,8 @@ fn summary(dir: &Path) -> Value {
     serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap()
 }
 
-/// `histomap heatmap -q` on one input with a pipeline and a model; add flags after.
 fn heatmap(pipeline_name: &str, model: &Path, out: &Path, input: &Path) -> assert_cmd::Command {
-    let mut cmd = histomap();
-    cmd.args(["heatmap", "-q", "--pipeline"])
-        .arg(pipeline(pipeline_name))
-        .arg("--model")
-        .arg(model)
-        .arg("--out")
-        .arg(out)
-        .arg(input);
-    cmd
+    assert_cmd::Command::from_std(heatmap_command(pipeline_name, model, out, input))
 }
 
 const KATHER: [&str; 8] = [

@@ -75,6 +75,19 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .expect("same shapes")
 }
 
+/// `histomap heatmap -q` on one input with a pipeline and a model; add flags after.
+pub fn heatmap_command(pipeline_name: &str, model: &Path, out: &Path, input: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("histomap"));
+    cmd.args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline(pipeline_name))
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .arg(input);
+    cmd
+}
+
 pub fn histomap() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("histomap").unwrap()
 }
