@@ -195,9 +195,14 @@ pub fn check_page(url: &str, script: Option<&str>) -> PageCheck {
         assert!(r.get("exceptionDetails").is_none(), "script threw: {r}");
         r["result"]["value"].clone()
     });
+    let size = &b.call("Page.getLayoutMetrics", json!({}))["cssContentSize"];
     let shot = b.call(
         "Page.captureScreenshot",
-        json!({ "format": "png", "captureBeyondViewport": true }),
+        json!({
+            "format": "png",
+            "captureBeyondViewport": true,
+            "clip": { "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1 },
+        }),
     );
     let screenshot = base64::engine::general_purpose::STANDARD
         .decode(shot["data"].as_str().unwrap())
