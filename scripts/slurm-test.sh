@@ -93,7 +93,7 @@ victim=""
 for _ in $(seq 3000); do
   line=$("$bin" status "$out" | grep '^running  kather5000 ' || true)
   if [[ -n $line ]]; then
-    victim=$(grep -o "\"job\":\"${job}_[0-9]*\"" <<<"$line" | cut -d'"' -f4)
+    victim=$(grep -o "job ${job}_[0-9]*" <<<"$line" | cut -d' ' -f2)
     break
   fi
   sleep 0.1

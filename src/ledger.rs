@@ -46,9 +46,9 @@ pub struct SlideEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SlideState {
     Done,
-    /// A worker holds its lock; `holder` is what that worker wrote into it.
+    /// A worker holds its lock: the one it names, when it has written its name yet.
     Running {
-        holder: String,
+        worker: Option<Worker>,
     },
     Failed(Failure),
     Missing,
@@ -71,6 +71,16 @@ pub struct Worker {
     pub job: Option<String>,
     /// Seconds since the Unix epoch.
     pub time: f64,
+}
+
+impl std::fmt::Display for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host {} pid {}", self.host, self.pid)?;
+        if let Some(job) = &self.job {
+            write!(f, " job {job}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Worker {
@@ -210,14 +220,14 @@ impl Ledger {
         Ok(Some(SlideLock { _file: file }))
     }
 
-    /// What the worker holding the slide's lock wrote, or `None` when nobody holds it.
-    pub fn holder(&self, name: &str) -> Option<String> {
-        let path = self.lock_path(name);
-        let file = File::open(&path).ok()?;
-        match file.try_lock_shared() {
-            Ok(()) => None,
-            Err(_) => Some(fs::read_to_string(&path).unwrap_or_default()),
-        }
+    /// Whether a worker holds the slide's lock now.
+    pub fn is_locked(&self, name: &str) -> bool {
+        File::open(self.lock_path(name)).is_ok_and(|f| f.try_lock_shared().is_err())
+    }
+
+    /// The worker that last took the slide's lock (it may have let go since).
+    pub fn holder(&self, name: &str) -> Option<Worker> {
+        serde_json::from_slice(&fs::read(self.lock_path(name)).ok()?).ok()
     }
 
     fn failure_path(&self, name: &str) -> PathBuf {
@@ -322,8 +332,10 @@ impl Ledger {
     pub fn state(&self, name: &str) -> SlideState {
         if self.is_done(name) {
             SlideState::Done
-        } else if let Some(holder) = self.holder(name) {
-            SlideState::Running { holder }
+        } else if self.is_locked(name) {
+            SlideState::Running {
+                worker: self.holder(name),
+            }
         } else if let Some(f) = self.failure(name) {
             SlideState::Failed(f)
         } else {
@@ -342,11 +354,13 @@ mod tests {
         let ledger = Ledger::create(out.path()).unwrap();
         let lock = ledger.try_lock("s").unwrap().expect("free");
         assert!(ledger.try_lock("s").unwrap().is_none(), "held");
-        let holder = ledger.holder("s").expect("running");
-        assert!(holder.contains(&format!("\"pid\":{}", std::process::id())));
-        assert!(matches!(ledger.state("s"), SlideState::Running { .. }));
+        assert!(ledger.is_locked("s"));
+        let SlideState::Running { worker: Some(w) } = ledger.state("s") else {
+            panic!("running, with its worker named");
+        };
+        assert_eq!(w.pid, std::process::id());
         drop(lock);
-        assert_eq!(ledger.holder("s"), None);
+        assert!(!ledger.is_locked("s"));
         assert_eq!(ledger.state("s"), SlideState::Missing);
         assert!(ledger.try_lock("s").unwrap().is_some(), "free again");
     }

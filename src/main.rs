@@ -703,7 +703,14 @@ fn status(out: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         let (i, word, detail) = match state {
             SlideState::Done => (0, "done", String::new()),
             SlideState::Failed(f) => (1, "failed", f.error.clone()),
-            SlideState::Running { holder } => (2, "running", holder.clone()),
+            SlideState::Running { worker } => (
+                2,
+                "running",
+                worker.as_ref().map_or(String::new(), |w| {
+                    let secs = histomap::ledger::Worker::now().time - w.time;
+                    format!("{w}, for {secs:.0} s")
+                }),
+            ),
             SlideState::Missing => (3, "missing", String::new()),
         };
         counts[i] += 1;

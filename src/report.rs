@@ -155,7 +155,11 @@ fn collect(ledger: &Ledger) -> Result<Vec<Row>> {
                         .map_err(|e| Error::output(&p, format!("not a histomap summary: {e}")))?;
                     ("done", Some(s), String::new())
                 }
-                SlideState::Running { holder } => ("running", None, holder),
+                SlideState::Running { worker } => (
+                    "running",
+                    None,
+                    worker.map_or(String::new(), |w| w.to_string()),
+                ),
                 SlideState::Failed(f) => ("failed", None, f.error),
                 SlideState::Missing => ("missing", None, String::new()),
             };
