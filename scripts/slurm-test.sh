@@ -27,10 +27,12 @@ t0=$(date +%s)
 fail() { echo "slurm-test: FAILED: $*" >&2; exit 1; }
 [[ -x $bin ]] || fail "$bin missing: cargo build --release first"
 
+cluster=$work/cluster
+# A cluster left by an interrupted run would keep the ports.
+[[ -d $cluster ]] && scripts/slurm-local.sh stop "$cluster"
 rm -rf "$work"
 mkdir -p "$work/slides"
 scripts/make-slides.sh "$root/target/slides" >/dev/null
-cluster=$work/cluster
 eval "$(scripts/slurm-local.sh start "$cluster")"
 trap 'scripts/slurm-local.sh stop "$cluster"' EXIT
 
