@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: set up, then map the tissue of a real Aperio slide with
-# the shipped kather8 model (the pipeline's default model, models/kather8).
+# the shipped kather8 model (the pipeline's default model, models/kather8), then write
+# the cohort report (out/demo/index.html, out/demo/cohort.csv).
 # usage: scripts/demo.sh [SLIDE ...]   (default: ../shared/data/slides/cmu_small_region.svs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +9,5 @@ scripts/setup.sh
 slides=("$@")
 (( ${#slides[@]} )) || slides=(../shared/data/slides/cmu_small_region.svs)
 target/release/histomap heatmap "${slides[@]}" --pipeline pipelines/kather8.toml --out out/demo
-echo "demo: open out/demo/*/overlay.png; import out/demo/*/tiles.geojson into QuPath" >&2
+target/release/histomap report out/demo
+echo "demo: open out/demo/index.html in a browser (or out/demo/*/overlay.png); import out/demo/*/tiles.geojson into QuPath" >&2
