@@ -305,9 +305,16 @@ struct TrainArgs {
     /// for other classes starts fresh), e.g. a model trained on PCam.
     #[arg(long)]
     init: Option<PathBuf>,
-    /// No augmentation (by default: D4, HED stain jitter 0.05, zoom up to 1.15×).
+    /// No augmentation (by default: D4, HED stain jitter, zoom).
     #[arg(long)]
     no_augment: bool,
+    /// HED stain jitter σ: each stain's density scaled by U(1-σ, 1+σ) and shifted by
+    /// U(-σ, σ)·0.1; 0.05 is light, 0.2 strong (the σ of Tellez et al. 2019).
+    #[arg(long, default_value_t = 0.05)]
+    hed: f32,
+    /// Zoom in by up to 1 + this (a random crop resized back).
+    #[arg(long, default_value_t = 0.15)]
+    zoom: f32,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
     /// Loader threads; default: all cores.
@@ -440,6 +447,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let threads = a.threads.unwrap_or_else(all_cores).max(1);
+    if !(0.0..1.0).contains(&a.hed) || !(0.0..=1.0).contains(&a.zoom) {
+        bail!(
+            "--hed {} / --zoom {}: expected 0 <= hed < 1 and 0 <= zoom <= 1",
+            a.hed,
+            a.zoom
+        );
+    }
     let (pipeline, dataset) = a.tiles.load()?;
     let mut split = if a.no_val {
         histomap::train::Split {
@@ -471,8 +485,8 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         } else {
             Augment {
                 d4: true,
-                hed: 0.05,
-                scale: 0.15,
+                hed: a.hed,
+                scale: a.zoom,
             }
         },
         threads,
