@@ -216,6 +216,16 @@ fn bad_input_gets_one_clear_line() {
             "fake.svs: not a slide histomap can read",
         ));
 
+    // Augmentation out of range is refused before any tile is read.
+    histomap()
+        .args(["train", "--hed", "1.5", "--data", "nowhere", "-o"])
+        .arg(dir.path().join("m"))
+        .arg("-p")
+        .arg(pipeline("kather8"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--hed 1.5"));
+
     // A model for other classes is refused before any slide is read.
     let pcam = model("pcam", Architecture::Smallcnn);
     heatmap("kather8", &pcam, &dir.path().join("out"), &svs())
