@@ -54,6 +54,17 @@ pub enum SlideState {
     Missing,
 }
 
+impl SlideState {
+    pub fn word(&self) -> &'static str {
+        match self {
+            SlideState::Done => "done",
+            SlideState::Failed(_) => "failed",
+            SlideState::Running { .. } => "running",
+            SlideState::Missing => "missing",
+        }
+    }
+}
+
 /// The record of a slide's last failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {

@@ -663,15 +663,7 @@ fn slurm(a: SlurmArgs) -> anyhow::Result<ExitCode> {
         bail!("no slides found in {:?}", heatmap.inputs);
     }
     let ledger = histomap::ledger::Ledger::create(&heatmap.out)?;
-    let entries: Vec<_> = slides
-        .iter()
-        .zip(run::output_names(&slides))
-        .map(|(path, name)| histomap::ledger::SlideEntry {
-            path: path.clone(),
-            name,
-        })
-        .collect();
-    ledger.write_slides(&entries)?;
+    ledger.write_slides(&run::slide_entries(&slides))?;
 
     let (default_script, logs) =
         histomap::slurm::default_paths(&std::path::absolute(&heatmap.out)?);
@@ -712,22 +704,16 @@ fn status(out: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         bail!("{}: no such output folder", out.display());
     }
     let survey = Ledger::at(out).survey()?;
-    let mut counts = [0usize; 4];
     for (name, path, state) in &survey {
-        let (i, word, detail) = match state {
-            SlideState::Done => (0, "done", String::new()),
-            SlideState::Failed(f) => (1, "failed", f.error.clone()),
-            SlideState::Running { worker } => (
-                2,
-                "running",
-                worker.as_ref().map_or(String::new(), |w| {
-                    let secs = histomap::ledger::Worker::now().time - w.time;
-                    format!("{w}, for {secs:.0} s")
-                }),
-            ),
-            SlideState::Missing => (3, "missing", String::new()),
+        let word = state.word();
+        let detail = match state {
+            SlideState::Done | SlideState::Missing => String::new(),
+            SlideState::Failed(f) => f.error.clone(),
+            SlideState::Running { worker } => worker.as_ref().map_or(String::new(), |w| {
+                let secs = histomap::ledger::Worker::now().time - w.time;
+                format!("{w}, for {secs:.0} s")
+            }),
         };
-        counts[i] += 1;
         if json {
             let row = serde_json::json!({
                 "slide": name, "path": path, "state": word, "detail": detail,
@@ -737,10 +723,14 @@ fn status(out: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             println!("{word:<8} {name}  {detail}");
         }
     }
-    let [done, failed, running, missing] = counts;
     if !json {
+        let count = |w: &str| survey.iter().filter(|s| s.2.word() == w).count();
         println!(
-            "{done} done, {failed} failed, {running} running, {missing} missing (of {})",
+            "{} done, {} failed, {} running, {} missing (of {})",
+            count("done"),
+            count("failed"),
+            count("running"),
+            count("missing"),
             survey.len()
         );
     }

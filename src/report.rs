@@ -147,21 +147,20 @@ fn collect(ledger: &Ledger) -> Result<Vec<Row>> {
         .survey()?
         .into_iter()
         .map(|(name, path, state)| {
-            let (status, summary, detail) = match state {
+            let status = state.word();
+            let (summary, detail) = match state {
                 SlideState::Done => {
                     let p = ledger.out().join(&name).join(SUMMARY);
                     let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
                     let s: SummaryView = serde_json::from_slice(&bytes)
                         .map_err(|e| Error::output(&p, format!("not a histomap summary: {e}")))?;
-                    ("done", Some(s), String::new())
+                    (Some(s), String::new())
                 }
-                SlideState::Running { worker } => (
-                    "running",
-                    None,
-                    worker.map_or(String::new(), |w| w.to_string()),
-                ),
-                SlideState::Failed(f) => ("failed", None, f.error),
-                SlideState::Missing => ("missing", None, String::new()),
+                SlideState::Running { worker } => {
+                    (None, worker.map_or(String::new(), |w| w.to_string()))
+                }
+                SlideState::Failed(f) => (None, f.error),
+                SlideState::Missing => (None, String::new()),
             };
             let path = summary.as_ref().map(|s| s.slide.path.clone()).or(path);
             Ok(Row {

@@ -150,25 +150,29 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
+/// The slides with their output names, as the ledger lists them.
+pub fn slide_entries(slides: &[PathBuf]) -> Vec<SlideEntry> {
+    slides
+        .iter()
+        .zip(output_names(slides))
+        .map(|(path, name)| SlideEntry {
+            path: path.clone(),
+            name,
+        })
+        .collect()
+}
+
 /// Runs every slide of the job's shard; returns one report each, in list order. Output
 /// names come from the whole list, so every shard names a slide alike.
 pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Result<Vec<SlideReport>> {
-    let names = output_names(slides);
     let ledger = Ledger::create(&job.out)?;
-    let entries: Vec<SlideEntry> = slides
-        .iter()
-        .zip(&names)
-        .map(|(path, name)| SlideEntry {
-            path: path.clone(),
-            name: name.clone(),
-        })
-        .collect();
+    let entries = slide_entries(slides);
     ledger.write_slides(&entries)?;
     let mine = job.shard.select(&crate::shard::sizes(slides));
     progress.begin(mine.len());
     mine.into_iter()
         .map(|i| {
-            let (path, name) = (&slides[i], names[i].clone());
+            let (path, name) = (&slides[i], entries[i].name.clone());
             let outcome = run_one(path, &name, job, &ledger, progress)?;
             let report = SlideReport {
                 path: path.clone(),
