@@ -5,12 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The causes are part of the message and deliberately not `#[source]`s: the CLI
+    // prints the whole chain, which would repeat them.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{}: {msg}", path.display())]
     Slide { path: PathBuf, msg: String },
     #[error("{}: {msg}", path.display())]
@@ -24,16 +22,22 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     #[error("inference failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(e)
+    }
+}
+
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
 
@@ -63,5 +67,17 @@ impl Error {
             path: path.into(),
             msg: msg.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_chain_names_a_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::from(Error::io("a.svs", io)).context("reading slides");
+        assert_eq!(format!("{e:#}"), "reading slides: a.svs: entity not found");
     }
 }

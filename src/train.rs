@@ -54,6 +54,10 @@ pub struct TrainOptions {
     /// Where the tiles came from, for the model card: `--data` and `--extra-train`.
     #[serde(default)]
     pub data: Vec<PathBuf>,
+    /// Validate and keep an exponential moving average of the weights with this decay
+    /// per step instead of the last step's weights.
+    #[serde(default)]
+    pub ema: Option<f64>,
 }
 
 /// What the caller sees while training runs.
@@ -145,6 +149,20 @@ pub fn train(
         VarBuilder::from_varmap(&varmap, DType::F32, device),
         k,
     )?;
+    // The averaged weights live in a second network of the same shape; validation and
+    // the saved model use it.
+    let ema = match opts.ema {
+        Some(decay) => {
+            let map = VarMap::new();
+            let net = Network::new(
+                opts.arch,
+                VarBuilder::from_varmap(&map, DType::F32, device),
+                k,
+            )?;
+            Some(Ema::new(decay, &varmap, map, net))
+        }
+        None => None,
+    };
     let state_path = out.join(STATE);
     let mut opt;
     let mut state = if state_path.is_file() {
@@ -157,7 +175,13 @@ pub fn train(
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
         let state: State = serde_json::from_str(&text).map_err(|e| Error::model(&state_path, e))?;
         opt = AdamW::new(&varmap, state.options.weight_decay)?;
-        load_checkpoint(&out.join(&state.checkpoint), &varmap, &mut opt, device)?;
+        load_checkpoint(
+            &out.join(&state.checkpoint),
+            &varmap,
+            &mut opt,
+            ema.as_ref(),
+            device,
+        )?;
         opt.t = state.step;
         state
     } else {
@@ -166,6 +190,9 @@ pub fn train(
             init_from(&varmap, init, device)?;
         }
         opt = AdamW::new(&varmap, opts.weight_decay)?;
+        if let Some(ema) = &ema {
+            ema.reset()?;
+        }
         let normalization = match &pipeline.normalization {
             Some(n) => n.clone(),
             None => measure_normalization(&split.train, pipeline.patch_size, opts.seed)?,
@@ -239,6 +266,9 @@ pub fn train(
                 let grads = loss.backward()?;
                 opt.step(&grads, lr)?;
                 state.step += 1;
+                if let Some(ema) = &ema {
+                    ema.update(state.step)?;
+                }
                 let l = loss.to_scalar::<f32>()?;
                 loss_sum += f64::from(l);
                 progress.batch_done(l);
@@ -256,7 +286,7 @@ pub fn train(
                 size,
                 &normalizer,
                 64,
-                &|x| Ok(net.forward_t(x, false)?),
+                &|x| Ok(ema.as_ref().map_or(&net, |e| &e.net).forward_t(x, false)?),
                 false,
             )?;
             let labels: Vec<usize> = split.val.iter().map(|s| s.label).collect();
@@ -283,11 +313,12 @@ pub fn train(
         if state.best.is_none_or(|(_, b)| score > b) {
             state.best = Some((epoch + 1, score));
             let m = m.as_ref().map(|m| &m.0);
-            save_model(out, &varmap, pipeline, &state, m)?;
+            let weights = ema.as_ref().map_or(&varmap, |e| &e.map);
+            save_model(out, weights, pipeline, &state, m)?;
         }
         state.epochs_done = epoch + 1;
         state.history.push(row.clone());
-        save_checkpoint(out, &varmap, &opt, &mut state)?;
+        save_checkpoint(out, &varmap, &opt, ema.as_ref(), &mut state)?;
         progress.epoch_done(&row);
         ran += 1;
         if let Some((best_epoch, _)) = state.best {
@@ -628,12 +659,74 @@ impl AdamW {
     }
 }
 
+/// An exponential moving average of every weight and BatchNorm statistic. Its
+/// epoch-to-epoch validation scores are far steadier than the raw weights' (on the
+/// Kather folds the raw accuracy swings by ±0.2 between neighbouring epochs), and
+/// averaging along the trajectory lands in flatter minima, which transfer better to
+/// unseen slides (Izmailov et al. 2018; Cha et al. 2021, SWAD).
+struct Ema {
+    decay: f64,
+    map: VarMap,
+    net: Network,
+    /// (averaged, trained) pairs.
+    pairs: Vec<(Var, Var)>,
+}
+
+impl Ema {
+    fn new(decay: f64, trained: &VarMap, map: VarMap, net: Network) -> Self {
+        let trained = trained.data().lock().expect("varmap lock");
+        let pairs = map
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(name, avg)| (avg.clone(), trained[name].clone()))
+            .collect();
+        Self {
+            decay,
+            map,
+            net,
+            pairs,
+        }
+    }
+
+    /// Starts the average at the trained weights.
+    fn reset(&self) -> Result<()> {
+        for (avg, w) in &self.pairs {
+            avg.set(w.as_tensor())?;
+        }
+        Ok(())
+    }
+
+    /// Folds in the weights after `step` optimiser steps. The decay ramps up as
+    /// (1 + step) / (10 + step) so that the random start is soon forgotten.
+    fn update(&self, step: usize) -> Result<()> {
+        let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        for (avg, w) in &self.pairs {
+            let next = ((avg.as_tensor() * d)? + (w.as_tensor().detach() * (1.0 - d))?)?;
+            avg.set(&next)?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes `checkpoint-<epoch>.safetensors`, then the state naming it, then removes the
 /// previous checkpoint: a kill at any moment leaves a state and the weights it names.
-fn save_checkpoint(out: &Path, varmap: &VarMap, opt: &AdamW, state: &mut State) -> Result<()> {
+fn save_checkpoint(
+    out: &Path,
+    varmap: &VarMap,
+    opt: &AdamW,
+    ema: Option<&Ema>,
+    state: &mut State,
+) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
         tensors.insert(format!("model.{name}"), var.as_tensor().clone());
+    }
+    if let Some(ema) = ema {
+        for (name, var) in ema.map.data().lock().expect("varmap lock").iter() {
+            tensors.insert(format!("ema.{name}"), var.as_tensor().clone());
+        }
     }
     for (i, (name, _)) in opt.params.iter().enumerate() {
         tensors.insert(format!("adam.m.{name}"), opt.m[i].clone());
@@ -655,7 +748,13 @@ fn save_checkpoint(out: &Path, varmap: &VarMap, opt: &AdamW, state: &mut State) 
     Ok(())
 }
 
-fn load_checkpoint(path: &Path, varmap: &VarMap, opt: &mut AdamW, device: &Device) -> Result<()> {
+fn load_checkpoint(
+    path: &Path,
+    varmap: &VarMap,
+    opt: &mut AdamW,
+    ema: Option<&Ema>,
+    device: &Device,
+) -> Result<()> {
     let tensors =
         candle_core::safetensors::load(path, device).map_err(|e| Error::model(path, e))?;
     let get = |key: &str| {
@@ -665,6 +764,11 @@ fn load_checkpoint(path: &Path, varmap: &VarMap, opt: &mut AdamW, device: &Devic
     };
     for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
         var.set(get(&format!("model.{name}"))?)?;
+    }
+    if let Some(ema) = ema {
+        for (name, var) in ema.map.data().lock().expect("varmap lock").iter() {
+            var.set(get(&format!("ema.{name}"))?)?;
+        }
     }
     for (i, (name, _)) in opt.params.iter().enumerate() {
         opt.m[i] = get(&format!("adam.m.{name}"))?.clone();

@@ -225,6 +225,14 @@ fn bad_input_gets_one_clear_line() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("--hed 1.5"));
+    histomap()
+        .args(["train", "--ema", "1", "--data", "nowhere", "-o"])
+        .arg(dir.path().join("m"))
+        .arg("-p")
+        .arg(pipeline("kather8"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--ema 1: expected a decay in [0, 1)"));
 
     // A model for other classes is refused before any slide is read.
     let pcam = model("pcam", Architecture::Smallcnn);

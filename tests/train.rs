@@ -153,6 +153,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         threads: 2,
         init: None,
         data: vec![manifest.clone()],
+        ema: Some(0.9),
     };
     let dev = Device::Cpu;
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -215,6 +216,11 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     };
     let (ta, tb) = (load(&a), load(&b));
     assert_eq!(ta.len(), tb.len());
+    // The weight average is checkpointed, and it is what the model folder holds.
+    let model = candle_core::safetensors::load(a.join("model.safetensors"), &dev).unwrap();
+    let fc = "fc.weight";
+    assert!(max_abs_diff(&model[fc], &ta[&format!("ema.{fc}")]) < 1e-6);
+    assert!(max_abs_diff(&model[fc], &ta[&format!("model.{fc}")]) > 1e-4);
     for (name, t) in &ta {
         assert!(
             max_abs_diff(t, &tb[name]) < 1e-6,
