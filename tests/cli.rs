@@ -232,7 +232,9 @@ fn bad_input_gets_one_clear_line() {
         .arg(pipeline("kather8"))
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("--ema 1: expected a decay in [0, 1)"));
+        .stderr(predicate::str::contains(
+            "--ema 1: expected a decay in [0, 1)",
+        ));
 
     // A model for other classes is refused before any slide is read.
     let pcam = model("pcam", Architecture::Smallcnn);
