@@ -836,6 +836,9 @@ pub struct TrainingRecord {
     /// The model whose weights started the training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// The decay per step of the weight average the model holds (`--ema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 fn save_model(
@@ -891,6 +894,7 @@ fn save_model(
         lr: opts.lr,
         augment: opts.augment,
         init: opts.init.clone(),
+        ema: opts.ema,
     });
     write_atomic(
         &out.join(CARD_FILE),

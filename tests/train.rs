@@ -221,6 +221,9 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let fc = "fc.weight";
     assert!(max_abs_diff(&model[fc], &ta[&format!("ema.{fc}")]) < 1e-6);
     assert!(max_abs_diff(&model[fc], &ta[&format!("model.{fc}")]) > 1e-4);
+    let card: serde_json::Value =
+        serde_json::from_slice(&fs::read(a.join("card.json")).unwrap()).unwrap();
+    assert_eq!(card["training"]["ema"], 0.9, "the card records the average");
     for (name, t) in &ta {
         assert!(
             max_abs_diff(t, &tb[name]) < 1e-6,
