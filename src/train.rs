@@ -149,20 +149,10 @@ pub fn train(
         VarBuilder::from_varmap(&varmap, DType::F32, device),
         k,
     )?;
-    // The averaged weights live in a second network of the same shape; validation and
-    // the saved model use it.
-    let ema = match opts.ema {
-        Some(decay) => {
-            let map = VarMap::new();
-            let net = Network::new(
-                opts.arch,
-                VarBuilder::from_varmap(&map, DType::F32, device),
-                k,
-            )?;
-            Some(Ema::new(decay, &varmap, map, net))
-        }
-        None => None,
-    };
+    let ema = opts
+        .ema
+        .map(|decay| Ema::new(decay, &varmap, opts.arch, k, device))
+        .transpose()?;
     let state_path = out.join(STATE);
     let mut opt;
     let mut state = if state_path.is_file() {
@@ -673,7 +663,21 @@ struct Ema {
 }
 
 impl Ema {
-    fn new(decay: f64, trained: &VarMap, map: VarMap, net: Network) -> Self {
+    /// A second network of the trained one's shape, holding the average; validation and
+    /// the saved model use it.
+    fn new(
+        decay: f64,
+        trained: &VarMap,
+        arch: Architecture,
+        classes: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let map = VarMap::new();
+        let net = Network::new(
+            arch,
+            VarBuilder::from_varmap(&map, DType::F32, device),
+            classes,
+        )?;
         let trained = trained.data().lock().expect("varmap lock");
         let pairs = map
             .data()
@@ -682,12 +686,12 @@ impl Ema {
             .iter()
             .map(|(name, avg)| (avg.clone(), trained[name].clone()))
             .collect();
-        Self {
+        Ok(Self {
             decay,
             map,
             net,
             pairs,
-        }
+        })
     }
 
     /// Starts the average at the trained weights.

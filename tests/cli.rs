@@ -216,25 +216,20 @@ fn bad_input_gets_one_clear_line() {
             "fake.svs: not a slide histomap can read",
         ));
 
-    // Augmentation out of range is refused before any tile is read.
-    histomap()
-        .args(["train", "--hed", "1.5", "--data", "nowhere", "-o"])
-        .arg(dir.path().join("m"))
-        .arg("-p")
-        .arg(pipeline("kather8"))
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("--hed 1.5"));
-    histomap()
-        .args(["train", "--ema", "1", "--data", "nowhere", "-o"])
-        .arg(dir.path().join("m"))
-        .arg("-p")
-        .arg(pipeline("kather8"))
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(
-            "--ema 1: expected a decay in [0, 1)",
-        ));
+    // Augmentation or averaging out of range is refused before any tile is read.
+    for (flag, value, said) in [
+        ("--hed", "1.5", "--hed 1.5"),
+        ("--ema", "1", "--ema 1: expected a decay in [0, 1)"),
+    ] {
+        histomap()
+            .args(["train", flag, value, "--data", "nowhere", "-o"])
+            .arg(dir.path().join("m"))
+            .arg("-p")
+            .arg(pipeline("kather8"))
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(said));
+    }
 
     // A model for other classes is refused before any slide is read.
     let pcam = model("pcam", Architecture::Smallcnn);
