@@ -724,13 +724,8 @@ fn save_checkpoint(
     state: &mut State,
 ) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
-        tensors.insert(format!("model.{name}"), var.as_tensor().clone());
-    }
-    if let Some(ema) = ema {
-        for (name, var) in ema.map.data().lock().expect("varmap lock").iter() {
-            tensors.insert(format!("ema.{name}"), var.as_tensor().clone());
-        }
+    for (key, var) in checkpointed_vars(varmap, ema) {
+        tensors.insert(key, var.as_tensor().clone());
     }
     for (i, (name, _)) in opt.params.iter().enumerate() {
         tensors.insert(format!("adam.m.{name}"), opt.m[i].clone());
@@ -752,6 +747,19 @@ fn save_checkpoint(
     Ok(())
 }
 
+/// The weights a checkpoint holds, under their keys: `model.*` the trained ones and,
+/// with `--ema`, `ema.*` their average.
+fn checkpointed_vars(varmap: &VarMap, ema: Option<&Ema>) -> Vec<(String, Var)> {
+    let maps = std::iter::once(("model", varmap)).chain(ema.map(|e| ("ema", &e.map)));
+    maps.flat_map(|(prefix, map)| {
+        let vars = map.data().lock().expect("varmap lock");
+        vars.iter()
+            .map(|(name, var)| (format!("{prefix}.{name}"), var.clone()))
+            .collect::<Vec<_>>()
+    })
+    .collect()
+}
+
 fn load_checkpoint(
     path: &Path,
     varmap: &VarMap,
@@ -766,13 +774,8 @@ fn load_checkpoint(
             .get(key)
             .ok_or_else(|| Error::model(path, format!("checkpoint lacks {key}")))
     };
-    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
-        var.set(get(&format!("model.{name}"))?)?;
-    }
-    if let Some(ema) = ema {
-        for (name, var) in ema.map.data().lock().expect("varmap lock").iter() {
-            var.set(get(&format!("ema.{name}"))?)?;
-        }
+    for (key, var) in checkpointed_vars(varmap, ema) {
+        var.set(get(&key)?)?;
     }
     for (i, (name, _)) in opt.params.iter().enumerate() {
         opt.m[i] = get(&format!("adam.m.{name}"))?.clone();
