@@ -1,13 +1,15 @@
-//! Numeric parity with PyTorch. The fixtures and the ignored ResNet-18 check come from
-//! `../shared/peers/wsinfer_model.py --seed 0` (see fixtures/README.md): the same
-//! weights as safetensors and PyTorch's eval-mode logits for fixed inputs.
+//! Numeric parity with PyTorch: seeded weights as safetensors and PyTorch's eval-mode
+//! logits for fixed inputs (see fixtures/README.md). SmallCnn and the ignored full-width
+//! ResNet-18 come from `../shared/peers/wsinfer_model.py --seed 0`; the narrow ResNets
+//! that run in CI and the ignored ResNet-50 from `scripts/make-resnet-golden.py`.
 
 mod common;
 
 use std::path::Path;
 
-use candle_core::Device;
-use histomap::model::Classifier;
+use candle_core::{DType, Device, ModuleT};
+use candle_nn::VarBuilder;
+use histomap::model::{BlockKind, Classifier, ResNet};
 
 /// Max |candle − PyTorch| over the logits of the fixed inputs in `io`.
 fn parity(dir: &Path, io: &Path) -> f32 {
@@ -48,6 +50,37 @@ fn wsinfer_model_folder_loads_and_runs() {
     assert_eq!(model.card.normalization.std, [0.229, 0.224, 0.225]);
     let d = parity(dir.path(), &fixture.join("io.safetensors"));
     assert!(d < 1e-4, "max |candle - torch| = {d}");
+}
+
+/// Parity of torchvision's ResNet-18 and -50 code at 8 stem channels instead of 64:
+/// every parameter name and operation of the full nets, in a 1–2 MB fixture. Both the
+/// training graph (BatchNorm as its own op) and the fused inference graph are checked.
+fn narrow_resnet_matches_pytorch(name: &str, kind: BlockKind, blocks: [usize; 4]) {
+    let dir = common::root().join("fixtures").join(name);
+    let dev = Device::Cpu;
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+    let mut net = ResNet::new(vb, kind, blocks, 8, 8).unwrap();
+    let pair = candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
+    let (x, y) = (&pair["x"], &pair["y"]);
+    let d = common::max_abs_diff(&net.forward_t(x, false).unwrap(), y);
+    assert!(d < 1e-4, "{name}: max |candle - torch| = {d}");
+    net.fuse().unwrap();
+    let d = common::max_abs_diff(&net.forward_t(x, false).unwrap(), y);
+    assert!(
+        d < 1e-4,
+        "{name}, BatchNorm fused: max |candle - torch| = {d}"
+    );
+}
+
+#[test]
+fn narrow_resnet18_matches_pytorch() {
+    narrow_resnet_matches_pytorch("resnet18_w8", BlockKind::Basic, [2, 2, 2, 2]);
+}
+
+#[test]
+fn narrow_resnet50_matches_pytorch() {
+    narrow_resnet_matches_pytorch("resnet50_w8", BlockKind::Bottleneck, [3, 4, 6, 3]);
 }
 
 /// Parity of a torchvision ResNet from `HISTOMAP_PEER_MODELS/<name>` (weights too big

@@ -137,13 +137,20 @@ pub enum Network {
     ResNet(ResNet),
 }
 
+/// A torchvision ResNet: 64 stem channels.
 fn resnet(
     vb: VarBuilder,
     kind: BlockKind,
     blocks: [usize; 4],
     num_classes: usize,
 ) -> candle_core::Result<Network> {
-    Ok(Network::ResNet(ResNet::new(vb, kind, blocks, num_classes)?))
+    Ok(Network::ResNet(ResNet::new(
+        vb,
+        kind,
+        blocks,
+        64,
+        num_classes,
+    )?))
 }
 
 impl Network {

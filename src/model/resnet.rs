@@ -115,16 +115,19 @@ pub struct ResNet {
 
 impl ResNet {
     /// `blocks` per stage: `[2, 2, 2, 2]` basic for ResNet-18, `[3, 4, 6, 3]` basic for
-    /// 34, `[3, 4, 6, 3]` bottleneck for 50.
+    /// 34, `[3, 4, 6, 3]` bottleneck for 50. `width` is the stem's channel count and the
+    /// first stage's width, doubled at each later stage: 64 in torchvision; narrower nets
+    /// (same names, same operations) keep the PyTorch parity fixtures small.
     pub fn new(
         vb: VarBuilder,
         kind: BlockKind,
         blocks: [usize; 4],
+        width: usize,
         num_classes: usize,
     ) -> Result<Self> {
         let stem_spec = ConvSpec {
             c_in: 3,
-            c_out: 64,
+            c_out: width,
             kernel: 7,
             stride: 2,
             padding: 3,
@@ -133,9 +136,9 @@ impl ResNet {
         };
         let stem = ConvBn::new(stem_spec, &vb, "conv1", "bn1")?;
         let mut layers = Vec::new();
-        let mut c_in = 64;
+        let mut c_in = width;
         for (stage, &n) in blocks.iter().enumerate() {
-            let width = 64 << stage;
+            let width = width << stage;
             for i in 0..n {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let vb = vb.pp(format!("layer{}.{i}", stage + 1));
