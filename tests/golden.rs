@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT};
 use candle_nn::VarBuilder;
-use histomap::model::{BlockKind, Classifier, ResNet};
+use histomap::model::{Architecture, Classifier, ResNet};
 
 /// Max |candle − PyTorch| over the logits of the fixed inputs in `io`.
 fn parity(dir: &Path, io: &Path) -> f32 {
@@ -55,7 +55,8 @@ fn wsinfer_model_folder_loads_and_runs() {
 /// Parity of torchvision's ResNet-18 and -50 code at 8 stem channels instead of 64:
 /// every parameter name and operation of the full nets, in a 1–2 MB fixture. Both the
 /// training graph (BatchNorm as its own op) and the fused inference graph are checked.
-fn narrow_resnet_matches_pytorch(name: &str, kind: BlockKind, blocks: [usize; 4]) {
+fn narrow_resnet_matches_pytorch(name: &str, arch: Architecture) {
+    let (kind, blocks) = arch.resnet_layout().unwrap();
     let dir = common::root().join("fixtures").join(name);
     let dev = Device::Cpu;
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
@@ -75,19 +76,19 @@ fn narrow_resnet_matches_pytorch(name: &str, kind: BlockKind, blocks: [usize; 4]
 
 #[test]
 fn narrow_resnet18_matches_pytorch() {
-    narrow_resnet_matches_pytorch("resnet18_w8", BlockKind::Basic, [2, 2, 2, 2]);
+    narrow_resnet_matches_pytorch("resnet18_w8", Architecture::Resnet18);
 }
 
 #[test]
 fn narrow_resnet50_matches_pytorch() {
-    narrow_resnet_matches_pytorch("resnet50_w8", BlockKind::Bottleneck, [3, 4, 6, 3]);
+    narrow_resnet_matches_pytorch("resnet50_w8", Architecture::Resnet50);
 }
 
 /// Parity of a torchvision ResNet from `HISTOMAP_PEER_MODELS/<name>` (weights too big
 /// to ship): `resnet18_150` from `python ../shared/peers/wsinfer_model.py --out DIR`,
 /// `resnet50_150` from `python scripts/make-resnet-golden.py DIR resnet50`; then
 /// `HISTOMAP_PEER_MODELS=DIR cargo test --release --test golden -- --ignored`.
-fn resnet_matches_pytorch(name: &str, arch: histomap::model::Architecture) {
+fn resnet_matches_pytorch(name: &str, arch: Architecture) {
     let peers = std::path::PathBuf::from(
         std::env::var("HISTOMAP_PEER_MODELS").expect("HISTOMAP_PEER_MODELS"),
     );
@@ -117,11 +118,11 @@ fn resnet_matches_pytorch(name: &str, arch: histomap::model::Architecture) {
 #[test]
 #[ignore = "needs HISTOMAP_PEER_MODELS (45 MB of ResNet-18 weights made by the peer script)"]
 fn resnet18_matches_pytorch() {
-    resnet_matches_pytorch("resnet18_150", histomap::model::Architecture::Resnet18);
+    resnet_matches_pytorch("resnet18_150", Architecture::Resnet18);
 }
 
 #[test]
 #[ignore = "needs HISTOMAP_PEER_MODELS (94 MB of ResNet-50 weights, scripts/make-resnet-golden.py)"]
 fn resnet50_matches_pytorch() {
-    resnet_matches_pytorch("resnet50_150", histomap::model::Architecture::Resnet50);
+    resnet_matches_pytorch("resnet50_150", Architecture::Resnet50);
 }

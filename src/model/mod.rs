@@ -40,6 +40,18 @@ pub enum Architecture {
     Resnet50,
 }
 
+impl Architecture {
+    /// A ResNet's block kind and blocks per stage; `None` for SmallCnn.
+    pub fn resnet_layout(self) -> Option<(BlockKind, [usize; 4])> {
+        match self {
+            Architecture::Smallcnn => None,
+            Architecture::Resnet18 => Some((BlockKind::Basic, [2, 2, 2, 2])),
+            Architecture::Resnet34 => Some((BlockKind::Basic, [3, 4, 6, 3])),
+            Architecture::Resnet50 => Some((BlockKind::Bottleneck, [3, 4, 6, 3])),
+        }
+    }
+}
+
 /// `card.json`: everything needed to use the weights correctly, and where they came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,33 +149,18 @@ pub enum Network {
     ResNet(ResNet),
 }
 
-/// A torchvision ResNet: 64 stem channels.
-fn resnet(
-    vb: VarBuilder,
-    kind: BlockKind,
-    blocks: [usize; 4],
-    num_classes: usize,
-) -> candle_core::Result<Network> {
-    Ok(Network::ResNet(ResNet::new(
-        vb,
-        kind,
-        blocks,
-        64,
-        num_classes,
-    )?))
-}
-
 impl Network {
     pub fn new(
         arch: Architecture,
         vb: VarBuilder,
         num_classes: usize,
     ) -> candle_core::Result<Self> {
-        Ok(match arch {
-            Architecture::Smallcnn => Network::SmallCnn(SmallCnn::new(vb, num_classes)?),
-            Architecture::Resnet18 => resnet(vb, BlockKind::Basic, [2, 2, 2, 2], num_classes)?,
-            Architecture::Resnet34 => resnet(vb, BlockKind::Basic, [3, 4, 6, 3], num_classes)?,
-            Architecture::Resnet50 => resnet(vb, BlockKind::Bottleneck, [3, 4, 6, 3], num_classes)?,
+        Ok(match arch.resnet_layout() {
+            // torchvision's width: 64 stem channels.
+            Some((kind, blocks)) => {
+                Network::ResNet(ResNet::new(vb, kind, blocks, 64, num_classes)?)
+            }
+            None => Network::SmallCnn(SmallCnn::new(vb, num_classes)?),
         })
     }
 
