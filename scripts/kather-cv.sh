@@ -34,3 +34,13 @@ done | awk '{ printf "fold %d: %d tiles, last-epoch accuracy %.3f, balanced %.3f
               hit += $2 * $3; n += $2 }
             END { printf "pooled patient-grouped CV accuracy: %.3f (%d tiles)\n", hit / n, n }' |
   tee "$out/cv.txt"
+# The same pooling at every epoch: shows whether a shorter schedule would generalise
+# better across patients (reported, never used to pick the shipped recipe's epochs).
+for ((f = 0; f < folds; f++)); do
+  n=$(awk -F, -v f="$f" 'NR > 1 && $NF == f' "$out/split.csv" | wc -l)
+  awk -F, -v n="$n" 'NR > 1 { print $1, n, $5 }' "$out/fold$f/training.csv"
+done | awk '{ hit[$1] += $2 * $3; n[$1] += $2; if ($1 > last) last = $1 }
+            END { printf "pooled accuracy by epoch:"
+                  for (e = 1; e <= last; e++) printf " %d:%.3f", e, hit[e] / n[e]
+                  printf "\n" }' |
+  tee -a "$out/cv.txt"
