@@ -26,9 +26,12 @@ for ((f = 0; f < folds; f++)); do
     --batch-size 16 --extra-train target/extra/kather-glass --quiet "${resume[@]}" "$@"
 done
 # Pooled over folds: Σ (last-epoch accuracy × held-out tiles) / Σ held-out tiles.
+held_out=()
 for ((f = 0; f < folds; f++)); do
-  n=$(awk -F, -v f="$f" 'NR > 1 && $NF == f' "$out/split.csv" | wc -l)
-  tail -1 "$out/fold$f/training.csv" | awk -F, -v f="$f" -v n="$n" \
+  held_out[f]=$(awk -F, -v f="$f" 'NR > 1 && $NF == f' "$out/split.csv" | wc -l)
+done
+for ((f = 0; f < folds; f++)); do
+  tail -1 "$out/fold$f/training.csv" | awk -F, -v f="$f" -v n="${held_out[f]}" \
     '{ print f, n, $5, $6 }'
 done | awk '{ printf "fold %d: %d tiles, last-epoch accuracy %.3f, balanced %.3f\n", $1, $2, $3, $4
               hit += $2 * $3; n += $2 }
@@ -37,8 +40,7 @@ done | awk '{ printf "fold %d: %d tiles, last-epoch accuracy %.3f, balanced %.3f
 # The same pooling at every epoch: shows whether a shorter schedule would generalise
 # better across patients (reported, never used to pick the shipped recipe's epochs).
 for ((f = 0; f < folds; f++)); do
-  n=$(awk -F, -v f="$f" 'NR > 1 && $NF == f' "$out/split.csv" | wc -l)
-  awk -F, -v n="$n" 'NR > 1 { print $1, n, $5 }' "$out/fold$f/training.csv"
+  awk -F, -v n="${held_out[f]}" 'NR > 1 { print $1, n, $5 }' "$out/fold$f/training.csv"
 done | awk '{ hit[$1] += $2 * $3; n[$1] += $2; if ($1 > last) last = $1 }
             END { printf "pooled accuracy by epoch:"
                   for (e = 1; e <= last; e++) printf " %d:%.3f", e, hit[e] / n[e]
