@@ -14,9 +14,12 @@
 //! prefix dropped) or, when all are integers, by index.
 
 use std::collections::HashMap;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use image::{ImageReader, RgbImage};
 use rayon::prelude::*;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -38,6 +41,34 @@ pub struct Dataset {
     pub source: PathBuf,
     pub classes: Vec<String>,
     pub samples: Vec<Sample>,
+}
+
+/// A tile skipped by `--skip-bad`, and why it could not be read.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadTile {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Decodes a tile as RGB, naming the file when it cannot.
+pub fn read_tile(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_tile(path, &bytes)
+}
+
+/// The format comes from the bytes, not the name, so a PNG saved as `.tif` still reads
+/// and training, evaluation and [`Dataset::check`] agree on what is readable.
+fn decode_tile(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    let unreadable = |e: &dyn std::fmt::Display| Error::Dataset {
+        path: path.to_path_buf(),
+        msg: format!("unreadable tile: {e}"),
+    };
+    let img = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| unreadable(&e))?
+        .decode()
+        .map_err(|e| unreadable(&e))?;
+    Ok(img.into_rgb8())
 }
 
 /// A class folder's display name: `01_TUMOR` → `TUMOR`.
@@ -81,15 +112,42 @@ impl Dataset {
         })
     }
 
-    /// SHA-256 of every file, in sample order.
-    pub fn hashes(&self) -> Result<Vec<[u8; 32]>> {
-        self.samples
+    /// Reads and decodes every tile once, before hours of training or evaluation can
+    /// depend on it, and hashes its bytes. An unreadable tile is an error naming it (the
+    /// first in sample order); with `skip_bad` it is dropped from the dataset and
+    /// returned instead. Out: the SHA-256 of each kept sample's file, in sample order.
+    pub fn check(&mut self, skip_bad: bool) -> Result<(Vec<[u8; 32]>, Vec<BadTile>)> {
+        let read: Vec<Result<[u8; 32]>> = self
+            .samples
             .par_iter()
             .map(|s| {
                 let bytes = std::fs::read(&s.path).map_err(|e| Error::io(&s.path, e))?;
+                decode_tile(&s.path, &bytes)?;
                 Ok(Sha256::digest(&bytes).into())
             })
-            .collect()
+            .collect();
+        let (mut hashes, mut bad, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        for (sample, r) in std::mem::take(&mut self.samples).into_iter().zip(read) {
+            match r {
+                Ok(h) => {
+                    hashes.push(h);
+                    kept.push(sample);
+                }
+                Err(e) if skip_bad => bad.push(BadTile {
+                    path: sample.path,
+                    reason: e.to_string(),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        self.samples = kept;
+        if self.samples.is_empty() {
+            return Err(Error::Dataset {
+                path: self.source.clone(),
+                msg: format!("none of the {} tiles is readable", bad.len()),
+            });
+        }
+        Ok((hashes, bad))
     }
 
     /// Per class, how many samples.

@@ -1,13 +1,14 @@
 //! Evaluation. In: a model folder and a tile dataset. Out: `metrics.json` and a per-tile
 //! `predictions.csv`. Byte-identical tiles are counted once (the first), so duplicates
-//! cannot inflate a figure; `tta` averages the 8 dihedral orientations.
+//! cannot inflate a figure; unreadable tiles fail the run or, with `skip_bad`, are
+//! listed; `tta` averages the 8 dihedral orientations.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::dataset::{duplicates, Dataset};
+use crate::dataset::{duplicates, BadTile, Dataset};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::model::Classifier;
@@ -21,6 +22,8 @@ pub struct EvalOptions {
     pub tta: bool,
     pub batch_size: usize,
     pub threads: usize,
+    /// Leave out unreadable tiles (listed in [`Evaluation::skipped`]) instead of failing.
+    pub skip_bad: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -30,6 +33,8 @@ pub struct Evaluation {
     pub split: Option<String>,
     pub tta: bool,
     pub duplicates_dropped: usize,
+    /// Tiles left out as unreadable (`skip_bad`).
+    pub skipped: Vec<BadTile>,
     #[serde(flatten)]
     pub metrics: Metrics,
 }
@@ -55,7 +60,7 @@ pub fn evaluate(
             });
         }
     }
-    let hashes = dataset.hashes()?;
+    let (hashes, skipped) = dataset.check(opts.skip_bad)?;
     let mut drop = vec![false; dataset.samples.len()];
     let mut dropped = 0;
     for group in duplicates(&hashes) {
@@ -130,6 +135,7 @@ pub fn evaluate(
         split: opts.split.clone(),
         tta: opts.tta,
         duplicates_dropped: dropped,
+        skipped,
         metrics,
     };
     write_atomic(

@@ -1,13 +1,13 @@
 //! The `histomap` command: parses arguments, calls the library, maps the result to an
 //! exit code (0 success, 1 a slide or the job failed, 2 bad usage).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use histomap::augment::Augment;
-use histomap::dataset::Dataset;
+use histomap::dataset::{BadTile, Dataset};
 use histomap::evaluate::EvalOptions;
 use histomap::model::{self, Architecture, Classifier, DeviceChoice, ModelCard};
 use histomap::pipeline::Pipeline;
@@ -88,6 +88,10 @@ enum Command {
         /// Where the model runs.
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
+        /// Leave out unreadable tiles, with a warning and a count, and list them in
+        /// metrics.json (default: the first one is an error naming it).
+        #[arg(long)]
+        skip_bad: bool,
     },
     /// Write a Slurm job array that runs `heatmap` over the slides, N tasks each taking
     /// a deterministic part of them; with --submit, submit it through sbatch. Takes
@@ -257,13 +261,50 @@ struct TileArgs {
     /// Pipeline file: the classes (by name, in order), input size, MPP.
     #[arg(long, short)]
     pipeline: PathBuf,
+    /// Leave out tiles that cannot be read or decoded, with a warning and a count
+    /// (default: the first one is an error naming it). Every tile is read once before
+    /// any work starts.
+    #[arg(long)]
+    skip_bad: bool,
 }
 
 impl TileArgs {
-    fn load(&self) -> anyhow::Result<(Pipeline, Dataset)> {
+    /// The pipeline, the dataset's readable tiles, and their hashes.
+    fn load(&self) -> anyhow::Result<(Pipeline, Dataset, Vec<[u8; 32]>)> {
         let pipeline = Pipeline::load(&self.pipeline)?;
-        let dataset = Dataset::load(&self.data, &pipeline.class_names())?;
-        Ok((pipeline, dataset))
+        let (dataset, hashes) = load_tiles(&self.data, &pipeline.class_names(), self.skip_bad)?;
+        Ok((pipeline, dataset, hashes))
+    }
+}
+
+/// Loads and checks a tile dataset, warning of the tiles `skip_bad` left out.
+fn load_tiles(
+    data: &Path,
+    classes: &[String],
+    skip_bad: bool,
+) -> anyhow::Result<(Dataset, Vec<[u8; 32]>)> {
+    let mut dataset = Dataset::load(data, classes)?;
+    let (hashes, bad) = dataset.check(skip_bad)?;
+    warn_skipped(&bad);
+    Ok((dataset, hashes))
+}
+
+fn warn_skipped(bad: &[BadTile]) {
+    const SHOWN: usize = 10;
+    for b in bad.iter().take(SHOWN) {
+        eprintln!("histomap: warning: skipped {}", b.reason);
+    }
+    if !bad.is_empty() {
+        let more = bad.len().saturating_sub(SHOWN);
+        let more = if more > 0 {
+            format!(" ({more} not shown)")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "histomap: warning: skipped {} unreadable tile(s){more}",
+            bad.len()
+        );
     }
 }
 
@@ -370,8 +411,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             folds,
             seed,
         } => {
-            let (_, dataset) = tiles.load()?;
-            let hashes = dataset.hashes()?;
+            let (_, dataset, hashes) = tiles.load()?;
             let dups = histomap::dataset::duplicates(&hashes);
             if !dups.is_empty() {
                 eprintln!(
@@ -404,14 +444,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             tta,
             batch_size,
             device,
+            skip_bad,
         } => {
             let opts = EvalOptions {
                 split,
                 tta: tta == Tta::D4,
                 batch_size,
                 threads: all_cores(),
+                skip_bad,
             };
             let e = histomap::evaluate::evaluate(&model, &data, &out, &opts, &device.device()?)?;
+            warn_skipped(&e.skipped);
             let m = &e.metrics;
             println!(
                 "{} tiles ({} duplicates dropped){}",
@@ -481,17 +524,31 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = a.ema.filter(|d| !(0.0..1.0).contains(d)) {
         bail!("--ema {d}: expected a decay in [0, 1)");
     }
-    let (pipeline, dataset) = a.tiles.load()?;
+    let (pipeline, dataset, hashes) = a.tiles.load()?;
     let mut split = if a.no_val {
         histomap::train::Split {
             train: dataset.samples.clone(),
             val: Vec::new(),
+            val_duplicates_dropped: 0,
         }
     } else {
-        histomap::train::split_dataset(&dataset, a.split.as_deref(), a.fold, a.folds, a.seed)?
+        histomap::train::split_dataset(
+            &dataset,
+            &hashes,
+            a.split.as_deref(),
+            a.fold,
+            a.folds,
+            a.seed,
+        )?
     };
+    if split.val_duplicates_dropped > 0 {
+        eprintln!(
+            "histomap: {} validation tile(s) left out: the same bytes are on the training side",
+            split.val_duplicates_dropped
+        );
+    }
     if let Some(extra) = &a.extra_train {
-        let extra = Dataset::load(extra, &pipeline.class_names())?;
+        let (extra, _) = load_tiles(extra, &pipeline.class_names(), a.tiles.skip_bad)?;
         split.train.extend(extra.samples);
     }
     eprintln!(

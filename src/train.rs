@@ -8,7 +8,7 @@
 //! seed, and the checkpoint holds weights, BatchNorm statistics and AdamW moments, so a
 //! resumed run gives the same result as an uninterrupted one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
-use crate::dataset::{Dataset, Sample};
+use crate::dataset::{read_tile, Dataset, Sample};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::model::{Architecture, ModelCard, Network, CARD_FILE, WEIGHTS_FILE};
@@ -86,6 +86,8 @@ pub struct EpochRow {
 pub struct Split {
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
+    /// Validation tiles left out because the same bytes are on the training side.
+    pub val_duplicates_dropped: usize,
 }
 
 /// Resumable state, written after every epoch.
@@ -365,15 +367,6 @@ fn mean_nll(labels: &[usize], probs: &[f32], k: usize) -> f64 {
         .map(|(i, &y)| -f64::from(probs[i * k + y].max(1e-7)).ln())
         .sum();
     total / labels.len().max(1) as f64
-}
-
-/// Decodes a tile as RGB, naming the file when it cannot.
-pub fn read_tile(path: &Path) -> Result<image::RgbImage> {
-    let img = image::open(path).map_err(|e| Error::Dataset {
-        path: path.to_path_buf(),
-        msg: format!("unreadable tile: {e}"),
-    })?;
-    Ok(img.into_rgb8())
 }
 
 /// Decodes, transforms and preprocesses tiles into one batch (pixels, labels).
@@ -911,43 +904,59 @@ fn save_model(
 
 /// Splits a dataset: by a split file's `fold` column (fold `val_fold` validates), else
 /// by the data's own `split` column (`train`; `valid`/`val`/`validation`; other values,
-/// such as `test`, are left out), else by grouped folds of the data.
+/// such as `test`, are left out), else by grouped folds of the data, which keep
+/// byte-identical tiles on one side. `hashes` (from [`Dataset::check`]) also serve to
+/// drop from validation any tile whose bytes a given split put on the training side
+/// too: it would score as seen.
 pub fn split_dataset(
     data: &Dataset,
+    hashes: &[[u8; 32]],
     split_file: Option<&Path>,
     val_fold: usize,
     folds: usize,
     seed: u64,
 ) -> Result<Split> {
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    if split_file.is_none() && data.samples.iter().all(|s| s.split.is_some()) {
-        for s in &data.samples {
-            match s.split.as_deref() {
-                Some("train") => train.push(s.clone()),
-                Some("valid" | "val" | "validation") => val.push(s.clone()),
-                _ => {}
+    // Per sample: Some(true) validates, Some(false) trains, None is left out.
+    let validates: Vec<Option<bool>> = if split_file.is_none()
+        && data.samples.iter().all(|s| s.split.is_some())
+    {
+        data.samples
+            .iter()
+            .map(|s| match s.split.as_deref() {
+                Some("train") => Some(false),
+                Some("valid" | "val" | "validation") => Some(true),
+                _ => None,
+            })
+            .collect()
+    } else {
+        let fold_of = match split_file {
+            Some(file) => crate::split::read_csv(file, data)?,
+            None => {
+                crate::split::grouped_folds(&data.samples, hashes, data.classes.len(), folds, seed)
             }
-        }
-        return Ok(Split { train, val });
-    }
-    let fold_of = match split_file {
-        Some(file) => crate::split::read_csv(file, data)?,
-        None => crate::split::grouped_folds(
-            &data.samples,
-            &data.hashes()?,
-            data.classes.len(),
-            folds,
-            seed,
-        ),
+        };
+        fold_of.iter().map(|&f| Some(f == val_fold)).collect()
     };
-    for (s, &f) in data.samples.iter().zip(&fold_of) {
-        if f == val_fold {
-            val.push(s.clone());
-        } else {
-            train.push(s.clone());
+    let trained: HashSet<&[u8; 32]> = hashes
+        .iter()
+        .zip(&validates)
+        .filter(|(_, v)| **v == Some(false))
+        .map(|(h, _)| h)
+        .collect();
+    let mut split = Split {
+        train: Vec::new(),
+        val: Vec::new(),
+        val_duplicates_dropped: 0,
+    };
+    for ((s, h), v) in data.samples.iter().zip(hashes).zip(validates) {
+        match v {
+            Some(false) => split.train.push(s.clone()),
+            Some(true) if trained.contains(h) => split.val_duplicates_dropped += 1,
+            Some(true) => split.val.push(s.clone()),
+            None => {}
         }
     }
-    Ok(Split { train, val })
+    Ok(split)
 }
 
 impl Split {

@@ -32,8 +32,9 @@ fn class_folders_give_kather_patients_as_groups() {
 
 #[test]
 fn grouped_folds_on_real_patients() {
-    let d = Dataset::load(&data().join("kather2016"), &kather_classes()).unwrap();
-    let hashes = d.hashes().unwrap();
+    let mut d = Dataset::load(&data().join("kather2016"), &kather_classes()).unwrap();
+    let (hashes, bad) = d.check(false).unwrap();
+    assert!(bad.is_empty());
     let folds = histomap::split::grouped_folds(&d.samples, &hashes, 8, 4, 0);
     let mut fold_of_group: HashMap<&str, usize> = HashMap::new();
     for (s, &f) in d.samples.iter().zip(&folds) {
@@ -134,8 +135,9 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = tiny_pcam(dir.path(), 32);
     let pipeline = Pipeline::load(&pipeline("pcam")).unwrap();
-    let data = Dataset::load(&manifest, &pipeline.class_names()).unwrap();
-    let split = split_dataset(&data, None, 0, 5, 0).unwrap();
+    let mut data = Dataset::load(&manifest, &pipeline.class_names()).unwrap();
+    let (hashes, _) = data.check(false).unwrap();
+    let split = split_dataset(&data, &hashes, None, 0, 5, 0).unwrap();
     assert_eq!((split.train.len(), split.val.len()), (32, 16));
     let opts = TrainOptions {
         arch: Architecture::Smallcnn,
@@ -262,6 +264,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         tta: true,
         batch_size: 16,
         threads: 2,
+        skip_bad: false,
     };
     let e = evaluate(&a, &dup_manifest, &dir.path().join("eval"), &opts, &dev).unwrap();
     assert_eq!((e.metrics.n, e.duplicates_dropped), (16, 1));
@@ -415,4 +418,108 @@ fn init_extra_train_and_no_val() {
     assert_eq!(common::max_abs_diff(&ours[conv], &theirs[conv]), 0.0);
     assert_eq!(ours["fc.weight"].dims(), [8, 256]);
     assert_eq!(theirs["fc.weight"].dims(), [2, 256]);
+}
+
+/// A truncated TIFF and a text file named `.jpg` among real Kather tiles: without
+/// `--skip-bad` the first is an error naming it before any work starts; with it both
+/// are left out, counted and (by `evaluate`) listed.
+#[test]
+fn unreadable_tiles_are_named_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiles = dir.path().join("tiles");
+    let mut firsts = Vec::new();
+    for folder in fs::read_dir(data().join("kather2016")).unwrap() {
+        let folder = folder.unwrap().path();
+        if !folder.is_dir() {
+            continue;
+        }
+        let mut files: Vec<PathBuf> = fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let to = tiles.join(folder.file_name().unwrap());
+        fs::create_dir_all(&to).unwrap();
+        fs::copy(&files[0], to.join(files[0].file_name().unwrap())).unwrap();
+        firsts.push(files[0].clone());
+    }
+    firsts.sort();
+    let truncated = tiles.join("01_TUMOR/truncated.tif");
+    fs::write(&truncated, &fs::read(&firsts[0]).unwrap()[..600]).unwrap();
+    let text = tiles.join("03_COMPLEX/notes.jpg");
+    fs::write(&text, "not an image\n").unwrap();
+
+    let mut d = Dataset::load(&tiles, &kather_classes()).unwrap();
+    assert_eq!(d.samples.len(), 10);
+    let err = d.clone().check(false).unwrap_err().to_string();
+    assert!(
+        err.contains("truncated.tif") && !err.contains('\n'),
+        "{err}"
+    );
+    let (hashes, bad) = d.check(true).unwrap();
+    assert_eq!((d.samples.len(), hashes.len()), (8, 8));
+    let bad: Vec<&Path> = bad.iter().map(|b| b.path.as_path()).collect();
+    assert_eq!(bad, [truncated.as_path(), text.as_path()]);
+
+    let split_csv = dir.path().join("split.csv");
+    let split = |skip: bool| {
+        let mut cmd = histomap();
+        cmd.args(["split", "--folds", "2", "-p"])
+            .arg(pipeline("kather8"))
+            .arg("--data")
+            .arg(&tiles)
+            .arg("-o")
+            .arg(&split_csv);
+        if skip {
+            cmd.arg("--skip-bad");
+        }
+        cmd.assert()
+    };
+    let failed = split(false).failure();
+    let stderr = String::from_utf8_lossy(&failed.get_output().stderr).to_string();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("truncated.tif") && !stderr.contains("panicked"));
+    assert!(!split_csv.exists());
+    let ok = split(true).success();
+    let stderr = String::from_utf8_lossy(&ok.get_output().stderr).to_string();
+    assert!(stderr.contains("skipped 2 unreadable tile(s)"), "{stderr}");
+    assert_eq!(fs::read_to_string(&split_csv).unwrap().lines().count(), 9);
+
+    let eval = dir.path().join("eval");
+    histomap()
+        .args(["evaluate", "--skip-bad", "--model"])
+        .arg(model("kather8", Architecture::Smallcnn))
+        .arg("--data")
+        .arg(&tiles)
+        .arg("-o")
+        .arg(&eval)
+        .assert()
+        .success();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(eval.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["n"], 8);
+    assert_eq!(metrics["skipped"].as_array().unwrap().len(), 2);
+}
+
+/// A data-given split can put the same bytes on both sides; validation leaves such a
+/// tile out, as it would score as seen.
+#[test]
+fn a_given_split_never_validates_on_training_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_pcam(dir.path(), 8);
+    let text = fs::read_to_string(&manifest).unwrap();
+    let train_row = text.lines().nth(1).unwrap();
+    let as_valid = train_row.replace(",train", ",valid");
+    fs::write(&manifest, format!("{text}{as_valid}\n")).unwrap();
+    let mut data = Dataset::load(&manifest, &["normal".into(), "tumor".into()]).unwrap();
+    let (hashes, _) = data.check(false).unwrap();
+    let split = split_dataset(&data, &hashes, None, 0, 5, 0).unwrap();
+    assert_eq!(
+        (
+            split.train.len(),
+            split.val.len(),
+            split.val_duplicates_dropped
+        ),
+        (8, 4, 1)
+    );
 }
