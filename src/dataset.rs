@@ -1,10 +1,13 @@
 //! Tile datasets. In: a folder or a CSV, and the pipeline's class names. Out: a
-//! [`Dataset`] of labelled tile paths with the group (source slide or patient) each
-//! came from, so splits can keep a group on one side.
+//! [`Dataset`] of labelled tiles with the group (source slide or patient) each came
+//! from, so splits can keep a group on one side.
 //!
 //! Layouts, detected in this order:
 //! - a manifest CSV `path,label[,group][,split]` (paths relative to the CSV; extra
 //!   columns ignored), which covers `../shared/data/pcam/labels.csv`;
+//! - PCam's HDF5 files: `DIR/<stem>_x.h5` + `<stem>_y.h5` (see [`crate::hdf5`]); the
+//!   split is the stem's last word (`…_split_train`), the group the `wsi` column of an
+//!   optional `<stem>_meta.csv`, else the patch;
 //! - Kaggle/PCam style: `DIR/train_labels.csv` (`id,label`) with tiles `DIR/train/<id>.tif`;
 //! - class folders, Kather style: `DIR/01_TUMOR/*.tif`; a numeric prefix orders the
 //!   folders and is dropped from the name. The group is the patient token in Kather
@@ -16,6 +19,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use image::{ImageReader, RgbImage};
 use rayon::prelude::*;
@@ -23,12 +27,73 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::hdf5::{self, PatchArray};
 
 const TILE_EXTENSIONS: &[&str] = &["tif", "tiff", "png", "jpg", "jpeg"];
 
+/// Where a tile's pixels are.
+#[derive(Debug, Clone)]
+pub enum Tile {
+    /// An image file (.tif, .png, .jpg; the format is read from the bytes).
+    File(PathBuf),
+    /// Patch `index` of an HDF5 patch array.
+    Patch {
+        array: Arc<PatchArray>,
+        index: usize,
+    },
+}
+
+impl PartialEq for Tile {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Tile::File(a), Tile::File(b)) => a == b,
+            (Tile::Patch { array: a, index: i }, Tile::Patch { array: b, index: j }) => {
+                a.path() == b.path() && i == j
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Tile {
+    /// How split files, predictions and messages name the tile: its path, or
+    /// `path[index]` for a patch of an array.
+    pub fn name(&self) -> String {
+        match self {
+            Tile::File(path) => path.display().to_string(),
+            Tile::Patch { array, index } => format!("{}[{index}]", array.path().display()),
+        }
+    }
+
+    /// Decodes the tile as RGB, naming it when it cannot.
+    pub fn read(&self) -> Result<RgbImage> {
+        match self {
+            Tile::File(path) => {
+                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                decode_tile(path, &bytes)
+            }
+            Tile::Patch { array, index } => array.read(*index),
+        }
+    }
+
+    /// Reads and decodes the tile; out: the SHA-256 of its stored bytes (a file's
+    /// bytes, a patch's pixels), which identifies exact duplicates.
+    fn check(&self) -> Result<[u8; 32]> {
+        let bytes = match self {
+            Tile::File(path) => {
+                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                decode_tile(path, &bytes)?;
+                bytes
+            }
+            Tile::Patch { array, index } => array.pixels(*index)?,
+        };
+        Ok(Sha256::digest(&bytes).into())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    pub path: PathBuf,
+    pub tile: Tile,
     pub label: usize,
     /// Source slide or patient; tiles of one group never straddle a split.
     pub group: String,
@@ -46,18 +111,12 @@ pub struct Dataset {
 /// A tile skipped by `--skip-bad`, and why it could not be read.
 #[derive(Debug, Clone, Serialize)]
 pub struct BadTile {
-    pub path: PathBuf,
+    /// [`Tile::name`].
+    pub tile: String,
     pub reason: String,
 }
 
-/// Decodes a tile as RGB, naming the file when it cannot.
-pub fn read_tile(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_tile(path, &bytes)
-}
-
-/// The format comes from the bytes, not the name, so a PNG saved as `.tif` still reads
-/// and training, evaluation and [`Dataset::check`] agree on what is readable.
+/// The format comes from the bytes, not the name, so a PNG saved as `.tif` still reads.
 fn decode_tile(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     let unreadable = |e: &dyn std::fmt::Display| Error::Dataset {
         path: path.to_path_buf(),
@@ -92,6 +151,8 @@ impl Dataset {
     pub fn load(source: &Path, classes: &[String]) -> Result<Self> {
         let samples = if source.is_file() {
             manifest(source, classes)?
+        } else if source.is_dir() && !hdf5::stems(source)?.is_empty() {
+            hdf5_arrays(source, classes)?
         } else if source.join("train_labels.csv").is_file() {
             kaggle(source, classes)?
         } else if source.is_dir() {
@@ -117,15 +178,7 @@ impl Dataset {
     /// first in sample order); with `skip_bad` it is dropped from the dataset and
     /// returned instead. Out: the SHA-256 of each kept sample's file, in sample order.
     pub fn check(&mut self, skip_bad: bool) -> Result<(Vec<[u8; 32]>, Vec<BadTile>)> {
-        let read: Vec<Result<[u8; 32]>> = self
-            .samples
-            .par_iter()
-            .map(|s| {
-                let bytes = std::fs::read(&s.path).map_err(|e| Error::io(&s.path, e))?;
-                decode_tile(&s.path, &bytes)?;
-                Ok(Sha256::digest(&bytes).into())
-            })
-            .collect();
+        let read: Vec<Result<[u8; 32]>> = self.samples.par_iter().map(|s| s.tile.check()).collect();
         let (mut hashes, mut bad, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for (sample, r) in std::mem::take(&mut self.samples).into_iter().zip(read) {
             match r {
@@ -134,7 +187,7 @@ impl Dataset {
                     kept.push(sample);
                 }
                 Err(e) if skip_bad => bad.push(BadTile {
-                    path: sample.path,
+                    tile: sample.tile.name(),
                     reason: e.to_string(),
                 }),
                 Err(e) => return Err(e),
@@ -221,7 +274,7 @@ fn class_folders(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
                 .unwrap_or_default();
             let group = kather_patient(&file).unwrap_or_else(|| file.clone());
             samples.push(Sample {
-                path,
+                tile: Tile::File(path),
                 label,
                 group,
                 split: None,
@@ -251,7 +304,7 @@ fn kaggle(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
                     msg: format!("no tile train/{stem}.tif for id {stem:?}"),
                 })?;
             Ok(Sample {
-                path,
+                tile: Tile::File(path),
                 label: class_index(&r[label], classes, &csv_path)?,
                 group: stem.clone(),
                 split: None,
@@ -271,13 +324,65 @@ fn manifest(csv_path: &Path, classes: &[String]) -> Result<Vec<Sample>> {
         .iter()
         .map(|r| {
             Ok(Sample {
-                path: base.join(&r[path]),
+                tile: Tile::File(base.join(&r[path])),
                 label: class_index(&r[label], classes, csv_path)?,
                 group: group.map_or_else(|| r[path].clone(), |g| r[g].clone()),
                 split: split.map(|s| r[s].clone()).filter(|s| !s.is_empty()),
             })
         })
         .collect()
+}
+
+fn hdf5_arrays(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for stem in hdf5::stems(dir)? {
+        let array = Arc::new(PatchArray::open(&dir.join(format!("{stem}_x.h5")))?);
+        let y_path = dir.join(format!("{stem}_y.h5"));
+        let labels = hdf5::labels(&y_path)?;
+        let count_mismatch = |what: &str, path: &Path, n: usize| Error::Dataset {
+            path: path.to_path_buf(),
+            msg: format!(
+                "{n} {what} for the {} patches of {}",
+                array.len(),
+                array.path().display()
+            ),
+        };
+        if labels.len() != array.len() {
+            return Err(count_mismatch("labels", &y_path, labels.len()));
+        }
+        let meta_path = dir.join(format!("{stem}_meta.csv"));
+        let slides = if meta_path.is_file() {
+            let rows = read_csv(&meta_path)?;
+            let wsi = column(&rows, "wsi", &meta_path)?;
+            if rows.records.len() != array.len() {
+                return Err(count_mismatch("rows", &meta_path, rows.records.len()));
+            }
+            rows.records
+                .into_iter()
+                .map(|mut r| r.swap_remove(wsi))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let split = stem
+            .rsplit('_')
+            .next()
+            .filter(|w| matches!(*w, "train" | "valid" | "test"))
+            .map(str::to_string);
+        let mut slides = slides.into_iter();
+        for (index, y) in labels.iter().enumerate() {
+            samples.push(Sample {
+                tile: Tile::Patch {
+                    array: array.clone(),
+                    index,
+                },
+                label: class_index(&y.to_string(), classes, &y_path)?,
+                group: slides.next().unwrap_or_else(|| format!("{stem}[{index}]")),
+                split: split.clone(),
+            });
+        }
+    }
+    Ok(samples)
 }
 
 struct Rows {

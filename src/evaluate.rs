@@ -110,7 +110,7 @@ pub fn evaluate(
         let probs: Vec<String> = p.iter().map(|v| format!("{v:.6}")).collect();
         csv.push_str(&format!(
             "{},{},{},{}\n",
-            s.path.display(),
+            s.tile.name(),
             classes[s.label],
             classes[pred],
             probs.join(",")

@@ -20,6 +20,10 @@
 //! [`shard`] splits a slide list among workers and [`slurm`] writes the job array that
 //! runs them.
 //!
+//! Training: [`dataset`] (class folders, Kaggle folders, manifest CSVs, PCam's
+//! [`hdf5`] arrays) → [`split`] → [`augment`] → [`train`]; [`evaluate`] and [`metrics`]
+//! measure a model.
+//!
 //! [`pipeline`] loads the declarative pipeline files; [`geom`] holds the coordinate
 //! types; [`progress`] is the only way the library talks to a user.
 
@@ -30,6 +34,7 @@ pub mod error;
 pub mod evaluate;
 pub mod geom;
 pub mod grid;
+pub mod hdf5;
 pub mod heatmap;
 pub mod ledger;
 pub mod mask;

@@ -70,7 +70,8 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Tiles: class folders, a Kaggle folder (train/ + train_labels.csv), a manifest
-        /// CSV (path,label[,group][,split]).
+        /// CSV (path,label[,group][,split]) or a folder of PCam HDF5 files (*_x.h5 +
+        /// *_y.h5).
         #[arg(long)]
         data: PathBuf,
         /// Folder for metrics.json, predictions.csv, confusion.png and roc.png.
@@ -255,7 +256,8 @@ enum Tta {
 /// A tile dataset and the pipeline whose classes label it.
 #[derive(Args)]
 struct TileArgs {
-    /// Class folders, a Kaggle folder (train/ + train_labels.csv) or a manifest CSV.
+    /// Class folders, a Kaggle folder (train/ + train_labels.csv), a manifest CSV
+    /// (path,label[,group][,split]) or a folder of PCam HDF5 files (*_x.h5 + *_y.h5).
     #[arg(long)]
     data: PathBuf,
     /// Pipeline file: the classes (by name, in order), input size, MPP.

@@ -4,7 +4,7 @@
 //! Reproducible from a seed.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -18,7 +18,8 @@ use crate::output::write_atomic;
 /// A row of the split CSV that `histomap split` writes and `train --split` reads.
 #[derive(Debug, Serialize, Deserialize)]
 struct SplitRow {
-    path: PathBuf,
+    /// [`crate::dataset::Tile::name`].
+    path: String,
     label: String,
     group: String,
     fold: usize,
@@ -30,7 +31,7 @@ pub fn write_csv(path: &Path, dataset: &Dataset, folds: &[usize]) -> Result<()> 
     let mut w = csv::Writer::from_writer(Vec::new());
     for (s, &fold) in dataset.samples.iter().zip(folds) {
         w.serialize(SplitRow {
-            path: s.path.clone(),
+            path: s.tile.name(),
             label: dataset.classes[s.label].clone(),
             group: s.group.clone(),
             fold,
@@ -48,7 +49,7 @@ pub fn read_csv(path: &Path, dataset: &Dataset) -> Result<Vec<usize>> {
         msg,
     };
     let mut reader = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
-    let mut fold: HashMap<PathBuf, usize> = HashMap::new();
+    let mut fold: HashMap<String, usize> = HashMap::new();
     for row in reader.deserialize::<SplitRow>() {
         let row = row.map_err(|e| bad(e.to_string()))?;
         fold.insert(row.path, row.fold);
@@ -57,9 +58,10 @@ pub fn read_csv(path: &Path, dataset: &Dataset) -> Result<Vec<usize>> {
         .samples
         .iter()
         .map(|s| {
-            fold.get(&s.path)
+            let name = s.tile.name();
+            fold.get(&name)
                 .copied()
-                .ok_or_else(|| bad(format!("{} is not in the split file", s.path.display())))
+                .ok_or_else(|| bad(format!("{name} is not in the split file")))
         })
         .collect()
 }
@@ -136,10 +138,11 @@ pub fn grouped_folds(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::Tile;
 
     fn sample(label: usize, group: &str) -> Sample {
         Sample {
-            path: format!("{group}-{label}").into(),
+            tile: Tile::File(format!("{group}-{label}").into()),
             label,
             group: group.into(),
             split: None,

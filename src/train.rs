@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
-use crate::dataset::{read_tile, Dataset, Sample};
+use crate::dataset::{Dataset, Sample};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::model::{Architecture, ModelCard, Network, CARD_FILE, WEIGHTS_FILE};
@@ -383,7 +383,7 @@ fn load_batch(
         .zip(samples.par_iter())
         .enumerate()
         .try_for_each(|(i, (out, s))| {
-            let img = transform(i, read_tile(&s.path)?);
+            let img = transform(i, s.tile.read()?);
             normalizer.write_chw(&img, size, out);
             Ok::<_, Error>(())
         })?;
@@ -476,7 +476,7 @@ fn measure_normalization(train: &[Sample], size: u32, seed: u64) -> Result<Norma
     let sums = idx
         .par_iter()
         .map(|&i| {
-            let img = read_tile(&train[i].path)?;
+            let img = train[i].tile.read()?;
             let mut px = vec![0f32; 3 * (size * size) as usize];
             identity.write_chw(&img, size, &mut px);
             let plane = (size * size) as usize;
@@ -966,12 +966,8 @@ impl Split {
         let mut lines: Vec<String> = self
             .train
             .iter()
-            .map(|s| format!("train\t{}", s.path.display()))
-            .chain(
-                self.val
-                    .iter()
-                    .map(|s| format!("val\t{}", s.path.display())),
-            )
+            .map(|s| format!("train\t{}", s.tile.name()))
+            .chain(self.val.iter().map(|s| format!("val\t{}", s.tile.name())))
             .collect();
         lines.sort();
         let digest = Sha256::digest(lines.join("\n").as_bytes());

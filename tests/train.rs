@@ -73,7 +73,8 @@ fn pcam_manifest_and_kaggle_layout() {
     let mut csv = String::from("id,label\n");
     for (i, s) in d.samples.iter().take(6).enumerate() {
         let id = format!("{i:040x}");
-        image::open(&s.path)
+        s.tile
+            .read()
             .unwrap()
             .save(dir.path().join(format!("train/{id}.tif")))
             .unwrap();
@@ -458,8 +459,11 @@ fn unreadable_tiles_are_named_or_skipped() {
     );
     let (hashes, bad) = d.check(true).unwrap();
     assert_eq!((d.samples.len(), hashes.len()), (8, 8));
-    let bad: Vec<&Path> = bad.iter().map(|b| b.path.as_path()).collect();
-    assert_eq!(bad, [truncated.as_path(), text.as_path()]);
+    let bad: Vec<&str> = bad.iter().map(|b| b.tile.as_str()).collect();
+    assert_eq!(
+        bad,
+        [truncated.display().to_string(), text.display().to_string()]
+    );
 
     let split_csv = dir.path().join("split.csv");
     let split = |skip: bool| {
@@ -522,4 +526,85 @@ fn a_given_split_never_validates_on_training_bytes() {
         ),
         (8, 4, 1)
     );
+}
+
+/// PCam's own HDF5 layout, on `fixtures/pcam-h5` (real patches, written by
+/// `scripts/make-pcam-h5.py`): patches read one at a time with their labels, the split
+/// from the file names, groups from the meta CSV; `train` and `evaluate` run on it;
+/// broken files get one line naming them.
+#[test]
+fn pcam_hdf5_layout() {
+    let h5 = root().join("fixtures/pcam-h5");
+    let classes = vec!["normal".to_string(), "tumor".to_string()];
+    let mut d = Dataset::load(&h5, &classes).unwrap();
+    let of = |split: &str| -> Vec<&histomap::dataset::Sample> {
+        d.samples
+            .iter()
+            .filter(|s| s.split.as_deref() == Some(split))
+            .collect()
+    };
+    let (train, valid) = (of("train"), of("valid"));
+    let labels = |v: &[&histomap::dataset::Sample]| v.iter().map(|s| s.label).collect::<Vec<_>>();
+    assert_eq!(labels(&train), [0, 0, 0, 0, 1, 1, 1, 1]);
+    assert_eq!(labels(&valid), [0, 0, 1, 1]);
+    assert_eq!(train[2].group, "slide_b");
+    assert_eq!(valid[3].group, "camelyonpatch_level_2_split_valid[3]");
+    let name = train[0].tile.name();
+    assert!(
+        name.ends_with("camelyonpatch_level_2_split_train_x.h5[0]"),
+        "{name}"
+    );
+    let png = image::open(h5.join("train_0.png")).unwrap().into_rgb8();
+    assert_eq!(train[0].tile.read().unwrap(), png, "pixels as stored");
+    let (hashes, bad) = d.check(false).unwrap();
+    assert!(bad.is_empty());
+    assert!(histomap::dataset::duplicates(&hashes).is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, eval) = (dir.path().join("model"), dir.path().join("eval"));
+    histomap()
+        .args(["train", "-q", "--epochs", "1", "--batch-size", "4", "-p"])
+        .arg(pipeline("pcam"))
+        .arg("--data")
+        .arg(&h5)
+        .arg("-o")
+        .arg(&model_dir)
+        .assert()
+        .success();
+    let card = read_card(&model_dir).unwrap();
+    let record = card.training.as_ref().unwrap();
+    assert_eq!((record.train_files, record.val_files), (8, 4));
+    histomap()
+        .args(["evaluate", "--split", "valid", "--model"])
+        .arg(&model_dir)
+        .arg("--data")
+        .arg(&h5)
+        .arg("-o")
+        .arg(&eval)
+        .assert()
+        .success();
+    let predictions = fs::read_to_string(eval.join("predictions.csv")).unwrap();
+    assert_eq!(predictions.lines().count(), 5);
+    assert!(predictions.contains("camelyonpatch_level_2_split_valid_x.h5[3],tumor,"));
+
+    // Broken inputs: each an error naming the file.
+    let broken = |files: &[(&str, &[u8])], expect: &str| {
+        let b = tempfile::tempdir().unwrap();
+        for (name, bytes) in files {
+            fs::write(b.path().join(name), bytes).unwrap();
+        }
+        let err = Dataset::load(b.path(), &classes).unwrap_err().to_string();
+        assert!(err.contains(expect) && !err.contains('\n'), "{err}");
+    };
+    let read = |f: &str| fs::read(h5.join(format!("camelyonpatch_level_2_split_{f}.h5"))).unwrap();
+    broken(
+        &[("a_x.h5", b"not HDF5"), ("a_y.h5", &read("train_y"))],
+        "a_x.h5: not a readable HDF5 file",
+    );
+    broken(
+        &[("a_x.h5", &read("train_x")), ("a_y.h5", &read("valid_y"))],
+        "a_y.h5: 4 labels for the 8 patches",
+    );
+    broken(&[("a_x.h5", &read("train_x"))], "a_y.h5");
+    broken(&[("a_x.h5.gz", b"")], "gunzip them first");
 }
