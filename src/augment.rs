@@ -65,6 +65,32 @@ pub fn dihedral(img: &RgbImage, k: u8) -> RgbImage {
     }
 }
 
+/// [`dihedral`] on a normalised model input: `src` and `dst` are (3, side, side)
+/// channel-first planes. Test-time augmentation in `heatmap` transforms batches that are
+/// already preprocessed, so the views come from the same pixels as without it.
+pub fn dihedral_chw(src: &[f32], side: usize, k: u8, dst: &mut [f32]) {
+    let n = side;
+    let plane = n * n;
+    debug_assert!(src.len() == 3 * plane && dst.len() == 3 * plane);
+    for c in 0..3 {
+        let (from, to) = (&src[c * plane..][..plane], &mut dst[c * plane..][..plane]);
+        for y in 0..n {
+            for x in 0..n {
+                // The source pixel of output (x, y), undoing imageops' clockwise
+                // rotations, then the mirror applied before them.
+                let (bx, by) = match k % 4 {
+                    0 => (x, y),
+                    1 => (y, n - 1 - x),
+                    2 => (n - 1 - x, n - 1 - y),
+                    _ => (n - 1 - y, x),
+                };
+                let sx = if k >= 4 { n - 1 - bx } else { bx };
+                to[y * n + x] = from[by * n + sx];
+            }
+        }
+    }
+}
+
 /// Ruifrok & Johnston's stain vectors (rows: H, E, DAB in optical density RGB).
 const RGB_FROM_HED: [[f32; 3]; 3] = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]];
 
@@ -110,6 +136,8 @@ fn hed_jitter(img: &mut RgbImage, sigma: f32, rng: &mut ChaCha8Rng) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::Normalization;
+    use crate::preprocess::Normalizer;
     use image::Rgb;
 
     #[test]
@@ -122,6 +150,27 @@ mod tests {
             }
         }
         assert!(all[0] == img);
+    }
+
+    #[test]
+    fn dihedral_of_model_input_matches_dihedral_of_the_image() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let img = RgbImage::from_fn(5, 5, |_, _| Rgb(rng.random::<[u8; 3]>()));
+        let identity = Normalizer::new(&Normalization {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        });
+        let chw = |img: &RgbImage| {
+            let mut v = vec![0.0; 75];
+            identity.write_chw(img, 5, &mut v);
+            v
+        };
+        let src = chw(&img);
+        for k in 0..8 {
+            let mut ours = vec![0.0; 75];
+            dihedral_chw(&src, 5, k, &mut ours);
+            assert_eq!(ours, chw(&dihedral(&img, k)), "view {k}");
+        }
     }
 
     #[test]

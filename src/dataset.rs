@@ -8,7 +8,7 @@
 //! - PCam's HDF5 files: `DIR/<stem>_x.h5` + `<stem>_y.h5` (see [`crate::hdf5`]); the
 //!   split is the stem's last word (`…_split_train`), the group the `wsi` column of an
 //!   optional `<stem>_meta.csv`, else the patch;
-//! - Kaggle/PCam style: `DIR/train_labels.csv` (`id,label`) with tiles `DIR/train/<id>.tif`;
+//! - Kaggle style: `DIR/train_labels.csv` (`id,label`) with tiles `DIR/train/<id>.tif`;
 //! - class folders, Kather style: `DIR/01_TUMOR/*.tif`; a numeric prefix orders the
 //!   folders and is dropped from the name. The group is the patient token in Kather
 //!   file names (`CRC-Prim-HE-07` in `…_CRC-Prim-HE-07_022.tif_Row_…`), else the file.
@@ -43,18 +43,6 @@ pub enum Tile {
     },
 }
 
-impl PartialEq for Tile {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Tile::File(a), Tile::File(b)) => a == b,
-            (Tile::Patch { array: a, index: i }, Tile::Patch { array: b, index: j }) => {
-                a.path() == b.path() && i == j
-            }
-            _ => false,
-        }
-    }
-}
-
 impl Tile {
     /// How split files, predictions and messages name the tile: its path, or
     /// `path[index]` for a patch of an array.
@@ -67,31 +55,30 @@ impl Tile {
 
     /// Decodes the tile as RGB, naming it when it cannot.
     pub fn read(&self) -> Result<RgbImage> {
-        match self {
-            Tile::File(path) => {
-                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                decode_tile(path, &bytes)
-            }
-            Tile::Patch { array, index } => array.read(*index),
-        }
+        Ok(self.read_stored()?.0)
     }
 
     /// Reads and decodes the tile; out: the SHA-256 of its stored bytes (a file's
     /// bytes, a patch's pixels), which identifies exact duplicates.
     fn check(&self) -> Result<[u8; 32]> {
-        let bytes = match self {
+        let (img, file_bytes) = self.read_stored()?;
+        let bytes = file_bytes.unwrap_or_else(|| img.into_raw());
+        Ok(Sha256::digest(&bytes).into())
+    }
+
+    /// The decoded tile, and a file's bytes as stored (a patch is stored as its pixels).
+    fn read_stored(&self) -> Result<(RgbImage, Option<Vec<u8>>)> {
+        match self {
             Tile::File(path) => {
                 let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                decode_tile(path, &bytes)?;
-                bytes
+                Ok((decode_tile(path, &bytes)?, Some(bytes)))
             }
-            Tile::Patch { array, index } => array.pixels(*index)?,
-        };
-        Ok(Sha256::digest(&bytes).into())
+            Tile::Patch { array, index } => Ok((array.read(*index)?, None)),
+        }
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Sample {
     pub tile: Tile,
     pub label: usize,
@@ -118,10 +105,8 @@ pub struct BadTile {
 
 /// The format comes from the bytes, not the name, so a PNG saved as `.tif` still reads.
 fn decode_tile(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
-    let unreadable = |e: &dyn std::fmt::Display| Error::Dataset {
-        path: path.to_path_buf(),
-        msg: format!("unreadable tile: {e}"),
-    };
+    let unreadable =
+        |e: &dyn std::fmt::Display| Error::dataset(path, format!("unreadable tile: {e}"));
     let img = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| unreadable(&e))?
@@ -151,20 +136,20 @@ impl Dataset {
     pub fn load(source: &Path, classes: &[String]) -> Result<Self> {
         let samples = if source.is_file() {
             manifest(source, classes)?
-        } else if source.is_dir() && !hdf5::stems(source)?.is_empty() {
-            hdf5_arrays(source, classes)?
-        } else if source.join("train_labels.csv").is_file() {
-            kaggle(source, classes)?
         } else if source.is_dir() {
-            class_folders(source, classes)?
+            let stems = hdf5::stems(source)?;
+            if !stems.is_empty() {
+                hdf5_arrays(source, &stems, classes)?
+            } else if source.join("train_labels.csv").is_file() {
+                kaggle(source, classes)?
+            } else {
+                class_folders(source, classes)?
+            }
         } else {
             return Err(Error::io(source, std::io::ErrorKind::NotFound.into()));
         };
         if samples.is_empty() {
-            return Err(Error::Dataset {
-                path: source.to_path_buf(),
-                msg: "no tiles found".into(),
-            });
+            return Err(Error::dataset(source, "no tiles found"));
         }
         Ok(Self {
             source: source.to_path_buf(),
@@ -175,10 +160,17 @@ impl Dataset {
 
     /// Reads and decodes every tile once, before hours of training or evaluation can
     /// depend on it, and hashes its bytes. An unreadable tile is an error naming it (the
-    /// first in sample order); with `skip_bad` it is dropped from the dataset and
-    /// returned instead. Out: the SHA-256 of each kept sample's file, in sample order.
+    /// first in sample order, and the dataset is left as it was); with `skip_bad` it is
+    /// dropped from the dataset and returned instead. Out: the SHA-256 of each kept
+    /// tile's stored bytes ([`Tile::check`]), in sample order.
     pub fn check(&mut self, skip_bad: bool) -> Result<(Vec<[u8; 32]>, Vec<BadTile>)> {
         let read: Vec<Result<[u8; 32]>> = self.samples.par_iter().map(|s| s.tile.check()).collect();
+        if !skip_bad {
+            return read
+                .into_iter()
+                .collect::<Result<_>>()
+                .map(|h| (h, Vec::new()));
+        }
         let (mut hashes, mut bad, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for (sample, r) in std::mem::take(&mut self.samples).into_iter().zip(read) {
             match r {
@@ -186,19 +178,18 @@ impl Dataset {
                     hashes.push(h);
                     kept.push(sample);
                 }
-                Err(e) if skip_bad => bad.push(BadTile {
+                Err(e) => bad.push(BadTile {
                     tile: sample.tile.name(),
                     reason: e.to_string(),
                 }),
-                Err(e) => return Err(e),
             }
         }
         self.samples = kept;
         if self.samples.is_empty() {
-            return Err(Error::Dataset {
-                path: self.source.clone(),
-                msg: format!("none of the {} tiles is readable", bad.len()),
-            });
+            return Err(Error::dataset(
+                &self.source,
+                format!("none of the {} tiles is readable", bad.len()),
+            ));
         }
         Ok((hashes, bad))
     }
@@ -236,10 +227,10 @@ fn class_index(label: &str, classes: &[String], path: &Path) -> Result<usize> {
     }
     match label.trim().parse::<usize>() {
         Ok(i) if i < classes.len() => Ok(i),
-        _ => Err(Error::Dataset {
-            path: path.to_path_buf(),
-            msg: format!("label {label:?} is none of the pipeline's classes {classes:?}"),
-        }),
+        _ => Err(Error::dataset(
+            path,
+            format!("label {label:?} is none of the pipeline's classes {classes:?}"),
+        )),
     }
 }
 
@@ -299,9 +290,11 @@ fn kaggle(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
                 .iter()
                 .map(|e| dir.join("train").join(format!("{stem}.{e}")))
                 .find(|p| p.is_file())
-                .ok_or_else(|| Error::Dataset {
-                    path: csv_path.clone(),
-                    msg: format!("no tile train/{stem}.tif for id {stem:?}"),
+                .ok_or_else(|| {
+                    Error::dataset(
+                        &csv_path,
+                        format!("no tile train/{stem}.tif for id {stem:?}"),
+                    )
                 })?;
             Ok(Sample {
                 tile: Tile::File(path),
@@ -333,19 +326,24 @@ fn manifest(csv_path: &Path, classes: &[String]) -> Result<Vec<Sample>> {
         .collect()
 }
 
-fn hdf5_arrays(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+fn hdf5_arrays(dir: &Path, stems: &[String], classes: &[String]) -> Result<Vec<Sample>> {
     let mut samples = Vec::new();
-    for stem in hdf5::stems(dir)? {
-        let array = Arc::new(PatchArray::open(&dir.join(format!("{stem}_x.h5")))?);
+    for stem in stems {
+        let x_name = format!("{stem}_x.h5");
+        let array = Arc::new(PatchArray::open(&dir.join(&x_name))?);
         let y_path = dir.join(format!("{stem}_y.h5"));
+        if !y_path.is_file() {
+            return Err(Error::dataset(
+                &y_path,
+                format!("missing: the labels of {x_name} are read from it"),
+            ));
+        }
         let labels = hdf5::labels(&y_path)?;
-        let count_mismatch = |what: &str, path: &Path, n: usize| Error::Dataset {
-            path: path.to_path_buf(),
-            msg: format!(
-                "{n} {what} for the {} patches of {}",
-                array.len(),
-                array.path().display()
-            ),
+        let count_mismatch = |what: &str, path: &Path, n: usize| {
+            Error::dataset(
+                path,
+                format!("{n} {what} for the {} patches of {x_name}", array.len()),
+            )
         };
         if labels.len() != array.len() {
             return Err(count_mismatch("labels", &y_path, labels.len()));
@@ -377,7 +375,10 @@ fn hdf5_arrays(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
                     index,
                 },
                 label: class_index(&y.to_string(), classes, &y_path)?,
-                group: slides.next().unwrap_or_else(|| format!("{stem}[{index}]")),
+                // Without slide ids each patch is its own group, named as the tile is.
+                group: slides
+                    .next()
+                    .unwrap_or_else(|| format!("{x_name}[{index}]")),
                 split: split.clone(),
             });
         }
@@ -391,10 +392,7 @@ struct Rows {
 }
 
 fn read_csv(path: &Path) -> Result<Rows> {
-    let bad = |e: csv::Error| Error::Dataset {
-        path: path.to_path_buf(),
-        msg: format!("invalid CSV: {e}"),
-    };
+    let bad = |e: csv::Error| Error::dataset(path, format!("invalid CSV: {e}"));
     let mut reader = csv::Reader::from_path(path).map_err(bad)?;
     let headers = reader
         .headers()
@@ -413,13 +411,12 @@ fn read_csv(path: &Path) -> Result<Rows> {
 }
 
 fn column(rows: &Rows, name: &str, path: &Path) -> Result<usize> {
-    rows.headers
-        .iter()
-        .position(|h| h == name)
-        .ok_or_else(|| Error::Dataset {
-            path: path.to_path_buf(),
-            msg: format!("no `{name}` column (columns: {:?})", rows.headers),
-        })
+    rows.headers.iter().position(|h| h == name).ok_or_else(|| {
+        Error::dataset(
+            path,
+            format!("no `{name}` column (columns: {:?})", rows.headers),
+        )
+    })
 }
 
 #[cfg(test)]

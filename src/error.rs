@@ -62,6 +62,13 @@ impl Error {
         }
     }
 
+    pub fn dataset(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        Error::Dataset {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+
     pub fn output(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         Error::Output {
             path: path.into(),

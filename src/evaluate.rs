@@ -54,10 +54,7 @@ pub fn evaluate(
             .samples
             .retain(|s| s.split.as_deref() == Some(split.as_str()));
         if dataset.samples.is_empty() {
-            return Err(Error::Dataset {
-                path: data.to_path_buf(),
-                msg: format!("no tiles in split {split:?}"),
-            });
+            return Err(Error::dataset(data, format!("no tiles in split {split:?}")));
         }
     }
     let (hashes, skipped) = dataset.check(opts.skip_bad)?;

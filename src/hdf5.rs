@@ -3,7 +3,8 @@
 //! N × 1 × 1 × 1). Out: a [`PatchArray`] that reads one patch at a time, so PCam's
 //! 7 GB training array never sits in memory, and the labels. PCam stores `x`
 //! uncompressed; a gzip-chunked array also reads, but each patch decompresses its
-//! whole chunk (no chunk cache).
+//! whole chunk (no chunk cache), and reads of one file take turns (the crate locks the
+//! file for each), so an array is read by one thread at a time.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -40,26 +41,19 @@ impl fmt::Debug for PatchArray {
     }
 }
 
-fn bad(path: &Path, msg: impl fmt::Display) -> Error {
-    Error::Dataset {
-        path: path.to_path_buf(),
-        msg: msg.to_string(),
-    }
-}
-
 impl PatchArray {
     pub fn open(path: &Path) -> Result<Self> {
-        let file =
-            H5File::open(path).map_err(|e| bad(path, format!("not a readable HDF5 file: {e}")))?;
+        let file = H5File::open(path)
+            .map_err(|e| Error::dataset(path, format!("not a readable HDF5 file: {e}")))?;
         let x = file
             .dataset("x")
-            .map_err(|e| bad(path, format!("no patch array `x`: {e}")))?;
+            .map_err(|e| Error::dataset(path, format!("no patch array `x`: {e}")))?;
         let (len, height, width) = match x.shape()[..] {
             [n, h, w, 3] if n > 0 && (1..=MAX_SIDE).contains(&h) && (1..=MAX_SIDE).contains(&w) => {
                 (n, h, w)
             }
             ref shape => {
-                return Err(bad(
+                return Err(Error::dataset(
                     path,
                     format!("`x` has shape {shape:?}; expected N × H × W × 3 RGB patches (1 ≤ H, W ≤ {MAX_SIDE})"),
                 ))
@@ -79,36 +73,29 @@ impl PatchArray {
         &self.path
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Patch `index`'s pixels as stored: H × W × 3 bytes, row by row.
-    pub fn pixels(&self, index: usize) -> Result<Vec<u8>> {
-        let (h, w) = (self.height, self.width);
-        self.x
-            .read_numeric_slice_as::<u8>(&[index, 0, 0, 0], &[1, h, w, 3])
-            .map_err(|e| bad(&self.path, format!("patch {index}: {e}")))
-    }
-
+    /// Patch `index` as stored (H × W × 3 bytes, row by row).
     pub fn read(&self, index: usize) -> Result<RgbImage> {
-        let (h, w) = (self.height as u32, self.width as u32);
-        RgbImage::from_raw(w, h, self.pixels(index)?)
-            .ok_or_else(|| bad(&self.path, format!("patch {index}: short read")))
+        let (h, w) = (self.height, self.width);
+        let pixels = self
+            .x
+            .read_numeric_slice_as::<u8>(&[index, 0, 0, 0], &[1, h, w, 3])
+            .map_err(|e| Error::dataset(&self.path, format!("patch {index}: {e}")))?;
+        RgbImage::from_raw(w as u32, h as u32, pixels)
+            .ok_or_else(|| Error::dataset(&self.path, format!("patch {index}: short read")))
     }
 }
 
 /// The labels in `<stem>_y.h5`'s dataset `y`, one per patch.
 pub fn labels(path: &Path) -> Result<Vec<i64>> {
-    let file =
-        H5File::open(path).map_err(|e| bad(path, format!("not a readable HDF5 file: {e}")))?;
+    let file = H5File::open(path)
+        .map_err(|e| Error::dataset(path, format!("not a readable HDF5 file: {e}")))?;
     file.dataset("y")
         .and_then(|y| y.read_numeric_as::<i64>())
-        .map_err(|e| bad(path, format!("no integer label array `y`: {e}")))
+        .map_err(|e| Error::dataset(path, format!("no integer label array `y`: {e}")))
 }
 
 /// The stems of the `<stem>_x.h5` files in `dir`, sorted. PCam is downloaded as
@@ -123,7 +110,7 @@ pub fn stems(dir: &Path) -> Result<Vec<String>> {
         .filter_map(|n| n.strip_suffix("_x.h5").map(str::to_string))
         .collect();
     if stems.is_empty() && names.iter().any(|n| n.ends_with("_x.h5.gz")) {
-        return Err(bad(
+        return Err(Error::dataset(
             dir,
             "holds gzipped HDF5 files (*_x.h5.gz): gunzip them first",
         ));

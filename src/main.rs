@@ -165,6 +165,10 @@ struct HeatmapArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+    /// Test-time augmentation: d4 averages each patch's 8 dihedral orientations
+    /// (8× the inference time).
+    #[arg(long, value_enum, default_value = "none")]
+    tta: Tta,
     /// Run only part K/N of the slides (0-based K; sorted by path, balanced by file
     /// size), so N workers with the same arguments cover every slide exactly once;
     /// `slurm` takes K and N from the Slurm array task's environment.
@@ -209,6 +213,9 @@ impl HeatmapArgs {
         opt("--batch-size", self.batch_size.map(|x| x.to_string()));
         let device = self.device.to_possible_value().expect("not skipped");
         opt("--device", Some(device.get_name().to_string()));
+        if self.tta == Tta::D4 {
+            v.extend(["--tta".into(), "d4".into()]);
+        }
         if self.force {
             v.push("--force".into());
         }
@@ -271,7 +278,8 @@ struct TileArgs {
 }
 
 impl TileArgs {
-    /// The pipeline, the dataset's readable tiles, and their hashes.
+    /// The pipeline, the dataset's readable tiles (but for its `test` split: see
+    /// [`load_tiles`]), and their hashes.
     fn load(&self) -> anyhow::Result<(Pipeline, Dataset, Vec<[u8; 32]>)> {
         let pipeline = Pipeline::load(&self.pipeline)?;
         let (dataset, hashes) = load_tiles(&self.data, &pipeline.class_names(), self.skip_bad)?;
@@ -279,13 +287,23 @@ impl TileArgs {
     }
 }
 
-/// Loads and checks a tile dataset, warning of the tiles `skip_bad` left out.
+/// Loads and checks a tile dataset for `split` and `train`, warning of the tiles
+/// `skip_bad` left out. Tiles of the data's own `test` split (PCam ships one beside
+/// train and valid) are left out too: training and its folds never see them.
 fn load_tiles(
     data: &Path,
     classes: &[String],
     skip_bad: bool,
 ) -> anyhow::Result<(Dataset, Vec<[u8; 32]>)> {
     let mut dataset = Dataset::load(data, classes)?;
+    let before = dataset.samples.len();
+    dataset
+        .samples
+        .retain(|s| s.split.as_deref() != Some("test"));
+    let tests = before - dataset.samples.len();
+    if tests > 0 {
+        eprintln!("histomap: left out the {tests} tile(s) of the data's test split");
+    }
     let (hashes, bad) = dataset.check(skip_bad)?;
     warn_skipped(&bad);
     Ok((dataset, hashes))
@@ -527,6 +545,14 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         bail!("--ema {d}: expected a decay in [0, 1)");
     }
     let (pipeline, dataset, hashes) = a.tiles.load()?;
+    let extra = match &a.extra_train {
+        Some(extra) => Some(load_tiles(
+            extra,
+            &pipeline.class_names(),
+            a.tiles.skip_bad,
+        )?),
+        None => None,
+    };
     let mut split = if a.no_val {
         histomap::train::Split {
             train: dataset.samples.clone(),
@@ -537,6 +563,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         histomap::train::split_dataset(
             &dataset,
             &hashes,
+            extra.as_ref().map_or(&[], |(_, h)| h.as_slice()),
             a.split.as_deref(),
             a.fold,
             a.folds,
@@ -549,8 +576,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             split.val_duplicates_dropped
         );
     }
-    if let Some(extra) = &a.extra_train {
-        let (extra, _) = load_tiles(extra, &pipeline.class_names(), a.tiles.skip_bad)?;
+    if let Some((extra, _)) = extra {
         split.train.extend(extra.samples);
     }
     eprintln!(
@@ -690,8 +716,9 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| pipeline.model_path.clone());
     let device = a.device.device()?;
-    let classifier = Classifier::load(&model_dir, &device)?;
+    let mut classifier = Classifier::load(&model_dir, &device)?;
     classifier.card.check_against(&pipeline, &model_dir)?;
+    classifier.tta = a.tta == Tta::D4;
     if !classifier.card.trained {
         eprintln!(
             "histomap: warning: {} holds an UNTRAINED model (random weights); its maps mean nothing",

@@ -264,6 +264,8 @@ pub struct ModelRef {
     pub dir: PathBuf,
     pub architecture: Architecture,
     pub trained: bool,
+    /// Probabilities are the mean over the 8 dihedral views of each patch.
+    pub tta_d4: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -443,6 +445,7 @@ fn summarise(
             dir: job.classifier.dir.clone(),
             architecture: job.classifier.card.architecture,
             trained: job.classifier.card.trained,
+            tta_d4: job.classifier.tta,
         },
         plan: *r.plan,
         tissue: TissueSummary {

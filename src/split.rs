@@ -44,10 +44,7 @@ pub fn write_csv(path: &Path, dataset: &Dataset, folds: &[usize]) -> Result<()> 
 
 /// Reads a split CSV: the fold of each of `dataset`'s samples, which must all be listed.
 pub fn read_csv(path: &Path, dataset: &Dataset) -> Result<Vec<usize>> {
-    let bad = |msg: String| Error::Dataset {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let bad = |msg: String| Error::dataset(path, msg);
     let mut reader = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
     let mut fold: HashMap<String, usize> = HashMap::new();
     for row in reader.deserialize::<SplitRow>() {

@@ -907,10 +907,12 @@ fn save_model(
 /// such as `test`, are left out), else by grouped folds of the data, which keep
 /// byte-identical tiles on one side. `hashes` (from [`Dataset::check`]) also serve to
 /// drop from validation any tile whose bytes a given split put on the training side
-/// too: it would score as seen.
+/// too, or that are among `extra_train` (hashes of tiles the caller adds to training):
+/// it would score as seen.
 pub fn split_dataset(
     data: &Dataset,
     hashes: &[[u8; 32]],
+    extra_train: &[[u8; 32]],
     split_file: Option<&Path>,
     val_fold: usize,
     folds: usize,
@@ -942,6 +944,7 @@ pub fn split_dataset(
         .zip(&validates)
         .filter(|(_, v)| **v == Some(false))
         .map(|(h, _)| h)
+        .chain(extra_train)
         .collect();
     let mut split = Split {
         train: Vec::new(),

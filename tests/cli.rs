@@ -76,6 +76,19 @@ const KATHER: [&str; 8] = [
 ];
 
 #[test]
+fn heatmap_with_d4_test_time_augmentation() {
+    let out = tempfile::tempdir().unwrap();
+    let model = model("pcam", Architecture::Smallcnn);
+    heatmap("pcam", &model, out.path(), &svs())
+        .args(["--tta", "d4"])
+        .assert()
+        .success();
+    let s = summary(&out.path().join("cmu_small_region"));
+    assert_eq!(s["model"]["tta_d4"], true);
+    assert!(s["patches"]["classified"].as_u64().unwrap() > 0);
+}
+
+#[test]
 fn info_reads_real_svs_and_ndpi() {
     histomap()
         .args(["info"])

@@ -126,3 +126,38 @@ fn resnet18_matches_pytorch() {
 fn resnet50_matches_pytorch() {
     resnet_matches_pytorch("resnet50_150", Architecture::Resnet50);
 }
+
+/// `--tta d4`: the mean over the 8 dihedral views is invariant under each of them (so
+/// the views form the whole group), and it is not the plain prediction (on these
+/// random weights the views differ by up to 9e-4; float noise is 6e-8).
+#[test]
+fn d4_test_time_augmentation_is_invariant_under_d4() {
+    let dir = common::root().join("fixtures/smallcnn96");
+    let mut model = Classifier::load(&dir, &Device::Cpu).unwrap();
+    let x = &candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap()["x"];
+    let n = x.dims()[0];
+    let pixels: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let plain = model.predict(pixels.clone(), n).unwrap();
+    model.tta = true;
+    let mean = model.predict(pixels.clone(), n).unwrap();
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        max_diff(&plain, &mean) > 1e-4,
+        "TTA changes the probabilities: {}",
+        max_diff(&plain, &mean)
+    );
+    let plane = 3 * 96 * 96;
+    for k in 0..8 {
+        let mut view = vec![0.0; pixels.len()];
+        for (src, dst) in pixels.chunks(plane).zip(view.chunks_mut(plane)) {
+            histomap::augment::dihedral_chw(src, 96, k, dst);
+        }
+        let d = max_diff(&model.predict(view, n).unwrap(), &mean);
+        assert!(d < 1e-6, "view {k}: {d}");
+    }
+}

@@ -138,7 +138,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let pipeline = Pipeline::load(&pipeline("pcam")).unwrap();
     let mut data = Dataset::load(&manifest, &pipeline.class_names()).unwrap();
     let (hashes, _) = data.check(false).unwrap();
-    let split = split_dataset(&data, &hashes, None, 0, 5, 0).unwrap();
+    let split = split_dataset(&data, &hashes, &[], None, 0, 5, 0).unwrap();
     assert_eq!((split.train.len(), split.val.len()), (32, 16));
     let opts = TrainOptions {
         arch: Architecture::Smallcnn,
@@ -452,7 +452,12 @@ fn unreadable_tiles_are_named_or_skipped() {
 
     let mut d = Dataset::load(&tiles, &kather_classes()).unwrap();
     assert_eq!(d.samples.len(), 10);
-    let err = d.clone().check(false).unwrap_err().to_string();
+    let err = d.check(false).unwrap_err().to_string();
+    assert_eq!(
+        d.samples.len(),
+        10,
+        "a failed check leaves the dataset as it was"
+    );
     assert!(
         err.contains("truncated.tif") && !err.contains('\n'),
         "{err}"
@@ -505,8 +510,9 @@ fn unreadable_tiles_are_named_or_skipped() {
     assert_eq!(metrics["skipped"].as_array().unwrap().len(), 2);
 }
 
-/// A data-given split can put the same bytes on both sides; validation leaves such a
-/// tile out, as it would score as seen.
+/// A data-given split can put the same bytes on both sides, and extra training tiles
+/// can repeat a validation tile; validation leaves such tiles out, as they would score
+/// as seen.
 #[test]
 fn a_given_split_never_validates_on_training_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -517,7 +523,7 @@ fn a_given_split_never_validates_on_training_bytes() {
     fs::write(&manifest, format!("{text}{as_valid}\n")).unwrap();
     let mut data = Dataset::load(&manifest, &["normal".into(), "tumor".into()]).unwrap();
     let (hashes, _) = data.check(false).unwrap();
-    let split = split_dataset(&data, &hashes, None, 0, 5, 0).unwrap();
+    let split = split_dataset(&data, &hashes, &[], None, 0, 5, 0).unwrap();
     assert_eq!(
         (
             split.train.len(),
@@ -526,6 +532,13 @@ fn a_given_split_never_validates_on_training_bytes() {
         ),
         (8, 4, 1)
     );
+    let first_valid = data
+        .samples
+        .iter()
+        .position(|s| s.split.as_deref() == Some("valid"));
+    let extra = [hashes[first_valid.unwrap()]];
+    let split = split_dataset(&data, &hashes, &extra, None, 0, 5, 0).unwrap();
+    assert_eq!((split.val.len(), split.val_duplicates_dropped), (3, 2));
 }
 
 /// PCam's own HDF5 layout, on `fixtures/pcam-h5` (real patches, written by
@@ -548,7 +561,7 @@ fn pcam_hdf5_layout() {
     assert_eq!(labels(&train), [0, 0, 0, 0, 1, 1, 1, 1]);
     assert_eq!(labels(&valid), [0, 0, 1, 1]);
     assert_eq!(train[2].group, "slide_b");
-    assert_eq!(valid[3].group, "camelyonpatch_level_2_split_valid[3]");
+    assert_eq!(valid[3].group, "camelyonpatch_level_2_split_valid_x.h5[3]");
     let name = train[0].tile.name();
     assert!(
         name.ends_with("camelyonpatch_level_2_split_train_x.h5[0]"),
@@ -605,6 +618,38 @@ fn pcam_hdf5_layout() {
         &[("a_x.h5", &read("train_x")), ("a_y.h5", &read("valid_y"))],
         "a_y.h5: 4 labels for the 8 patches",
     );
-    broken(&[("a_x.h5", &read("train_x"))], "a_y.h5");
+    broken(&[("a_x.h5", &read("train_x"))], "a_y.h5: missing");
     broken(&[("a_x.h5.gz", b"")], "gunzip them first");
+
+    // PCam ships a test split beside train and valid: `split` and `train` leave it out.
+    let with_test = dir.path().join("with-test");
+    fs::create_dir(&with_test).unwrap();
+    for f in fs::read_dir(&h5).unwrap().map(|e| e.unwrap().path()) {
+        fs::copy(&f, with_test.join(f.file_name().unwrap())).unwrap();
+    }
+    for xy in ["x", "y"] {
+        fs::copy(
+            h5.join(format!("camelyonpatch_level_2_split_valid_{xy}.h5")),
+            with_test.join(format!("camelyonpatch_level_2_split_test_{xy}.h5")),
+        )
+        .unwrap();
+    }
+    let csv = dir.path().join("folds.csv");
+    let out = histomap()
+        .args(["split", "--folds", "2", "-p"])
+        .arg(pipeline("pcam"))
+        .arg("--data")
+        .arg(&with_test)
+        .arg("-o")
+        .arg(&csv)
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("left out the 4 tile(s) of the data's test split"),
+        "{stderr}"
+    );
+    let folds = fs::read_to_string(&csv).unwrap();
+    assert_eq!(folds.lines().count(), 13);
+    assert!(!folds.contains("split_test_x.h5"));
 }

@@ -211,6 +211,8 @@ pub struct Classifier {
     device: Device,
     pub card: ModelCard,
     pub dir: PathBuf,
+    /// Test-time augmentation: [`Classifier::predict`] averages the 8 dihedral views.
+    pub tta: bool,
 }
 
 impl Classifier {
@@ -244,6 +246,7 @@ impl Classifier {
             device: device.clone(),
             card,
             dir: dir.to_path_buf(),
+            tta: false,
         })
     }
 
@@ -252,8 +255,25 @@ impl Classifier {
     }
 
     /// Class probabilities for `n` patches laid out as (n, 3, size, size) f32, row-major
-    /// (n × classes).
+    /// (n × classes); with [`Classifier::tta`], the mean over the 8 dihedral views.
     pub fn predict(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        if !self.tta {
+            return self.predict_view(pixels, n);
+        }
+        let plane = 3 * (self.card.input_size as usize).pow(2);
+        let mut view = vec![0f32; pixels.len()];
+        let mut mean = vec![0f32; n * self.num_classes()];
+        for k in 0..8 {
+            for (src, dst) in pixels.chunks(plane).zip(view.chunks_mut(plane)) {
+                crate::augment::dihedral_chw(src, self.card.input_size as usize, k, dst);
+            }
+            let p = self.predict_view(view.clone(), n)?;
+            mean.iter_mut().zip(p).for_each(|(m, p)| *m += p / 8.0);
+        }
+        Ok(mean)
+    }
+
+    fn predict_view(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
         let s = self.card.input_size as usize;
         let x = Tensor::from_vec(pixels, (n, 3, s, s), &self.device)?;
         let micro = micro_batch(s);
