@@ -288,7 +288,7 @@ impl TileArgs {
 }
 
 /// Loads and checks a tile dataset for `split` and `train`, warning of the tiles
-/// `skip_bad` left out. Tiles of the data's own `test` split (PCam ships one beside
+/// `skip_bad` left out and reporting exact duplicates. Tiles of the data's own `test` split (PCam ships one beside
 /// train and valid) are left out too: training and its folds never see them.
 fn load_tiles(
     data: &Path,
@@ -306,6 +306,14 @@ fn load_tiles(
     }
     let (hashes, bad) = dataset.check(skip_bad)?;
     warn_skipped(&bad);
+    let dups = histomap::dataset::duplicates(&hashes);
+    if !dups.is_empty() {
+        eprintln!(
+            "histomap: {} group(s) of byte-identical tiles ({} extra copies); none straddles training and validation",
+            dups.len(),
+            dups.iter().map(|g| g.len() - 1).sum::<usize>()
+        );
+    }
     Ok((dataset, hashes))
 }
 
@@ -432,14 +440,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             seed,
         } => {
             let (_, dataset, hashes) = tiles.load()?;
-            let dups = histomap::dataset::duplicates(&hashes);
-            if !dups.is_empty() {
-                eprintln!(
-                    "histomap: {} group(s) of byte-identical tiles ({} extra files) kept on one side",
-                    dups.len(),
-                    dups.iter().map(|g| g.len() - 1).sum::<usize>()
-                );
-            }
             let fold = histomap::split::grouped_folds(
                 &dataset.samples,
                 &hashes,
