@@ -1,10 +1,11 @@
 //! PatchCamelyon's HDF5 files. In: `<stem>_x.h5` (dataset `x`: N × H × W × 3 unsigned
 //! bytes, RGB) and `<stem>_y.h5` (dataset `y`: N integer labels in any shape; PCam's is
 //! N × 1 × 1 × 1). Out: a [`PatchArray`] that reads one patch at a time, so PCam's
-//! 7 GB training array never sits in memory, and the labels. PCam stores `x`
-//! uncompressed; a gzip-chunked array also reads, but each patch decompresses its
-//! whole chunk (no chunk cache), and reads of one file take turns (the crate locks the
-//! file for each), so an array is read by one thread at a time.
+//! 7 GB training array never sits in memory, and the labels. Contiguous and chunked
+//! arrays both read; a gzip-chunked one decompresses a patch's whole chunk for each
+//! patch (no chunk cache: 23,000 patches in chunks of 32 take 20 s to check against
+//! 1.5 s uncompressed), and reads of one file take turns (the crate locks the file for
+//! each).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
