@@ -66,8 +66,8 @@ pub fn dihedral(img: &RgbImage, k: u8) -> RgbImage {
 }
 
 /// [`dihedral`] on a normalised model input: `src` and `dst` are (3, side, side)
-/// channel-first planes. Test-time augmentation in `heatmap` transforms batches that are
-/// already preprocessed, so the views come from the same pixels as without it.
+/// channel-first planes. Test-time augmentation transforms batches that are already
+/// preprocessed, so the views come from the same pixels as without it.
 pub fn dihedral_chw(src: &[f32], side: usize, k: u8, dst: &mut [f32]) {
     let n = side;
     let plane = n * n;
@@ -89,6 +89,28 @@ pub fn dihedral_chw(src: &[f32], side: usize, k: u8, dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// Test-time augmentation, for `evaluate` and `heatmap` alike: the mean of `predict`
+/// (a batch of (3, side, side) inputs to row-major class probabilities) over the 8
+/// dihedral views of the batch in `pixels`.
+pub fn d4_mean<E>(
+    pixels: &[f32],
+    side: usize,
+    mut predict: impl FnMut(Vec<f32>) -> Result<Vec<f32>, E>,
+) -> Result<Vec<f32>, E> {
+    let plane = 3 * side * side;
+    let mut mean: Vec<f32> = Vec::new();
+    for k in 0..8 {
+        let mut view = vec![0f32; pixels.len()];
+        for (src, dst) in pixels.chunks(plane).zip(view.chunks_mut(plane)) {
+            dihedral_chw(src, side, k, dst);
+        }
+        let p = predict(view)?;
+        mean.resize(p.len(), 0.0);
+        mean.iter_mut().zip(p).for_each(|(m, p)| *m += p / 8.0);
+    }
+    Ok(mean)
 }
 
 /// Ruifrok & Johnston's stain vectors (rows: H, E, DAB in optical density RGB).

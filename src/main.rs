@@ -288,8 +288,9 @@ impl TileArgs {
 }
 
 /// Loads and checks a tile dataset for `split` and `train`, warning of the tiles
-/// `skip_bad` left out and reporting exact duplicates. Tiles of the data's own `test` split (PCam ships one beside
-/// train and valid) are left out too: training and its folds never see them.
+/// `skip_bad` left out and reporting exact duplicates. Tiles of the data's own `test`
+/// split (PCam ships one beside train and valid) are left out too: training and its
+/// folds never see them.
 fn load_tiles(
     data: &Path,
     classes: &[String],

@@ -429,38 +429,30 @@ pub fn predict_tiles(
     tta: bool,
 ) -> Result<Vec<f32>> {
     let chunks: Vec<&[Sample]> = samples.chunks(batch.max(1)).collect();
-    let views: Vec<u8> = if tta { (0..8).collect() } else { vec![0] };
-    let mut out = Vec::new();
+    let side = size as usize;
+    let mut probs = Vec::with_capacity(samples.len());
     stream_batches(
         pool,
-        chunks.len() * views.len(),
+        chunks.len(),
         |b| {
-            let (chunk, view) = (chunks[b / views.len()], views[b % views.len()]);
-            let refs: Vec<&Sample> = chunk.iter().collect();
-            load_batch(&refs, size, normalizer, &|_, img| {
-                crate::augment::dihedral(&img, view)
-            })
+            let refs: Vec<&Sample> = chunks[b].iter().collect();
+            load_batch(&refs, size, normalizer, &|_, img| img)
         },
         |(pixels, labels)| {
             let n = labels.len();
-            let device = Device::Cpu;
-            let x = Tensor::from_vec(pixels, (n, 3, size as usize, size as usize), &device)?;
-            let p = candle_nn::ops::softmax_last_dim(&logits(&x)?)?.to_device(&Device::Cpu)?;
-            out.push(p.flatten_all()?.to_vec1::<f32>()?);
+            let probs_of = |pixels: Vec<f32>| -> Result<Vec<f32>> {
+                let x = Tensor::from_vec(pixels, (n, 3, side, side), &Device::Cpu)?;
+                let p = candle_nn::ops::softmax_last_dim(&logits(&x)?)?;
+                Ok(p.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+            };
+            probs.extend(if tta {
+                crate::augment::d4_mean(&pixels, side, probs_of)?
+            } else {
+                probs_of(pixels)?
+            });
             Ok(())
         },
     )?;
-    // Average the views of each chunk.
-    let v = views.len();
-    let mut probs = Vec::with_capacity(out.iter().map(Vec::len).sum::<usize>() / v);
-    for group in out.chunks(v) {
-        let mut acc = group[0].clone();
-        for other in &group[1..] {
-            acc.iter_mut().zip(other).for_each(|(a, b)| *a += b);
-        }
-        acc.iter_mut().for_each(|a| *a /= v as f32);
-        probs.extend(acc);
-    }
     Ok(probs)
 }
 

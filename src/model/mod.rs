@@ -260,17 +260,8 @@ impl Classifier {
         if !self.tta {
             return self.predict_view(pixels, n);
         }
-        let plane = 3 * (self.card.input_size as usize).pow(2);
-        let mut view = vec![0f32; pixels.len()];
-        let mut mean = vec![0f32; n * self.num_classes()];
-        for k in 0..8 {
-            for (src, dst) in pixels.chunks(plane).zip(view.chunks_mut(plane)) {
-                crate::augment::dihedral_chw(src, self.card.input_size as usize, k, dst);
-            }
-            let p = self.predict_view(view.clone(), n)?;
-            mean.iter_mut().zip(p).for_each(|(m, p)| *m += p / 8.0);
-        }
-        Ok(mean)
+        let side = self.card.input_size as usize;
+        crate::augment::d4_mean(&pixels, side, |view| self.predict_view(view, n))
     }
 
     fn predict_view(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
