@@ -26,6 +26,17 @@ pub struct EvalOptions {
     pub skip_bad: bool,
 }
 
+/// What the caller sees while an evaluation runs.
+pub trait EvalProgress: Sync {
+    /// Every tile has been read once; these were left out as unreadable.
+    fn checked(&self, _skipped: &[BadTile]) {}
+    /// Classification of `tiles` unique tiles begins.
+    fn started(&self, _tiles: usize) {}
+    fn tiles_done(&self, _n: usize) {}
+}
+
+impl EvalProgress for crate::train::Quiet {}
+
 #[derive(Debug, Serialize)]
 pub struct Evaluation {
     pub model: PathBuf,
@@ -45,6 +56,7 @@ pub fn evaluate(
     out: &Path,
     opts: &EvalOptions,
     device: &Device,
+    progress: &dyn EvalProgress,
 ) -> Result<Evaluation> {
     let model = Classifier::load(model_dir, device)?;
     let classes: Vec<String> = model.card.classes.iter().map(|c| c.name.clone()).collect();
@@ -58,6 +70,7 @@ pub fn evaluate(
         }
     }
     let (hashes, skipped) = dataset.check(opts.skip_bad)?;
+    progress.checked(&skipped);
     let mut drop = vec![false; dataset.samples.len()];
     let mut dropped = 0;
     for group in duplicates(&hashes) {
@@ -79,15 +92,21 @@ pub fn evaluate(
         .build()
         .map_err(|e| Error::Usage(format!("cannot start loader threads: {e}")))?;
     let normalizer = Normalizer::new(&model.card.normalization);
-    let probs = predict_tiles(
-        &pool,
-        &samples,
-        model.card.input_size,
-        &normalizer,
-        opts.batch_size,
-        &|x| model.logits(x),
-        opts.tta,
-    )?;
+    progress.started(samples.len());
+    // Predicted a few batches at a time so that progress can be reported in between.
+    let mut probs = Vec::with_capacity(samples.len() * classes.len());
+    for part in samples.chunks(8 * opts.batch_size.max(1)) {
+        probs.extend(predict_tiles(
+            &pool,
+            part,
+            model.card.input_size,
+            &normalizer,
+            opts.batch_size,
+            &|x| model.logits(x),
+            opts.tta,
+        )?);
+        progress.tiles_done(part.len());
+    }
     let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
     let metrics = metrics::compute(&labels, &probs, &classes);
 

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use histomap::augment::Augment;
-use histomap::dataset::{BadTile, Dataset};
+use histomap::dataset::Dataset;
 use histomap::evaluate::EvalOptions;
 use histomap::model::{self, Architecture, Classifier, DeviceChoice, ModelCard};
 use histomap::pipeline::Pipeline;
-use histomap::progress::{Bars, TrainBars};
+use histomap::progress::{warn_skipped, Bars, EvalBar, TrainBars};
 use histomap::run::{self, Job, Outcome};
 use histomap::shard::Shard;
 use histomap::slide;
@@ -93,6 +93,9 @@ enum Command {
         /// metrics.json (default: the first one is an error naming it).
         #[arg(long)]
         skip_bad: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Write a Slurm job array that runs `heatmap` over the slides, N tasks each taking
     /// a deterministic part of them; with --submit, submit it through sbatch. Takes
@@ -318,25 +321,6 @@ fn load_tiles(
     Ok((dataset, hashes))
 }
 
-fn warn_skipped(bad: &[BadTile]) {
-    const SHOWN: usize = 10;
-    for b in bad.iter().take(SHOWN) {
-        eprintln!("histomap: warning: skipped {}", b.reason);
-    }
-    if !bad.is_empty() {
-        let more = bad.len().saturating_sub(SHOWN);
-        let more = if more > 0 {
-            format!(" ({more} not shown)")
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "histomap: warning: skipped {} unreadable tile(s){more}",
-            bad.len()
-        );
-    }
-}
-
 #[derive(Args)]
 struct TrainArgs {
     #[command(flatten)]
@@ -466,6 +450,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             batch_size,
             device,
             skip_bad,
+            quiet,
         } => {
             let opts = EvalOptions {
                 split,
@@ -474,8 +459,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 threads: all_cores(),
                 skip_bad,
             };
-            let e = histomap::evaluate::evaluate(&model, &data, &out, &opts, &device.device()?)?;
-            warn_skipped(&e.skipped);
+            let e = histomap::evaluate::evaluate(
+                &model,
+                &data,
+                &out,
+                &opts,
+                &device.device()?,
+                &EvalBar::new(quiet),
+            )?;
             let m = &e.metrics;
             println!(
                 "{} tiles ({} duplicates dropped){}",

@@ -1,6 +1,8 @@
 //! How the library reports while it works. It never prints on its own: callers pass
-//! a [`Progress`]. [`Bars`] draws indicatif bars for slides and patches on a terminal
-//! and plain one-line reports otherwise; [`Silent`] says nothing.
+//! a [`Progress`] (heatmaps), a [`crate::train::TrainProgress`] or a
+//! [`crate::evaluate::EvalProgress`]. [`Bars`], [`TrainBars`] and [`EvalBar`] draw
+//! indicatif bars on a terminal and plain one-line reports otherwise; [`Silent`] says
+//! nothing.
 
 use std::io::IsTerminal;
 
@@ -147,5 +149,66 @@ impl crate::train::TrainProgress for TrainBars {
         } else {
             eprintln!("{line}");
         }
+    }
+}
+
+/// Warns on stderr of tiles left out as unreadable: the first few by name, then a count.
+pub fn warn_skipped(bad: &[crate::dataset::BadTile]) {
+    const SHOWN: usize = 10;
+    for b in bad.iter().take(SHOWN) {
+        eprintln!("histomap: warning: skipped {}", b.reason);
+    }
+    if !bad.is_empty() {
+        let more = bad.len().saturating_sub(SHOWN);
+        let more = if more > 0 {
+            format!(" ({more} not shown)")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "histomap: warning: skipped {} unreadable tile(s){more}",
+            bad.len()
+        );
+    }
+}
+
+/// One bar over the tiles being evaluated; skipped tiles are warned of before it starts.
+pub struct EvalBar {
+    bar: ProgressBar,
+}
+
+impl EvalBar {
+    pub fn new(quiet: bool) -> Self {
+        let target = if std::io::stderr().is_terminal() && !quiet {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(Some(0), target);
+        bar.set_style(
+            ProgressStyle::with_template("tiles [{bar:30}] {pos}/{len} {per_sec} {eta}")
+                .expect("valid template"),
+        );
+        Self { bar }
+    }
+}
+
+impl crate::evaluate::EvalProgress for EvalBar {
+    fn checked(&self, skipped: &[crate::dataset::BadTile]) {
+        warn_skipped(skipped);
+    }
+
+    fn started(&self, tiles: usize) {
+        self.bar.set_length(tiles as u64);
+    }
+
+    fn tiles_done(&self, n: usize) {
+        self.bar.inc(n as u64);
+    }
+}
+
+impl Drop for EvalBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
     }
 }

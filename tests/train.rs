@@ -267,7 +267,15 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         threads: 2,
         skip_bad: false,
     };
-    let e = evaluate(&a, &dup_manifest, &dir.path().join("eval"), &opts, &dev).unwrap();
+    let e = evaluate(
+        &a,
+        &dup_manifest,
+        &dir.path().join("eval"),
+        &opts,
+        &dev,
+        &Quiet,
+    )
+    .unwrap();
     assert_eq!((e.metrics.n, e.duplicates_dropped), (16, 1));
     assert!(e.metrics.roc_auc.is_some());
     for f in [
