@@ -57,14 +57,22 @@ pub fn compute(labels: &[usize], probs: &[f32], classes: &[String]) -> Metrics {
             }
         })
         .collect();
-    let present: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
-    let mean = |f: &dyn Fn(&ClassMetrics) -> f64| {
-        if present.is_empty() {
+    // As scikit-learn: balanced accuracy averages the recall of the classes that occur;
+    // macro F1 also counts a class that is only predicted (its F1 is 0), so predicting
+    // an absent class costs the average instead of vanishing from it.
+    let mean = |keep: &dyn Fn(usize) -> bool, f: &dyn Fn(&ClassMetrics) -> f64| {
+        let kept: Vec<f64> = (0..k)
+            .filter(|&c| keep(c))
+            .map(|c| f(&per_class[c]))
+            .collect();
+        if kept.is_empty() {
             0.0
         } else {
-            present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64
+            kept.iter().sum::<f64>() / kept.len() as f64
         }
     };
+    let occurs = |c: usize| per_class[c].support > 0;
+    let predicted = |c: usize| (0..k).any(|r| cm[r][c] > 0);
     let roc_auc = if k == 2 {
         auc(
             &(0..n).map(|i| probs[i * 2 + 1]).collect::<Vec<_>>(),
@@ -84,8 +92,8 @@ pub fn compute(labels: &[usize], probs: &[f32], classes: &[String]) -> Metrics {
     Metrics {
         n,
         accuracy: ratio((0..k).map(|c| cm[c][c]).sum(), n),
-        balanced_accuracy: mean(&|m| m.recall),
-        macro_f1: mean(&|m| m.f1),
+        balanced_accuracy: mean(&occurs, &|m| m.recall),
+        macro_f1: mean(&|c| occurs(c) || predicted(c), &|m| m.f1),
         roc_auc,
         per_class,
         confusion_matrix: cm,
@@ -156,5 +164,22 @@ mod tests {
         }
         assert!((m.macro_f1 - f1.iter().sum::<f64>() / 3.0).abs() < 1e-12);
         assert_eq!(m.per_class[1].support, 2);
+    }
+
+    #[test]
+    fn a_class_only_predicted_counts_in_macro_f1_not_in_balanced_accuracy() {
+        // True: 0 0 0 1; predicted: 0 0 2 1. Class 2 never occurs but is predicted once.
+        let labels = [0, 0, 0, 1];
+        let pred = [0, 0, 2, 1];
+        let probs: Vec<f32> = pred
+            .iter()
+            .flat_map(|&p| (0..4).map(move |c| if c == p { 0.7 } else { 0.1 }))
+            .collect();
+        let classes: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let m = compute(&labels, &probs, &classes);
+        // Recalls 2/3 and 1 over the classes that occur → 5/6.
+        assert!((m.balanced_accuracy - 5.0 / 6.0).abs() < 1e-12);
+        // F1: a 0.8 (P 1, R 2/3), b 1, c 0 (predicted, never true); d neither → left out.
+        assert!((m.macro_f1 - 1.8 / 3.0).abs() < 1e-12);
     }
 }
