@@ -3,14 +3,16 @@
 //!
 //! One bad slide never stops the rest: its error is reported, recorded in the
 //! [`ledger`](crate::ledger), and the next slide starts. A slide whose
-//! `OUT/<name>/summary.json` exists is skipped on reruns, and a slide another worker
-//! has locked is left to it, so reruns and concurrent workers redo nothing finished.
+//! `OUT/<name>/summary.json` records the same [`JobKey`] (slide, pipeline, model and
+//! settings) is skipped on reruns; one made by another job is refused, not overwritten,
+//! unless forced. A slide another worker has locked is left to it, so reruns and
+//! concurrent workers redo nothing finished.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::geom::Cell;
@@ -46,6 +48,71 @@ pub struct Job {
     pub force: bool,
     /// The part of the slide list this worker runs.
     pub shard: Shard,
+}
+
+impl Job {
+    /// What a slide's results under this job are made from.
+    pub fn key(&self, slide: &Path) -> JobKey {
+        let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let p = &self.pipeline;
+        JobKey {
+            slide: absolute(slide),
+            pipeline: absolute(&p.source),
+            model: absolute(&self.classifier.dir),
+            tta_d4: self.classifier.tta,
+            patch_size: p.patch_size,
+            stride: p.stride,
+            mpp: p.mpp,
+            min_tissue: p.min_tissue,
+            min_saturation: p.min_saturation,
+            slide_mpp: self.slide_mpp,
+        }
+    }
+}
+
+/// The inputs and settings behind a slide's results, recorded in its `summary.json`: a
+/// rerun skips the slide only when they are the same. Paths are absolute; the files'
+/// contents are not compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobKey {
+    pub slide: PathBuf,
+    pub pipeline: PathBuf,
+    pub model: PathBuf,
+    pub tta_d4: bool,
+    pub patch_size: u32,
+    pub stride: u32,
+    pub mpp: f64,
+    pub min_tissue: f32,
+    pub min_saturation: u8,
+    pub slide_mpp: Option<f64>,
+}
+
+impl JobKey {
+    /// The first setting that differs, as "model was A, now B"; None when equal.
+    fn difference(&self, now: &JobKey) -> Option<String> {
+        let (serde_json::Value::Object(old), serde_json::Value::Object(new)) = (
+            serde_json::to_value(self).expect("key serialises"),
+            serde_json::to_value(now).expect("key serialises"),
+        ) else {
+            unreachable!("a struct serialises to an object")
+        };
+        old.iter()
+            .find(|(k, v)| new.get(k.as_str()) != Some(v))
+            .map(|(k, v)| format!("{k} was {v}, now {}", new[k.as_str()]))
+    }
+}
+
+/// The key a finished slide folder records; None for folders written before keys were.
+fn recorded_key(dir: &Path) -> Result<Option<JobKey>> {
+    #[derive(Deserialize)]
+    struct Recorded {
+        job: Option<JobKey>,
+    }
+    let path = dir.join(SUMMARY);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(serde_json::from_str::<Recorded>(&text)
+        .ok()
+        .and_then(|r| r.job))
 }
 
 #[derive(Debug)]
@@ -120,34 +187,51 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             return Err(Error::io(input, std::io::ErrorKind::NotFound.into()));
         }
     }
-    slides.dedup();
+    // The same file named twice (`a.svs` and `dir/` holding it) is run once.
+    let mut seen = std::collections::HashSet::new();
+    slides.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
     Ok(slides)
 }
 
-/// Output folder names: the file stem, or the whole file name where stems collide.
+/// Output folder names, unique within the list: the file stem; where stems collide, the
+/// file name (`s_svs`); where file names collide too, prefixed by the parent folder's
+/// name (`a_s_svs`); and if that still collides, numbered in list order (`a_s_svs_2`).
 pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
-    let stem = |p: &Path| {
-        p.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
+    let text = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().replace('.', "_"));
+    let stem = |p: &Path| text(p.file_stem()).unwrap_or_default();
+    let file = |p: &Path| text(p.file_name()).unwrap_or_default();
+    let parent_file = |p: &Path| match text(p.parent().and_then(Path::file_name)) {
+        Some(parent) => format!("{parent}_{}", file(p)),
+        None => file(p),
     };
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for s in slides {
-        *counts.entry(stem(s)).or_default() += 1;
-    }
-    slides
-        .iter()
-        .map(|s| {
-            let st = stem(s);
-            if counts[&st] > 1 {
-                s.file_name()
-                    .map(|n| n.to_string_lossy().replace('.', "_"))
-                    .unwrap_or(st)
-            } else {
-                st
+    let counts = |names: &[String]| {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for n in names {
+            *counts.entry(n.clone()).or_default() += 1;
+        }
+        counts
+    };
+    let mut names: Vec<String> = slides.iter().map(|p| stem(p)).collect();
+    for longer in [&file as &dyn Fn(&Path) -> String, &parent_file] {
+        let c = counts(&names);
+        for (name, p) in names.iter_mut().zip(slides) {
+            if c[name.as_str()] > 1 {
+                *name = longer(p);
             }
-        })
-        .collect()
+        }
+    }
+    let c = counts(&names);
+    let mut nth: HashMap<String, usize> = HashMap::new();
+    for name in &mut names {
+        if c[name.as_str()] > 1 {
+            let n = nth.entry(name.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                *name = format!("{name}_{n}");
+            }
+        }
+    }
+    names
 }
 
 /// The slides with their output names, as the ledger lists them.
@@ -195,18 +279,37 @@ fn run_one(
     progress: &dyn Progress,
 ) -> Result<Outcome> {
     let dir = job.out.join(name);
-    if !job.force && ledger.is_done(name) {
-        ledger.log(EventKind::Skipped, name)?;
-        return Ok(Outcome::Skipped { dir });
+    let key = job.key(path);
+    let finished = || -> Result<Option<Outcome>> {
+        if job.force || !ledger.is_done(name) {
+            return Ok(None);
+        }
+        Ok(Some(
+            match recorded_key(&dir)?.and_then(|old| old.difference(&key)) {
+                None => {
+                    ledger.log(EventKind::Skipped, name)?;
+                    Outcome::Skipped { dir: dir.clone() }
+                }
+                Some(diff) => Outcome::Failed {
+                    error: format!(
+                        "{} holds the results of another job ({diff}); pass --force to redo it, \
+                     or write to another --out",
+                        dir.display()
+                    ),
+                },
+            },
+        ))
+    };
+    if let Some(outcome) = finished()? {
+        return Ok(outcome);
     }
     let Some(_lock) = ledger.try_lock(name)? else {
         ledger.log(EventKind::Busy, name)?;
         return Ok(Outcome::Busy);
     };
     // Another worker may have finished it between the check and the lock.
-    if !job.force && ledger.is_done(name) {
-        ledger.log(EventKind::Skipped, name)?;
-        return Ok(Outcome::Skipped { dir });
+    if let Some(outcome) = finished()? {
+        return Ok(outcome);
     }
     ledger.log(EventKind::Start, name)?;
     let t = Instant::now();
@@ -239,6 +342,7 @@ fn run_one(
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub histomap_version: String,
+    pub job: JobKey,
     pub slide: SlideInfo,
     pub pipeline: PipelineRef,
     pub model: ModelRef,
@@ -436,6 +540,7 @@ fn summarise(
     let slide_mm2 = r.info.size.area() as f64 * r.um2_per_px() / 1e6;
     Summary {
         histomap_version: env!("CARGO_PKG_VERSION").into(),
+        job: job.key(&r.info.path),
         slide: r.info.clone(),
         pipeline: PipelineRef {
             name: job.pipeline.name.clone(),
@@ -463,5 +568,38 @@ fn summarise(
         stream,
         timings,
         outputs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_are_unique() {
+        let paths: Vec<PathBuf> = [
+            "x/a.svs",
+            "x/b.svs",
+            "x/b.ndpi",
+            "p1/s.svs",
+            "p2/s.svs",
+            "q/p1/s.svs",
+            "c.tif",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(
+            output_names(&paths),
+            [
+                "a",
+                "b_svs",
+                "b_ndpi",
+                "p1_s_svs",
+                "p2_s_svs",
+                "p1_s_svs_2",
+                "c"
+            ]
+        );
     }
 }

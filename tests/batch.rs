@@ -174,6 +174,62 @@ fn concurrent_workers_on_one_list_do_each_slide_once() {
 }
 
 #[test]
+fn a_rerun_skips_only_what_the_same_job_made() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two patients' folders, each with a slide of the same file name.
+    for patient in ["p1", "p2"] {
+        fs::create_dir(dir.path().join(patient)).unwrap();
+        fs::copy(svs(), dir.path().join(patient).join("slide.svs")).unwrap();
+    }
+    let (p1, p2) = (dir.path().join("p1"), dir.path().join("p2"));
+    let out = dir.path().join("out");
+    let model = model("kather8", Architecture::Smallcnn);
+    let both = heatmap_cmd(&model, &out, &p1)
+        .arg(&p2)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(both.success());
+    for name in ["p1_slide_svs", "p2_slide_svs"] {
+        assert!(out.join(name).join("summary.json").is_file(), "{name}");
+    }
+
+    // The same job again: skipped. Another setting: refused, and the results stay.
+    let before = snapshot(&out.join("p1_slide_svs"));
+    let again = heatmap_cmd(&model, &out, &p1).arg(&p2).output().unwrap();
+    assert!(again.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr)
+            .matches("skipped")
+            .count(),
+        2
+    );
+    let tta = heatmap_cmd(&model, &out, &p1)
+        .arg(&p2)
+        .args(["--tta", "d4"])
+        .output()
+        .unwrap();
+    assert!(!tta.status.success());
+    let err = String::from_utf8_lossy(&tta.stderr);
+    assert!(
+        err.contains("another job (tta_d4 was false, now true)"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&out.join("p1_slide_svs")), before);
+    // --force redoes it with the new setting.
+    let forced = heatmap_cmd(&model, &out, &p1)
+        .arg(&p2)
+        .args(["--tta", "d4", "--force"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(forced.success());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("p1_slide_svs/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["job"]["tta_d4"], true);
+}
+
+#[test]
 fn status_names_done_failed_and_missing_slides() {
     let dir = tempfile::tempdir().unwrap();
     let slides = slide_folder(dir.path(), &[("good.svs", svs()), ("other.svs", svs())]);
