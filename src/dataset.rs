@@ -59,11 +59,12 @@ impl Tile {
     }
 
     /// Reads and decodes the tile; out: the SHA-256 of its stored bytes (a file's
-    /// bytes, a patch's pixels), which identifies exact duplicates.
-    fn check(&self) -> Result<[u8; 32]> {
+    /// bytes, a patch's pixels), which identifies exact duplicates, and its size.
+    fn check(&self) -> Result<([u8; 32], (u32, u32))> {
         let (img, file_bytes) = self.read_stored()?;
+        let size = img.dimensions();
         let bytes = file_bytes.unwrap_or_else(|| img.into_raw());
-        Ok(Sha256::digest(&bytes).into())
+        Ok((Sha256::digest(&bytes).into(), size))
     }
 
     /// The decoded tile, and a file's bytes as stored (a patch is stored as its pixels).
@@ -93,6 +94,34 @@ pub struct Dataset {
     pub source: PathBuf,
     pub classes: Vec<String>,
     pub samples: Vec<Sample>,
+}
+
+/// What [`Dataset::check`] found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// SHA-256 of each kept tile's stored bytes, in sample order.
+    pub hashes: Vec<[u8; 32]>,
+    /// Tiles left out as unreadable (`skip_bad`).
+    pub skipped: Vec<BadTile>,
+    /// How many kept tiles have each size (width, height).
+    pub sizes: std::collections::BTreeMap<(u32, u32), usize>,
+}
+
+impl Checked {
+    /// A warning when tiles are not `side`×`side`, the model's input: they are resized
+    /// to it, so the model sees them at another scale than it was trained at.
+    pub fn size_warning(&self, side: u32) -> Option<String> {
+        let total: usize = self.sizes.values().sum();
+        let off = total - self.sizes.get(&(side, side)).copied().unwrap_or(0);
+        let (&(w, h), _) = self.sizes.iter().max_by_key(|(_, &n)| n)?;
+        (off > 0).then(|| {
+            format!(
+                "{off} of {total} tiles are not {side}×{side} px, the model's input (most are \
+                 {w}×{h}); they are resized, so the model sees them at another scale than \
+                 it was trained at"
+            )
+        })
+    }
 }
 
 /// A tile skipped by `--skip-bad`, and why it could not be read.
@@ -161,37 +190,37 @@ impl Dataset {
     /// Reads and decodes every tile once, before hours of training or evaluation can
     /// depend on it, and hashes its bytes. An unreadable tile is an error naming it (the
     /// first in sample order, and the dataset is left as it was); with `skip_bad` it is
-    /// dropped from the dataset and returned instead. Out: the SHA-256 of each kept
-    /// tile's stored bytes ([`Tile::check`]), in sample order.
-    pub fn check(&mut self, skip_bad: bool) -> Result<(Vec<[u8; 32]>, Vec<BadTile>)> {
-        let read: Vec<Result<[u8; 32]>> = self.samples.par_iter().map(|s| s.tile.check()).collect();
-        if !skip_bad {
-            return read
-                .into_iter()
-                .collect::<Result<_>>()
-                .map(|h| (h, Vec::new()));
-        }
-        let (mut hashes, mut bad, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-        for (sample, r) in std::mem::take(&mut self.samples).into_iter().zip(read) {
+    /// dropped from the dataset and listed in [`Checked::skipped`] instead.
+    pub fn check(&mut self, skip_bad: bool) -> Result<Checked> {
+        let read: Vec<Result<_>> = self.samples.par_iter().map(|s| s.tile.check()).collect();
+        let mut checked = Checked::default();
+        let mut keep = Vec::with_capacity(read.len());
+        for (i, r) in read.into_iter().enumerate() {
             match r {
-                Ok(h) => {
-                    hashes.push(h);
-                    kept.push(sample);
+                Ok((hash, size)) => {
+                    checked.hashes.push(hash);
+                    *checked.sizes.entry(size).or_default() += 1;
+                    keep.push(true);
                 }
-                Err(e) => bad.push(BadTile {
-                    tile: sample.tile.name(),
-                    reason: e.to_string(),
-                }),
+                Err(e) if !skip_bad => return Err(e),
+                Err(e) => {
+                    checked.skipped.push(BadTile {
+                        tile: self.samples[i].tile.name(),
+                        reason: e.to_string(),
+                    });
+                    keep.push(false);
+                }
             }
         }
-        self.samples = kept;
-        if self.samples.is_empty() {
+        if checked.hashes.is_empty() {
             return Err(Error::dataset(
                 &self.source,
-                format!("none of the {} tiles is readable", bad.len()),
+                format!("none of the {} tiles is readable", checked.skipped.len()),
             ));
         }
-        Ok((hashes, bad))
+        let mut keep = keep.into_iter();
+        self.samples.retain(|_| keep.next() == Some(true));
+        Ok(checked)
     }
 
     /// Per class, how many samples.

@@ -28,8 +28,9 @@ pub struct EvalOptions {
 
 /// What the caller sees while an evaluation runs.
 pub trait EvalProgress: Sync {
-    /// Every tile has been read once; these were left out as unreadable.
-    fn checked(&self, _skipped: &[BadTile]) {}
+    /// Every tile has been read once: these were left out as unreadable, and this is
+    /// what is wrong with the size of the others, if anything.
+    fn checked(&self, _skipped: &[BadTile], _size_warning: Option<&str>) {}
     /// Classification of `tiles` unique tiles begins.
     fn started(&self, _tiles: usize) {}
     fn tiles_done(&self, _n: usize) {}
@@ -69,8 +70,12 @@ pub fn evaluate(
             return Err(Error::dataset(data, format!("no tiles in split {split:?}")));
         }
     }
-    let (hashes, skipped) = dataset.check(opts.skip_bad)?;
-    progress.checked(&skipped);
+    let checked = dataset.check(opts.skip_bad)?;
+    progress.checked(
+        &checked.skipped,
+        checked.size_warning(model.card.input_size).as_deref(),
+    );
+    let (hashes, skipped) = (checked.hashes, checked.skipped);
     let mut drop = vec![false; dataset.samples.len()];
     let mut dropped = 0;
     for group in duplicates(&hashes) {

@@ -57,6 +57,27 @@ pub mod train;
 
 pub use error::{Error, Result};
 
+/// The first field, in declaration order, where two records of the same type differ,
+/// leaving out `ignore`d fields: (field, old value, new value) as JSON. For messages
+/// that name the setting that stops a rerun or a resume.
+pub(crate) fn first_difference<T: serde::Serialize>(
+    old: &T,
+    new: &T,
+    ignore: &[&str],
+) -> Option<(String, serde_json::Value, serde_json::Value)> {
+    let fields = |t: &T| match serde_json::to_value(t).expect("serialisable") {
+        serde_json::Value::Object(m) => m,
+        other => [("value".to_string(), other)].into_iter().collect(),
+    };
+    let (old, mut new) = (fields(old), fields(new));
+    old.into_iter()
+        .filter(|(k, _)| !ignore.contains(&k.as_str()))
+        .find_map(|(k, v)| {
+            let now = new.remove(&k).unwrap_or_default();
+            (now != v).then_some((k, v, now))
+        })
+}
+
 /// Keeps freed inference buffers in the process instead of returning them to the
 /// kernel after every layer. glibc hands blocks over 32 MiB to mmap and unmaps them
 /// on free, so each forward pass page-faults its activations in again: SmallCnn ran at

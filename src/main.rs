@@ -51,8 +51,8 @@ enum Command {
         /// CSV file to write.
         #[arg(long, short)]
         out: PathBuf,
-        /// Number of folds.
-        #[arg(long, default_value_t = 5)]
+        /// Number of folds (at least 2; at most the number of groups can hold tiles).
+        #[arg(long, default_value_t = 5, value_parser = at_least::<2>)]
         folds: usize,
         /// Seed of the shuffle that assigns groups to folds.
         #[arg(long, default_value_t = 0)]
@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "none")]
         tta: Tta,
         /// Tiles per forward pass.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = at_least::<1>)]
         batch_size: usize,
         /// Where the model runs.
         #[arg(long, value_enum, default_value = "auto")]
@@ -121,14 +121,17 @@ enum Command {
     /// testing the plumbing only: its maps mean nothing, and its card says so.
     InitModel {
         /// Pipeline whose classes, input size, MPP and normalisation the model takes.
-        #[arg(long)]
+        #[arg(long, short)]
         pipeline: PathBuf,
         /// Network architecture.
         #[arg(long, value_enum, default_value = "smallcnn")]
         arch: Architecture,
         /// Model folder to write (card.json + model.safetensors).
-        #[arg(long)]
+        #[arg(long, short)]
         out: PathBuf,
+        /// Replace the weights of an existing model folder.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -148,11 +151,8 @@ struct HeatmapArgs {
     model: Option<PathBuf>,
     /// Microns per pixel of slides that do not record it (PNG, JPEG, many plain TIFFs);
     /// slides that record their own keep it.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     slide_mpp: Option<f64>,
-    /// Override the pipeline's patch side (pixels at the model's MPP).
-    #[arg(long)]
-    patch_size: Option<u32>,
     /// Override the pipeline's stride (pixels at the model's MPP); below the patch size, patches overlap.
     #[arg(long)]
     stride: Option<u32>,
@@ -160,10 +160,10 @@ struct HeatmapArgs {
     #[arg(long)]
     min_tissue: Option<f32>,
     /// Override the pipeline's batch size.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     batch_size: Option<usize>,
     /// Worker threads for reading and for inference; default: all cores.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     threads: Option<usize>,
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "auto")]
@@ -210,7 +210,6 @@ impl HeatmapArgs {
             }
         };
         opt("--slide-mpp", self.slide_mpp.map(|x| x.to_string()));
-        opt("--patch-size", self.patch_size.map(|x| x.to_string()));
         opt("--stride", self.stride.map(|x| x.to_string()));
         opt("--min-tissue", self.min_tissue.map(|x| x.to_string()));
         opt("--batch-size", self.batch_size.map(|x| x.to_string()));
@@ -285,21 +284,23 @@ impl TileArgs {
     /// [`load_tiles`]), and their hashes.
     fn load(&self) -> anyhow::Result<(Pipeline, Dataset, Vec<[u8; 32]>)> {
         let pipeline = Pipeline::load(&self.pipeline)?;
-        let (dataset, hashes) = load_tiles(&self.data, &pipeline.class_names(), self.skip_bad)?;
+        let (dataset, hashes) = load_tiles(&self.data, &pipeline, self.skip_bad)?;
         Ok((pipeline, dataset, hashes))
     }
 }
 
 /// Loads and checks a tile dataset for `split` and `train`, warning of the tiles
-/// `skip_bad` left out and reporting exact duplicates. Tiles of the data's own `test`
+/// `skip_bad` left out and of tiles not of the pipeline's patch size, and reporting
+/// exact duplicates. Tiles of the data's own `test`
 /// split (PCam ships one beside train and valid) are left out too: training and its
 /// folds never see them.
 fn load_tiles(
     data: &Path,
-    classes: &[String],
+    pipeline: &Pipeline,
     skip_bad: bool,
 ) -> anyhow::Result<(Dataset, Vec<[u8; 32]>)> {
-    let mut dataset = Dataset::load(data, classes)?;
+    let size = pipeline.patch_size;
+    let mut dataset = Dataset::load(data, &pipeline.class_names())?;
     let before = dataset.samples.len();
     dataset
         .samples
@@ -308,8 +309,12 @@ fn load_tiles(
     if tests > 0 {
         eprintln!("histomap: left out the {tests} tile(s) of the data's test split");
     }
-    let (hashes, bad) = dataset.check(skip_bad)?;
-    warn_skipped(&bad);
+    let checked = dataset.check(skip_bad)?;
+    warn_skipped(&checked.skipped);
+    if let Some(w) = checked.size_warning(size) {
+        eprintln!("histomap: warning: {w}");
+    }
+    let hashes = checked.hashes;
     let dups = histomap::dataset::duplicates(&hashes);
     if !dups.is_empty() {
         eprintln!(
@@ -332,19 +337,19 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "smallcnn")]
     arch: Architecture,
     /// Epochs in all (a resumed run counts the ones already done).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = at_least::<1>)]
     epochs: usize,
     /// Tiles per optimiser step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least::<1>)]
     batch_size: usize,
     /// Peak learning rate (AdamW; one warm-up epoch, then cosine decay).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = non_negative)]
     lr: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
     weight_decay: f64,
     /// Stop after this many epochs without a better validation metric.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least::<1>)]
     patience: usize,
     /// Seed of initialisation, shuffling and augmentation: one seed, one result.
     #[arg(long, default_value_t = 0)]
@@ -353,7 +358,7 @@ struct TrainArgs {
     #[arg(long)]
     resume: bool,
     /// Stop after this many epochs in this run, leaving the checkpoint for --resume.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     epochs_per_run: Option<usize>,
     /// A split CSV from `histomap split`; fold --fold validates.
     #[arg(long)]
@@ -362,7 +367,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     fold: usize,
     /// Folds when the split is made here (no --split, no split column in the data).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least::<2>)]
     folds: usize,
     /// Train on every tile of --data: no validation, no early stopping, the last epoch
     /// is kept (for the final model once cross-validation has chosen the settings).
@@ -395,7 +400,7 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
     /// Loader threads; default: all cores.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     threads: Option<usize>,
     /// No progress bar.
     #[arg(long, short)]
@@ -432,6 +437,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 folds,
                 seed,
             );
+            let used = fold.iter().collect::<std::collections::HashSet<_>>().len();
+            if used < folds {
+                eprintln!(
+                    "histomap: warning: only {used} of {folds} folds hold tiles: the data has \
+                     too few groups (patients or slides) for more"
+                );
+            }
             histomap::split::write_csv(&out, &dataset, &fold)?;
             eprintln!(
                 "wrote {} tiles in {folds} folds to {}",
@@ -509,6 +521,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             pipeline,
             arch,
             out,
+            force,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let card = ModelCard::for_pipeline(
@@ -517,15 +530,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 false,
                 "random initialisation by `histomap init-model`: not trained".into(),
             );
-            model::write_random(&out, &card)?;
-            eprintln!("wrote an UNTRAINED {arch:?} model to {}", out.display());
+            model::write_random(&out, &card, force)?;
+            eprintln!("wrote an UNTRAINED {arch} model to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
-    let threads = a.threads.unwrap_or_else(all_cores).max(1);
+    let threads = a.threads.unwrap_or_else(all_cores);
     if !(0.0..1.0).contains(&a.hed) || !(0.0..=1.0).contains(&a.zoom) {
         bail!(
             "--hed {} / --zoom {}: expected 0 <= hed < 1 and 0 <= zoom <= 1",
@@ -538,11 +551,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     let (pipeline, dataset, hashes) = a.tiles.load()?;
     let extra = match &a.extra_train {
-        Some(extra) => Some(load_tiles(
-            extra,
-            &pipeline.class_names(),
-            a.tiles.skip_bad,
-        )?),
+        Some(extra) => Some(load_tiles(extra, &pipeline, a.tiles.skip_bad)?),
         None => None,
     };
     let mut split = if a.no_val {
@@ -634,6 +643,33 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// clap parser: a whole number of at least `MIN`.
+fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= MIN => Ok(n),
+        Ok(n) => Err(format!("{n} is below the least allowed, {MIN}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// clap parser: a finite number above 0.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(x) => Err(format!("{x} is not a finite number above 0")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// clap parser: a finite number of at least 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(x) => Err(format!("{x} is not a finite number of at least 0")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -679,7 +715,7 @@ fn info(paths: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
-    let threads = a.threads.unwrap_or_else(all_cores).max(1);
+    let threads = a.threads.unwrap_or_else(all_cores);
     // candle's CPU kernels use the global rayon pool and read this variable for gemm.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     rayon::ThreadPoolBuilder::new()
@@ -688,7 +724,9 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         .context("starting the inference thread pool")?;
 
     let mut pipeline = Pipeline::load(&a.pipeline)?;
-    pipeline.set_patch(a.patch_size, a.stride)?;
+    if let Some(stride) = a.stride {
+        pipeline.set_stride(stride)?;
+    }
     if let Some(v) = a.min_tissue {
         if !(0.0..=1.0).contains(&v) {
             bail!("--min-tissue {v}: expected 0..=1");
@@ -696,12 +734,7 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         pipeline.min_tissue = v;
     }
     if let Some(v) = a.batch_size {
-        pipeline.batch_size = v.max(1);
-    }
-    if let Some(m) = a.slide_mpp {
-        if !(m.is_finite() && m > 0.0) {
-            bail!("--slide-mpp {m}: expected a positive number of microns per pixel");
-        }
+        pipeline.batch_size = v;
     }
     let model_dir = a
         .model

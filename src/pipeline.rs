@@ -161,14 +161,10 @@ impl Pipeline {
         self.classes.iter().map(|c| c.name.clone()).collect()
     }
 
-    /// Replaces patch size and stride (command-line overrides), with the file's checks.
-    pub fn set_patch(&mut self, size: Option<u32>, stride: Option<u32>) -> Result<()> {
-        let (size, stride) = (
-            size.unwrap_or(self.patch_size),
-            stride.unwrap_or(self.stride),
-        );
-        check_patch(size, stride).map_err(Error::Usage)?;
-        self.patch_size = size;
+    /// Replaces the stride (a command-line override), with the file's checks. The patch
+    /// size has no override: it is the model's input size.
+    pub fn set_stride(&mut self, stride: u32) -> Result<()> {
+        check_patch(self.patch_size, stride).map_err(Error::Usage)?;
         self.stride = stride;
         Ok(())
     }

@@ -194,8 +194,11 @@ impl EvalBar {
 }
 
 impl crate::evaluate::EvalProgress for EvalBar {
-    fn checked(&self, skipped: &[crate::dataset::BadTile]) {
+    fn checked(&self, skipped: &[crate::dataset::BadTile], size_warning: Option<&str>) {
         warn_skipped(skipped);
+        if let Some(w) = size_warning {
+            eprintln!("histomap: warning: {w}");
+        }
     }
 
     fn started(&self, tiles: usize) {

@@ -90,15 +90,8 @@ pub struct JobKey {
 impl JobKey {
     /// The first setting that differs, as "model was A, now B"; None when equal.
     fn difference(&self, now: &JobKey) -> Option<String> {
-        let (serde_json::Value::Object(old), serde_json::Value::Object(new)) = (
-            serde_json::to_value(self).expect("key serialises"),
-            serde_json::to_value(now).expect("key serialises"),
-        ) else {
-            unreachable!("a struct serialises to an object")
-        };
-        old.iter()
-            .find(|(k, v)| new.get(k.as_str()) != Some(v))
-            .map(|(k, v)| format!("{k} was {v}, now {}", new[k.as_str()]))
+        crate::first_difference(self, now, &[])
+            .map(|(field, old, new)| format!("{field} was {old}, now {new}"))
     }
 }
 
@@ -464,7 +457,7 @@ pub fn process_slide(
     let heatmap = Heatmap::assemble(&plan.grid, &predictions);
     let card = &job.classifier.card;
     let caption = format!(
-        "histomap {} | pipeline {} | model {:?}{}",
+        "histomap {} | pipeline {} | model {}{}",
         env!("CARGO_PKG_VERSION"),
         p.name,
         card.architecture,

@@ -166,6 +166,27 @@ pub fn train(
         }
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
         let state: State = serde_json::from_str(&text).map_err(|e| Error::model(&state_path, e))?;
+        // A resumed run must end as the uninterrupted one would: same settings, same tiles.
+        // Loader threads do not change the result.
+        if let Some((field, old, new)) = crate::first_difference(&state.options, opts, &["threads"])
+        {
+            return Err(Error::Usage(format!(
+                "--resume: {field} is {new} here but {old} in {}; a resumed run keeps its \
+                 checkpoint's settings (to change them, train into another --out)",
+                state_path.display()
+            )));
+        }
+        if state.split_sha256 != split.sha256() {
+            return Err(Error::Usage(format!(
+                "--resume: the tiles differ from those of {} ({} training and {} validation \
+                 tiles then, {} and {} now); resume with the same --data and split",
+                state_path.display(),
+                state.train_files,
+                state.val_files,
+                split.train.len(),
+                split.val.len()
+            )));
+        }
         opt = AdamW::new(&varmap, state.options.weight_decay)?;
         load_checkpoint(
             &out.join(&state.checkpoint),
@@ -503,18 +524,31 @@ fn init_from(varmap: &VarMap, dir: &Path, device: &Device) -> Result<()> {
     let tensors =
         candle_core::safetensors::load(&file, device).map_err(|e| Error::model(&file, e))?;
     let data = varmap.data().lock().expect("varmap lock");
-    let mut copied = 0;
+    // Every tensor but the classifier head must fit: a partial match would train a
+    // mostly random network while the card names the init.
+    let mut names: Vec<&String> = data.keys().filter(|n| !n.starts_with("fc.")).collect();
+    names.sort();
+    let fits = |name: &str| {
+        tensors
+            .get(name)
+            .is_some_and(|t| t.dims() == data[name].dims())
+    };
+    let misfits: Vec<&&String> = names.iter().filter(|n| !fits(n)).collect();
+    if let Some(first) = misfits.first() {
+        return Err(Error::model(
+            &file,
+            format!(
+                "does not fit the architecture being trained: {} of its {} backbone tensors \
+                 are missing or of another shape (first: {first}); is it the same --arch?",
+                misfits.len(),
+                names.len()
+            ),
+        ));
+    }
     for (name, var) in data.iter() {
         if let Some(t) = tensors.get(name).filter(|t| t.dims() == var.dims()) {
             var.set(&t.to_dtype(DType::F32)?)?;
-            copied += 1;
         }
-    }
-    if copied == 0 {
-        return Err(Error::model(
-            &file,
-            "no tensor matches the architecture being trained",
-        ));
     }
     Ok(())
 }
@@ -910,15 +944,19 @@ pub fn split_dataset(
     folds: usize,
     seed: u64,
 ) -> Result<Split> {
-    // Per sample: Some(true) validates, Some(false) trains, None is left out.
-    let validates: Vec<Option<bool>> = if split_file.is_none()
+    let given_valid =
+        |s: &Sample| matches!(s.split.as_deref(), Some("valid" | "val" | "validation"));
+    // Per sample: Some(true) validates, Some(false) trains, None is left out. The data's
+    // own split serves when every tile has one and some tiles validate.
+    let own_split = split_file.is_none()
         && data.samples.iter().all(|s| s.split.is_some())
-    {
+        && data.samples.iter().any(given_valid);
+    let validates: Vec<Option<bool>> = if own_split {
         data.samples
             .iter()
             .map(|s| match s.split.as_deref() {
                 Some("train") => Some(false),
-                Some("valid" | "val" | "validation") => Some(true),
+                _ if given_valid(s) => Some(true),
                 _ => None,
             })
             .collect()
@@ -950,6 +988,31 @@ pub fn split_dataset(
             Some(true) => split.val.push(s.clone()),
             None => {}
         }
+    }
+    let source = || match split_file {
+        Some(file) => format!("fold {val_fold} of {}", file.display()),
+        None if own_split => "the data's own valid split".to_string(),
+        None => format!("fold {val_fold} of {folds} grouped folds"),
+    };
+    if split.val.is_empty() {
+        let why = if split.val_duplicates_dropped > 0 {
+            "every tile in it is a duplicate of a training tile"
+        } else {
+            "it holds no tiles (is the fold number below the folds the split has?)"
+        };
+        return Err(Error::dataset(
+            &data.source,
+            format!(
+                "no validation tiles in {}: {why}; --no-val trains on every tile",
+                source()
+            ),
+        ));
+    }
+    if split.train.is_empty() {
+        return Err(Error::dataset(
+            &data.source,
+            format!("no training tiles outside {}", source()),
+        ));
     }
     Ok(split)
 }

@@ -33,8 +33,14 @@ fn class_folders_give_kather_patients_as_groups() {
 #[test]
 fn grouped_folds_on_real_patients() {
     let mut d = Dataset::load(&data().join("kather2016"), &kather_classes()).unwrap();
-    let (hashes, bad) = d.check(false).unwrap();
-    assert!(bad.is_empty());
+    let checked = d.check(false).unwrap();
+    assert!(checked.skipped.is_empty());
+    assert_eq!(checked.size_warning(150), None, "Kather tiles are 150 px");
+    assert!(checked
+        .size_warning(96)
+        .unwrap()
+        .starts_with("228 of 228 tiles"));
+    let hashes = checked.hashes;
     let folds = histomap::split::grouped_folds(&d.samples, &hashes, 8, 4, 0);
     let mut fold_of_group: HashMap<&str, usize> = HashMap::new();
     for (s, &f) in d.samples.iter().zip(&folds) {
@@ -137,7 +143,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let manifest = tiny_pcam(dir.path(), 32);
     let pipeline = Pipeline::load(&pipeline("pcam")).unwrap();
     let mut data = Dataset::load(&manifest, &pipeline.class_names()).unwrap();
-    let (hashes, _) = data.check(false).unwrap();
+    let hashes = data.check(false).unwrap().hashes;
     let split = split_dataset(&data, &hashes, &[], None, 0, 5, 0).unwrap();
     assert_eq!((split.train.len(), split.val.len()), (32, 16));
     let opts = TrainOptions {
@@ -470,9 +476,9 @@ fn unreadable_tiles_are_named_or_skipped() {
         err.contains("truncated.tif") && !err.contains('\n'),
         "{err}"
     );
-    let (hashes, bad) = d.check(true).unwrap();
-    assert_eq!((d.samples.len(), hashes.len()), (8, 8));
-    let bad: Vec<&str> = bad.iter().map(|b| b.tile.as_str()).collect();
+    let checked = d.check(true).unwrap();
+    assert_eq!((d.samples.len(), checked.hashes.len()), (8, 8));
+    let bad: Vec<&str> = checked.skipped.iter().map(|b| b.tile.as_str()).collect();
     assert_eq!(
         bad,
         [truncated.display().to_string(), text.display().to_string()]
@@ -530,7 +536,7 @@ fn a_given_split_never_validates_on_training_bytes() {
     let as_valid = train_row.replace(",train", ",valid");
     fs::write(&manifest, format!("{text}{as_valid}\n")).unwrap();
     let mut data = Dataset::load(&manifest, &["normal".into(), "tumor".into()]).unwrap();
-    let (hashes, _) = data.check(false).unwrap();
+    let hashes = data.check(false).unwrap().hashes;
     let split = split_dataset(&data, &hashes, &[], None, 0, 5, 0).unwrap();
     assert_eq!(
         (
@@ -577,9 +583,9 @@ fn pcam_hdf5_layout() {
     );
     let png = image::open(h5.join("train_0.png")).unwrap().into_rgb8();
     assert_eq!(train[0].tile.read().unwrap(), png, "pixels as stored");
-    let (hashes, bad) = d.check(false).unwrap();
-    assert!(bad.is_empty());
-    assert!(histomap::dataset::duplicates(&hashes).is_empty());
+    let checked = d.check(false).unwrap();
+    assert!(checked.skipped.is_empty());
+    assert!(histomap::dataset::duplicates(&checked.hashes).is_empty());
 
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, eval) = (dir.path().join("model"), dir.path().join("eval"));
@@ -660,4 +666,99 @@ fn pcam_hdf5_layout() {
     let folds = fs::read_to_string(&csv).unwrap();
     assert_eq!(folds.lines().count(), 13);
     assert!(!folds.contains("split_test_x.h5"));
+}
+
+/// What `train` cannot honour is refused on one line, before or instead of training:
+/// options a resumed checkpoint would ignore, other tiles on resume, a validation fold
+/// with no tiles, an --init model of another architecture, numbers out of range; and
+/// `init-model` does not overwrite a model.
+#[test]
+fn train_refuses_what_it_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_pcam(dir.path(), 16);
+    let out = dir.path().join("model");
+    let train = |extra: &[&str], data: &Path, out: &Path| {
+        let mut cmd = histomap();
+        cmd.args(["train", "-q", "--epochs", "2", "--epochs-per-run", "1"])
+            .args(["--batch-size", "8", "--pipeline"])
+            .arg(pipeline("pcam"))
+            .arg("--data")
+            .arg(data)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        cmd.assert()
+    };
+    let refused = |a: assert_cmd::assert::Assert, want: &str| {
+        let a = a.failure();
+        let err = String::from_utf8_lossy(&a.get_output().stderr);
+        assert!(err.contains(want), "{want:?} not in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    train(&[], &manifest, &out).success();
+    refused(
+        train(&["--resume", "--lr", "0.01"], &manifest, &out),
+        "--resume: lr is 0.01 here but 0.001 in",
+    );
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(
+        &manifest,
+        text.lines().take(12).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    refused(
+        train(&["--resume"], &manifest, &out),
+        "--resume: the tiles differ",
+    );
+    fs::write(&manifest, &text).unwrap();
+    train(&["--resume"], &manifest, &out).success();
+
+    let split = dir.path().join("split.csv");
+    histomap()
+        .args(["split", "--folds", "3", "--pipeline"])
+        .arg(pipeline("pcam"))
+        .arg("--data")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&split)
+        .assert()
+        .success();
+    refused(
+        train(
+            &["--split", split.to_str().unwrap(), "--fold", "7"],
+            &manifest,
+            &dir.path().join("m2"),
+        ),
+        "no validation tiles in fold 7 of",
+    );
+
+    let resnet = dir.path().join("resnet");
+    histomap()
+        .args(["init-model", "--arch", "resnet18", "-p"])
+        .arg(pipeline("pcam"))
+        .arg("-o")
+        .arg(&resnet)
+        .assert()
+        .success();
+    let again = histomap()
+        .args(["init-model", "-p"])
+        .arg(pipeline("pcam"))
+        .arg("-o")
+        .arg(&resnet)
+        .assert();
+    refused(again, "exists; pass --force");
+    refused(
+        train(
+            &["--init", resnet.to_str().unwrap()],
+            &manifest,
+            &dir.path().join("m3"),
+        ),
+        "does not fit the architecture being trained",
+    );
+    for bad in [["--lr", "nan"], ["--patience", "0"], ["--folds", "1"]] {
+        refused(
+            train(&bad, &manifest, &dir.path().join("m4")),
+            "invalid value",
+        );
+    }
 }

@@ -40,6 +40,15 @@ pub enum Architecture {
     Resnet50,
 }
 
+impl std::fmt::Display for Architecture {
+    /// The name `--arch` and `card.json` use (`smallcnn`, `resnet18`, ...).
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let v = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(v.get_name())
+    }
+}
+
 impl Architecture {
     /// A ResNet's block kind and blocks per stage; `None` for SmallCnn.
     pub fn resnet_layout(self) -> Option<(BlockKind, [usize; 4])> {
@@ -323,12 +332,20 @@ pub fn read_card(dir: &Path) -> Result<ModelCard> {
 
 /// Writes a model with freshly initialised (random, untrained) weights. Its card says
 /// `trained: false`: it exists to test the plumbing, never to look at its output.
-pub fn write_random(dir: &Path, card: &ModelCard) -> Result<()> {
+/// Refuses to replace a model folder's weights unless `force`: a trained model must not
+/// be lost to a random one by a mistyped path.
+pub fn write_random(dir: &Path, card: &ModelCard, force: bool) -> Result<()> {
+    let weights = dir.join(WEIGHTS_FILE);
+    if weights.exists() && !force {
+        return Err(Error::output(
+            &weights,
+            "exists; pass --force to replace it with random weights",
+        ));
+    }
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     Network::new(card.architecture, vb, card.classes.len())?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let weights = dir.join(WEIGHTS_FILE);
     varmap
         .save(&weights)
         .map_err(|e| Error::output(&weights, format!("cannot write weights: {e}")))?;

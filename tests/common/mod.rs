@@ -63,7 +63,7 @@ pub fn model(pipeline_name: &str, arch: Architecture) -> PathBuf {
         .join(format!("{key}-{}", std::process::id()));
     let p = Pipeline::load(&pipeline(pipeline_name)).unwrap();
     let card = ModelCard::for_pipeline(&p, arch, false, "test: random weights".into());
-    write_random(&dir, &card).unwrap();
+    write_random(&dir, &card, true).unwrap();
     made.push((key, dir.clone()));
     dir
 }
