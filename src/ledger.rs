@@ -314,12 +314,14 @@ impl Ledger {
         self.out.join(name).join(SUMMARY).is_file()
     }
 
-    /// Every slide the run listed, finished or recorded as failed, by name, with its
-    /// file (when known) and state.
+    /// Every slide the run listed or finished, by name, with its file (when known) and
+    /// state. A failure record counts only for a listed slide, or when no list exists:
+    /// a slide dropped from the latest list is no longer the run's failure.
     pub fn survey(&self) -> Result<Vec<(String, Option<PathBuf>, SlideState)>> {
         let mut names: std::collections::BTreeMap<String, Option<PathBuf>> = Default::default();
-        for e in self.read_slides()?.unwrap_or_default() {
-            names.insert(e.name, Some(e.path));
+        let listed = self.read_slides()?;
+        for e in listed.iter().flatten() {
+            names.insert(e.name.clone(), Some(e.path.clone()));
         }
         let entries = fs::read_dir(&self.out).map_err(|e| Error::io(&self.out, e))?;
         for e in entries.flatten() {
@@ -328,8 +330,10 @@ impl Ledger {
                 names.entry(name).or_default();
             }
         }
-        for (name, f) in self.failures() {
-            names.entry(name).or_insert(Some(f.slide));
+        if listed.is_none() {
+            for (name, f) in self.failures() {
+                names.entry(name).or_insert(Some(f.slide));
+            }
         }
         Ok(names
             .into_iter()
@@ -392,6 +396,20 @@ mod tests {
         ledger.record_failure("b", &f).unwrap();
         assert_eq!(ledger.state("b"), SlideState::Failed(f.clone()));
         assert_eq!(ledger.failures(), vec![("b".to_string(), f)]);
+        let names = |l: &Ledger| -> Vec<String> {
+            l.survey().unwrap().into_iter().map(|(n, _, _)| n).collect()
+        };
+        assert_eq!(names(&ledger), ["b"], "no list: the failure is the run's");
+        let listed = SlideEntry {
+            path: "a/c.svs".into(),
+            name: "c".into(),
+        };
+        ledger.write_slides(&[listed]).unwrap();
+        assert_eq!(
+            names(&ledger),
+            ["c"],
+            "b left the list, its failure with it"
+        );
         ledger.clear_failure("b").unwrap();
         ledger.clear_failure("b").unwrap();
         assert_eq!(ledger.state("b"), SlideState::Missing);

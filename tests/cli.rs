@@ -228,6 +228,19 @@ fn bad_input_gets_one_clear_line() {
         .stderr(predicate::str::contains(
             "fake.svs: not a slide histomap can read",
         ));
+    // Cut where the label and macro images are lost but level 0 still reads as a TIFF:
+    // OpenSlide's refusal is the error, not the missing MPP of a plain-TIFF reading.
+    let bytes = fs::read(svs()).unwrap();
+    let cut = dir.path().join("cut.svs");
+    fs::write(&cut, &bytes[..bytes.len() * 3 / 4]).unwrap();
+    histomap()
+        .arg("info")
+        .arg(&cut)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "cut.svs: not a slide histomap can read: OpenSlide does not recognise this .svs file",
+        ));
 
     // Augmentation or averaging out of range is refused before any tile is read.
     for (flag, value, said) in [

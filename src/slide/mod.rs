@@ -68,6 +68,20 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
     if let Some(source) = OpenSlideSource::try_open(path)? {
         return Ok(Box::new(source));
     }
+    // A scanner's own format that OpenSlide declines is damaged, even when its first
+    // image still reads as a TIFF: reading that alone would lose its MPP and pyramid.
+    if matches!(
+        ext.as_str(),
+        "svs" | "ndpi" | "vms" | "vmu" | "scn" | "mrxs" | "svslide" | "bif"
+    ) {
+        return Err(Error::slide(
+            path,
+            format!(
+                "not a slide histomap can read: OpenSlide does not recognise this .{ext} file \
+                 (damaged, truncated, or not a slide)"
+            ),
+        ));
+    }
     if raster::is_tiff(path)? {
         return Ok(Box::new(RasterSource::open(path)?));
     }
