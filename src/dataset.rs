@@ -175,7 +175,7 @@ impl Dataset {
                 class_folders(source, classes)?
             }
         } else {
-            return Err(Error::io(source, std::io::ErrorKind::NotFound.into()));
+            return Err(Error::not_found(source));
         };
         if samples.is_empty() {
             return Err(Error::dataset(source, "no tiles found"));

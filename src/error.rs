@@ -41,6 +41,14 @@ impl Error {
         }
     }
 
+    /// A path the user gave that does not exist.
+    pub fn not_found(path: impl Into<PathBuf>) -> Self {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        )
+    }
+
     pub fn slide(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         Error::Slide {
             path: path.into(),

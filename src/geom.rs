@@ -23,6 +23,18 @@ impl Size {
     }
 }
 
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}×{} px", self.w, self.h)
+    }
+}
+
+impl std::fmt::Display for L0Point {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "({}, {}) in level-0 pixels", self.x, self.y)
+    }
+}
+
 /// A point in level-0 (full resolution) pixels of a slide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct L0Point {

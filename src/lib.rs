@@ -25,7 +25,9 @@
 //! measure a model.
 //!
 //! [`pipeline`] loads the declarative pipeline files; [`geom`] holds the coordinate
-//! types; [`progress`] is the only way the library talks to a user.
+//! types; [`progress`] is the only way the library talks to a user; [`error`] names
+//! the file and value behind every failure; [`output`] writes files atomically;
+//! [`draw`] renders legends, curves and charts.
 
 pub mod augment;
 pub mod dataset;

@@ -230,8 +230,9 @@ struct SlurmArgs {
     #[command(flatten)]
     heatmap: HeatmapArgs,
     /// Array tasks (workers).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     array: usize,
+    /// Slurm partition to submit to; default: the cluster's.
     #[arg(long)]
     partition: Option<String>,
     /// CPUs per task.
@@ -246,6 +247,7 @@ struct SlurmArgs {
     /// Time limit per task (sbatch syntax, e.g. 4:00:00).
     #[arg(long)]
     time: Option<String>,
+    /// Slurm job name.
     #[arg(long, default_value = "histomap")]
     job_name: String,
     /// Where to write the script; default OUT/histomap.sbatch.
@@ -670,6 +672,12 @@ fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Paths as a user typed them, comma-separated.
+fn shown(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
 fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -752,7 +760,7 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
     }
     let slides = run::collect_slides(&a.inputs)?;
     if slides.is_empty() {
-        bail!("no slides found in {:?}", a.inputs);
+        bail!("no slides found in {}", shown(&a.inputs));
     }
     let job = Job {
         stream: StreamOptions {
@@ -799,7 +807,7 @@ fn slurm(a: SlurmArgs) -> anyhow::Result<ExitCode> {
         .check_against(&pipeline, &model_dir)?;
     let slides = run::collect_slides(&heatmap.inputs)?;
     if slides.is_empty() {
-        bail!("no slides found in {:?}", heatmap.inputs);
+        bail!("no slides found in {}", shown(&heatmap.inputs));
     }
     let ledger = histomap::ledger::Ledger::create(&heatmap.out)?;
     ledger.write_slides(&run::slide_entries(&slides))?;

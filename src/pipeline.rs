@@ -142,15 +142,15 @@ impl Pipeline {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let file: PipelineFile = toml::from_str(&text).map_err(|e| {
-            Error::pipeline(
-                path,
-                e.to_string()
-                    .lines()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .trim()
-                    .to_string(),
-            )
+            // toml's Display draws the line with carets over several lines; one line
+            // naming the place reads better in a batch log.
+            let place = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            Error::pipeline(path, format!("{place}{}", e.message().trim()))
         })?;
         file.validate(path)
     }

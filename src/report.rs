@@ -58,6 +58,9 @@ struct NameView {
 struct ModelView {
     architecture: serde_json::Value,
     trained: bool,
+    /// The model folder: two models of one architecture differ here.
+    #[serde(default)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +116,16 @@ pub struct ReportFiles {
 /// Writes `cohort.csv` and `index.html` for the slides of `out`.
 pub fn write(out: &Path) -> Result<ReportFiles> {
     if !out.is_dir() {
-        return Err(Error::io(out, std::io::ErrorKind::NotFound.into()));
+        return Err(Error::not_found(out));
+    }
+    if !out.join(crate::ledger::DIR).is_dir() {
+        return Err(Error::output(
+            out,
+            format!(
+                "not a histomap output folder (no {} inside)",
+                crate::ledger::DIR
+            ),
+        ));
     }
     let ledger = Ledger::at(out);
     let mut rows = collect(&ledger)?;
@@ -229,6 +241,7 @@ fn cohort_csv(rows: &[Row], classes: &[(String, String)]) -> Result<Vec<u8>> {
         "objective_power",
         "pipeline",
         "model",
+        "model_dir",
         "model_trained",
         "tissue_mm2",
         "patches_grid",
@@ -260,6 +273,10 @@ fn cohort_csv(rows: &[Row], classes: &[(String, String)]) -> Result<Vec<u8>> {
                     fmt_opt(s.slide.objective_power),
                     s.pipeline.name.clone(),
                     arch(&s.model.architecture),
+                    s.model
+                        .dir
+                        .as_ref()
+                        .map_or(String::new(), |d| d.display().to_string()),
                     s.model.trained.to_string(),
                     format!("{:.4}", s.tissue.area_mm2),
                     s.patches.grid.to_string(),

@@ -177,7 +177,7 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         } else if input.exists() {
             slides.push(input.clone());
         } else {
-            return Err(Error::io(input, std::io::ErrorKind::NotFound.into()));
+            return Err(Error::not_found(input));
         }
     }
     // The same file named twice (`a.svs` and `dir/` holding it) is run once.

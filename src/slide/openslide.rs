@@ -89,7 +89,7 @@ impl SlideSource for OpenSlideSource {
         let argb = self.slide.read_region(&region).map_err(|e| {
             Error::slide(
                 &self.info.path,
-                format!("reading {size:?} at {origin:?}, level {level}: {e}"),
+                format!("reading {size} at {origin}, level {level}: {e}"),
             )
         })?;
         Ok(argb_to_rgb(&argb, size))
