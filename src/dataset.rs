@@ -192,6 +192,9 @@ impl Dataset {
     /// first in sample order, and the dataset is left as it was); with `skip_bad` it is
     /// dropped from the dataset and listed in [`Checked::skipped`] instead.
     pub fn check(&mut self, skip_bad: bool) -> Result<Checked> {
+        if self.samples.is_empty() {
+            return Err(Error::dataset(&self.source, "no tiles to use"));
+        }
         let read: Vec<Result<_>> = self.samples.par_iter().map(|s| s.tile.check()).collect();
         let mut checked = Checked::default();
         let mut keep = Vec::with_capacity(read.len());

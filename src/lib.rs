@@ -59,19 +59,23 @@ pub mod train;
 
 pub use error::{Error, Result};
 
-/// The first field, in declaration order, where two records of the same type differ,
+/// The first field, in alphabetical order, where two records of the same type differ,
 /// leaving out `ignore`d fields: (field, old value, new value) as JSON. For messages
-/// that name the setting that stops a rerun or a resume.
+/// that name the setting that stops a rerun or a resume. A record that does not
+/// serialise (a path that is not UTF-8) differs as a whole.
 pub(crate) fn first_difference<T: serde::Serialize>(
     old: &T,
     new: &T,
     ignore: &[&str],
 ) -> Option<(String, serde_json::Value, serde_json::Value)> {
-    let fields = |t: &T| match serde_json::to_value(t).expect("serialisable") {
-        serde_json::Value::Object(m) => m,
-        other => [("value".to_string(), other)].into_iter().collect(),
+    let fields = |t: &T| match serde_json::to_value(t) {
+        Ok(serde_json::Value::Object(m)) => Some(m),
+        _ => None,
     };
-    let (old, mut new) = (fields(old), fields(new));
+    let (Some(old), Some(mut new)) = (fields(old), fields(new)) else {
+        let unreadable = serde_json::Value::String("a path that is not UTF-8".into());
+        return Some(("record".into(), unreadable.clone(), unreadable));
+    };
     old.into_iter()
         .filter(|(k, _)| !ignore.contains(&k.as_str()))
         .find_map(|(k, v)| {

@@ -309,6 +309,12 @@ fn load_tiles(
         .retain(|s| s.split.as_deref() != Some("test"));
     let tests = before - dataset.samples.len();
     if tests > 0 {
+        if dataset.samples.is_empty() {
+            bail!(
+                "{}: all {tests} tiles are in the data's test split, which split and train never use",
+                data.display()
+            );
+        }
         eprintln!("histomap: left out the {tests} tile(s) of the data's test split");
     }
     let checked = dataset.check(skip_bad)?;

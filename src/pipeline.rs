@@ -147,7 +147,8 @@ impl Pipeline {
             let place = e.span().map_or(String::new(), |span| {
                 let before = &text[..span.start.min(text.len())];
                 let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let column = before[line_start..].chars().count() + 1;
                 format!("line {line}, column {column}: ")
             });
             Error::pipeline(path, format!("{place}{}", e.message().trim()))

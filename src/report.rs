@@ -26,6 +26,9 @@ struct SummaryView {
     slide: SlideView,
     pipeline: NameView,
     model: ModelView,
+    /// Absent in summaries written before jobs were recorded.
+    #[serde(default)]
+    job: Option<JobView>,
     tissue: TissueView,
     patches: PatchView,
     classes: Vec<ClassView>,
@@ -58,9 +61,15 @@ struct NameView {
 struct ModelView {
     architecture: serde_json::Value,
     trained: bool,
-    /// The model folder: two models of one architecture differ here.
+    /// The model folder as given (`job.model` is absolute): two models of one
+    /// architecture differ here.
     #[serde(default)]
     dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JobView {
+    model: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,9 +282,10 @@ fn cohort_csv(rows: &[Row], classes: &[(String, String)]) -> Result<Vec<u8>> {
                     fmt_opt(s.slide.objective_power),
                     s.pipeline.name.clone(),
                     arch(&s.model.architecture),
-                    s.model
-                        .dir
+                    s.job
                         .as_ref()
+                        .map(|j| &j.model)
+                        .or(s.model.dir.as_ref())
                         .map_or(String::new(), |d| d.display().to_string()),
                     s.model.trained.to_string(),
                     format!("{:.4}", s.tissue.area_mm2),

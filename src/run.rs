@@ -51,8 +51,9 @@ pub struct Job {
 }
 
 impl Job {
-    /// What a slide's results under this job are made from.
-    pub fn key(&self, slide: &Path) -> JobKey {
+    /// What a slide's results under this job are made from. `--slide-mpp` counts only
+    /// for a slide that records no MPP of its own: for the others it changes nothing.
+    pub fn key(&self, slide: &Path, slide_records_mpp: bool) -> JobKey {
         let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let p = &self.pipeline;
         JobKey {
@@ -63,9 +64,10 @@ impl Job {
             patch_size: p.patch_size,
             stride: p.stride,
             mpp: p.mpp,
-            min_tissue: p.min_tissue,
+            // Rounded so that the f32 reads back, and prints, as written.
+            min_tissue: (f64::from(p.min_tissue) * 1e6).round() / 1e6,
             min_saturation: p.min_saturation,
-            slide_mpp: self.slide_mpp,
+            slide_mpp: self.slide_mpp.filter(|_| !slide_records_mpp),
         }
     }
 }
@@ -82,8 +84,9 @@ pub struct JobKey {
     pub patch_size: u32,
     pub stride: u32,
     pub mpp: f64,
-    pub min_tissue: f32,
+    pub min_tissue: f64,
     pub min_saturation: u8,
+    /// The `--slide-mpp` fallback, when the slide needed it.
     pub slide_mpp: Option<f64>,
 }
 
@@ -95,17 +98,28 @@ impl JobKey {
     }
 }
 
-/// The key a finished slide folder records; None for folders written before keys were.
-fn recorded_key(dir: &Path) -> Result<Option<JobKey>> {
+/// What a finished slide folder says made it: its key and whether the slide records
+/// its own MPP; `None` for folders written before keys were. An unreadable summary is
+/// an error message for that slide alone.
+fn made_by(dir: &Path) -> std::result::Result<Option<(JobKey, bool)>, String> {
     #[derive(Deserialize)]
     struct Recorded {
         job: Option<JobKey>,
+        slide: RecordedSlide,
+    }
+    #[derive(Deserialize)]
+    struct RecordedSlide {
+        mpp: Option<f64>,
     }
     let path = dir.join(SUMMARY);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    Ok(serde_json::from_str::<Recorded>(&text)
-        .ok()
-        .and_then(|r| r.job))
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e).to_string())?;
+    let r: Recorded = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: unreadable ({e}); pass --force to redo it",
+            path.display()
+        )
+    })?;
+    Ok(r.job.map(|key| (key, r.slide.mpp.is_some())))
 }
 
 #[derive(Debug)]
@@ -187,15 +201,19 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Output folder names, unique within the list: the file stem; where stems collide, the
-/// file name (`s_svs`); where file names collide too, prefixed by the parent folder's
-/// name (`a_s_svs`); and if that still collides, numbered in list order (`a_s_svs_2`).
+/// file name with `_` for `.` (`s_svs`); where file names collide too, prefixed by the
+/// name of the folder holding the file (`p1_s_svs`, however the path was typed); and if
+/// that still collides, numbered in list order with the first free suffix (`p1_s_svs_2`).
 pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
-    let text = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().replace('.', "_"));
+    let text = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
     let stem = |p: &Path| text(p.file_stem()).unwrap_or_default();
-    let file = |p: &Path| text(p.file_name()).unwrap_or_default();
-    let parent_file = |p: &Path| match text(p.parent().and_then(Path::file_name)) {
-        Some(parent) => format!("{parent}_{}", file(p)),
-        None => file(p),
+    let file = |p: &Path| text(p.file_name()).unwrap_or_default().replace('.', "_");
+    let parent_file = |p: &Path| {
+        let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        match text(absolute.parent().and_then(Path::file_name)) {
+            Some(parent) => format!("{}_{}", parent.replace('.', "_"), file(p)),
+            None => file(p),
+        }
     };
     let counts = |names: &[String]| {
         let mut counts: HashMap<String, usize> = HashMap::new();
@@ -213,15 +231,16 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
             }
         }
     }
-    let c = counts(&names);
-    let mut nth: HashMap<String, usize> = HashMap::new();
+    let mut taken: std::collections::HashSet<String> = names.iter().cloned().collect();
+    let mut seen = std::collections::HashSet::new();
     for name in &mut names {
-        if c[name.as_str()] > 1 {
-            let n = nth.entry(name.clone()).or_default();
-            *n += 1;
-            if *n > 1 {
-                *name = format!("{name}_{n}");
-            }
+        if !seen.insert(name.clone()) {
+            let base = name.clone();
+            *name = (2..)
+                .map(|n| format!("{base}_{n}"))
+                .find(|candidate| !taken.contains(candidate))
+                .expect("an unbounded range finds a free name");
+            taken.insert(name.clone());
         }
     }
     names
@@ -272,26 +291,34 @@ fn run_one(
     progress: &dyn Progress,
 ) -> Result<Outcome> {
     let dir = job.out.join(name);
-    let key = job.key(path);
     let finished = || -> Result<Option<Outcome>> {
         if job.force || !ledger.is_done(name) {
             return Ok(None);
         }
-        Ok(Some(
-            match recorded_key(&dir)?.and_then(|old| old.difference(&key)) {
-                None => {
-                    ledger.log(EventKind::Skipped, name)?;
-                    Outcome::Skipped { dir: dir.clone() }
-                }
-                Some(diff) => Outcome::Failed {
-                    error: format!(
+        let refused = match made_by(&dir) {
+            Ok(None) => None,
+            Ok(Some((old, records_mpp))) => {
+                old.difference(&job.key(path, records_mpp)).map(|diff| {
+                    format!(
                         "{} holds the results of another job ({diff}); pass --force to redo it, \
                      or write to another --out",
                         dir.display()
-                    ),
-                },
-            },
-        ))
+                    )
+                })
+            }
+            Err(e) => Some(e),
+        };
+        Ok(Some(match refused {
+            None => {
+                ledger.log(EventKind::Skipped, name)?;
+                Outcome::Skipped { dir: dir.clone() }
+            }
+            Some(error) => {
+                // Logged, not recorded as the slide's failure: its folder is complete.
+                ledger.log(EventKind::Failed, name)?;
+                Outcome::Failed { error }
+            }
+        }))
     };
     if let Some(outcome) = finished()? {
         return Ok(outcome);
@@ -533,7 +560,7 @@ fn summarise(
     let slide_mm2 = r.info.size.area() as f64 * r.um2_per_px() / 1e6;
     Summary {
         histomap_version: env!("CARGO_PKG_VERSION").into(),
-        job: job.key(&r.info.path),
+        job: job.key(&r.info.path, r.info.mpp.is_some()),
         slide: r.info.clone(),
         pipeline: PipelineRef {
             name: job.pipeline.name.clone(),
@@ -578,6 +605,8 @@ mod tests {
             "p2/s.svs",
             "q/p1/s.svs",
             "c.tif",
+            "x/p1_s_svs_2.tif",
+            "x/TCGA-01.A4.svs",
         ]
         .iter()
         .map(PathBuf::from)
@@ -590,8 +619,10 @@ mod tests {
                 "b_ndpi",
                 "p1_s_svs",
                 "p2_s_svs",
+                "p1_s_svs_3",
+                "c",
                 "p1_s_svs_2",
-                "c"
+                "TCGA-01.A4"
             ]
         );
     }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
-use crate::dataset::{Dataset, Sample};
+use crate::dataset::{Dataset, Sample, Tile};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::model::{Architecture, ModelCard, Network, CARD_FILE, WEIGHTS_FILE};
@@ -102,6 +102,9 @@ struct State {
     train_files: usize,
     val_files: usize,
     split_sha256: String,
+    /// [`Split::tiles_sha256`]; absent in checkpoints of earlier versions.
+    #[serde(default)]
+    tiles_sha256: Option<String>,
     /// The weights and optimiser file this state belongs to.
     checkpoint: String,
 }
@@ -167,8 +170,17 @@ pub fn train(
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
         let state: State = serde_json::from_str(&text).map_err(|e| Error::model(&state_path, e))?;
         // A resumed run must end as the uninterrupted one would: same settings, same tiles.
-        // Loader threads do not change the result.
-        if let Some((field, old, new)) = crate::first_difference(&state.options, opts, &["threads"])
+        // Loader threads do not change the result, nor does how a path is spelled.
+        let canonical = |o: &TrainOptions| {
+            let c = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            TrainOptions {
+                data: o.data.iter().map(c).collect(),
+                init: o.init.as_ref().map(c),
+                ..o.clone()
+            }
+        };
+        if let Some((field, old, new)) =
+            crate::first_difference(&canonical(&state.options), &canonical(opts), &["threads"])
         {
             return Err(Error::Usage(format!(
                 "--resume: {field} is {new} here but {old} in {}; a resumed run keeps its \
@@ -176,7 +188,11 @@ pub fn train(
                 state_path.display()
             )));
         }
-        if state.split_sha256 != split.sha256() {
+        let same_tiles = match &state.tiles_sha256 {
+            Some(tiles) => *tiles == split.tiles_sha256(),
+            None => state.split_sha256 == split.sha256(),
+        };
+        if !same_tiles {
             return Err(Error::Usage(format!(
                 "--resume: the tiles differ from those of {} ({} training and {} validation \
                  tiles then, {} and {} now); resume with the same --data and split",
@@ -220,6 +236,7 @@ pub fn train(
             train_files: split.train.len(),
             val_files: split.val.len(),
             split_sha256: split.sha256(),
+            tiles_sha256: Some(split.tiles_sha256()),
             checkpoint: String::new(),
         }
     };
@@ -1018,14 +1035,35 @@ pub fn split_dataset(
 }
 
 impl Split {
-    /// SHA-256 over the sorted `side<TAB>path` lines: names the exact split a model saw.
+    /// SHA-256 over the sorted `side<TAB>path` lines, paths as given: names the exact
+    /// split a model saw (the model card's `split_sha256`).
     pub fn sha256(&self) -> String {
+        self.digest(&|t| t.name())
+    }
+
+    /// The same over absolute paths, so that `./tiles` and `tiles` are one split: what
+    /// `--resume` checks.
+    pub fn tiles_sha256(&self) -> String {
+        self.digest(&|t| match t {
+            Tile::File(p) => std::fs::canonicalize(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string(),
+            Tile::Patch { array, index } => {
+                let p = array.path();
+                let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                format!("{}[{index}]", p.display())
+            }
+        })
+    }
+
+    fn digest(&self, name: &dyn Fn(&Tile) -> String) -> String {
         use sha2::{Digest, Sha256};
         let mut lines: Vec<String> = self
             .train
             .iter()
-            .map(|s| format!("train\t{}", s.tile.name()))
-            .chain(self.val.iter().map(|s| format!("val\t{}", s.tile.name())))
+            .map(|s| format!("train\t{}", name(&s.tile)))
+            .chain(self.val.iter().map(|s| format!("val\t{}", name(&s.tile))))
             .collect();
         lines.sort();
         let digest = Sha256::digest(lines.join("\n").as_bytes());

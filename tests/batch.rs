@@ -194,9 +194,14 @@ fn a_rerun_skips_only_what_the_same_job_made() {
         assert!(out.join(name).join("summary.json").is_file(), "{name}");
     }
 
-    // The same job again: skipped. Another setting: refused, and the results stay.
+    // The same job again: skipped (--slide-mpp changes nothing for slides that record
+    // their MPP). Another setting: refused, and the results stay.
     let before = snapshot(&out.join("p1_slide_svs"));
-    let again = heatmap_cmd(&model, &out, &p1).arg(&p2).output().unwrap();
+    let again = heatmap_cmd(&model, &out, &p1)
+        .arg(&p2)
+        .args(["--slide-mpp", "0.25"])
+        .output()
+        .unwrap();
     assert!(again.status.success());
     assert_eq!(
         String::from_utf8_lossy(&again.stderr)
