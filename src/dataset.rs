@@ -47,9 +47,14 @@ impl Tile {
     /// How split files, predictions and messages name the tile: its path, or
     /// `path[index]` for a patch of an array.
     pub fn name(&self) -> String {
+        self.name_by(Path::to_path_buf)
+    }
+
+    /// [`Tile::name`] with each path passed through `path` first (e.g. made absolute).
+    pub fn name_by(&self, path: impl Fn(&Path) -> PathBuf) -> String {
         match self {
-            Tile::File(path) => path.display().to_string(),
-            Tile::Patch { array, index } => format!("{}[{index}]", array.path().display()),
+            Tile::File(p) => path(p).display().to_string(),
+            Tile::Patch { array, index } => format!("{}[{index}]", path(array.path()).display()),
         }
     }
 

@@ -59,6 +59,12 @@ pub mod train;
 
 pub use error::{Error, Result};
 
+/// `path` with symlinks and `.`/`..` resolved, so that two spellings of one file
+/// compare equal; as given when it cannot be resolved (it does not exist).
+pub(crate) fn canonical(path: &std::path::Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The first field, in alphabetical order, where two records of the same type differ,
 /// leaving out `ignore`d fields: (field, old value, new value) as JSON. For messages
 /// that name the setting that stops a rerun or a resume. A record that does not

@@ -11,7 +11,7 @@ use histomap::dataset::Dataset;
 use histomap::evaluate::EvalOptions;
 use histomap::model::{self, Architecture, Classifier, DeviceChoice, ModelCard};
 use histomap::pipeline::Pipeline;
-use histomap::progress::{warn_skipped, Bars, EvalBar, TrainBars};
+use histomap::progress::{warn_checked, Bars, EvalBar, TrainBars};
 use histomap::run::{self, Job, Outcome};
 use histomap::shard::Shard;
 use histomap::slide;
@@ -293,9 +293,8 @@ impl TileArgs {
 
 /// Loads and checks a tile dataset for `split` and `train`, warning of the tiles
 /// `skip_bad` left out and of tiles not of the pipeline's patch size, and reporting
-/// exact duplicates. Tiles of the data's own `test`
-/// split (PCam ships one beside train and valid) are left out too: training and its
-/// folds never see them.
+/// exact duplicates. Tiles of the data's own `test` split (PCam ships one beside train
+/// and valid) are left out too: training and its folds never see them.
 fn load_tiles(
     data: &Path,
     pipeline: &Pipeline,
@@ -318,10 +317,7 @@ fn load_tiles(
         eprintln!("histomap: left out the {tests} tile(s) of the data's test split");
     }
     let checked = dataset.check(skip_bad)?;
-    warn_skipped(&checked.skipped);
-    if let Some(w) = checked.size_warning(size) {
-        eprintln!("histomap: warning: {w}");
-    }
+    warn_checked(&checked.skipped, checked.size_warning(size).as_deref());
     let hashes = checked.hashes;
     let dups = histomap::dataset::duplicates(&hashes);
     if !dups.is_empty() {
@@ -662,18 +658,18 @@ fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
 
 /// clap parser: a finite number above 0.
 fn positive(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        Ok(x) => Err(format!("{x} is not a finite number above 0")),
-        Err(e) => Err(e.to_string()),
-    }
+    finite(s, |x| x > 0.0, "above 0")
 }
 
 /// clap parser: a finite number of at least 0.
 fn non_negative(s: &str) -> Result<f64, String> {
+    finite(s, |x| x >= 0.0, "of at least 0")
+}
+
+fn finite(s: &str, ok: impl Fn(f64) -> bool, want: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        Ok(x) => Err(format!("{x} is not a finite number of at least 0")),
+        Ok(x) if x.is_finite() && ok(x) => Ok(x),
+        Ok(x) => Err(format!("{x} is not a finite number {want}")),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -152,8 +152,9 @@ impl crate::train::TrainProgress for TrainBars {
     }
 }
 
-/// Warns on stderr of tiles left out as unreadable: the first few by name, then a count.
-pub fn warn_skipped(bad: &[crate::dataset::BadTile]) {
+/// Warns on stderr of what a dataset check found: tiles left out as unreadable (the
+/// first few by name, then a count) and tiles not of the model's size.
+pub fn warn_checked(bad: &[crate::dataset::BadTile], size_warning: Option<&str>) {
     const SHOWN: usize = 10;
     for b in bad.iter().take(SHOWN) {
         eprintln!("histomap: warning: skipped {}", b.reason);
@@ -169,6 +170,9 @@ pub fn warn_skipped(bad: &[crate::dataset::BadTile]) {
             "histomap: warning: skipped {} unreadable tile(s){more}",
             bad.len()
         );
+    }
+    if let Some(w) = size_warning {
+        eprintln!("histomap: warning: {w}");
     }
 }
 
@@ -195,10 +199,7 @@ impl EvalBar {
 
 impl crate::evaluate::EvalProgress for EvalBar {
     fn checked(&self, skipped: &[crate::dataset::BadTile], size_warning: Option<&str>) {
-        warn_skipped(skipped);
-        if let Some(w) = size_warning {
-            eprintln!("histomap: warning: {w}");
-        }
+        warn_checked(skipped, size_warning);
     }
 
     fn started(&self, tiles: usize) {

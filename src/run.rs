@@ -31,10 +31,6 @@ use crate::stream::{self, StreamOptions, StreamStats};
 
 /// Longer side of the thumbnail behind the tissue mask and the overlay.
 pub const THUMBNAIL_SIDE: u32 = 2048;
-const SLIDE_EXTENSIONS: &[&str] = &[
-    "svs", "tif", "tiff", "ndpi", "vms", "vmu", "scn", "mrxs", "svslide", "bif", "png", "jpg",
-    "jpeg",
-];
 
 /// Settings shared by every slide of a run.
 pub struct Job {
@@ -54,12 +50,11 @@ impl Job {
     /// What a slide's results under this job are made from. `--slide-mpp` counts only
     /// for a slide that records no MPP of its own: for the others it changes nothing.
     pub fn key(&self, slide: &Path, slide_records_mpp: bool) -> JobKey {
-        let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let p = &self.pipeline;
         JobKey {
-            slide: absolute(slide),
-            pipeline: absolute(&p.source),
-            model: absolute(&self.classifier.dir),
+            slide: crate::canonical(slide),
+            pipeline: crate::canonical(&p.source),
+            model: crate::canonical(&self.classifier.dir),
             tta_d4: self.classifier.tta,
             patch_size: p.patch_size,
             stride: p.stride,
@@ -181,9 +176,9 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.is_file()
-                        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                            SLIDE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                        })
+                        && p.extension()
+                            .and_then(|e| e.to_str())
+                            .is_some_and(|e| slide::is_slide_extension(&e.to_ascii_lowercase()))
                 })
                 .collect();
             found.sort();
@@ -196,7 +191,7 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     }
     // The same file named twice (`a.svs` and `dir/` holding it) is run once.
     let mut seen = std::collections::HashSet::new();
-    slides.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
+    slides.retain(|p| seen.insert(crate::canonical(p)));
     Ok(slides)
 }
 

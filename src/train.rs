@@ -171,13 +171,10 @@ pub fn train(
         let state: State = serde_json::from_str(&text).map_err(|e| Error::model(&state_path, e))?;
         // A resumed run must end as the uninterrupted one would: same settings, same tiles.
         // Loader threads do not change the result, nor does how a path is spelled.
-        let canonical = |o: &TrainOptions| {
-            let c = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-            TrainOptions {
-                data: o.data.iter().map(c).collect(),
-                init: o.init.as_ref().map(c),
-                ..o.clone()
-            }
+        let canonical = |o: &TrainOptions| TrainOptions {
+            data: o.data.iter().map(|p| crate::canonical(p)).collect(),
+            init: o.init.as_deref().map(crate::canonical),
+            ..o.clone()
         };
         if let Some((field, old, new)) =
             crate::first_difference(&canonical(&state.options), &canonical(opts), &["threads"])
@@ -1044,17 +1041,7 @@ impl Split {
     /// The same over absolute paths, so that `./tiles` and `tiles` are one split: what
     /// `--resume` checks.
     pub fn tiles_sha256(&self) -> String {
-        self.digest(&|t| match t {
-            Tile::File(p) => std::fs::canonicalize(p)
-                .unwrap_or_else(|_| p.clone())
-                .display()
-                .to_string(),
-            Tile::Patch { array, index } => {
-                let p = array.path();
-                let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-                format!("{}[{index}]", p.display())
-            }
-        })
+        self.digest(&|t| t.name_by(crate::canonical))
     }
 
     fn digest(&self, name: &dyn Fn(&Tile) -> String) -> String {

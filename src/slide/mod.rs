@@ -51,6 +51,16 @@ pub trait SlideSource: Send + Sync {
     }
 }
 
+/// Scanners' own formats, which only OpenSlide reads.
+const VENDOR_EXTENSIONS: &[&str] = &["svs", "ndpi", "vms", "vmu", "scn", "mrxs", "svslide", "bif"];
+/// Formats the raster reader reads (TIFF also through OpenSlide when it is tiled).
+const RASTER_EXTENSIONS: &[&str] = &["tif", "tiff", "png", "jpg", "jpeg"];
+
+/// Whether a file with this lower-case extension is a slide a folder run should open.
+pub fn is_slide_extension(ext: &str) -> bool {
+    VENDOR_EXTENSIONS.contains(&ext) || RASTER_EXTENSIONS.contains(&ext)
+}
+
 /// Opens `path` with the backend that can read it.
 pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
@@ -70,10 +80,7 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
     }
     // A scanner's own format that OpenSlide declines is damaged, even when its first
     // image still reads as a TIFF: reading that alone would lose its MPP and pyramid.
-    if matches!(
-        ext.as_str(),
-        "svs" | "ndpi" | "vms" | "vmu" | "scn" | "mrxs" | "svslide" | "bif"
-    ) {
+    if VENDOR_EXTENSIONS.contains(&ext.as_str()) {
         return Err(Error::slide(
             path,
             format!(
