@@ -36,7 +36,8 @@ impl Augment {
         if self.hed > 0.0 {
             hed_jitter(&mut out, self.hed, &mut rng);
         }
-        if self.scale > 0.0 {
+        // A scale below f32's resolution at 1 would leave an empty range to draw from.
+        if 1.0 + self.scale > 1.0 {
             let f = rng.random_range(1.0..1.0 + self.scale);
             let (w, h) = out.dimensions();
             let (cw, ch) = (
@@ -227,5 +228,16 @@ mod tests {
             scale: 0.2,
         };
         assert!(aug.apply(&img, 42) == aug.apply(&img, 42));
+    }
+
+    #[test]
+    fn a_zoom_too_small_to_draw_is_no_zoom() {
+        let img = RgbImage::from_fn(8, 8, |x, y| Rgb([x as u8, y as u8, 0]));
+        let aug = Augment {
+            d4: false,
+            hed: 0.0,
+            scale: 1e-9,
+        };
+        assert!(aug.apply(&img, 1) == img);
     }
 }

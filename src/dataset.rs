@@ -356,7 +356,11 @@ fn manifest(csv_path: &Path, classes: &[String]) -> Result<Vec<Sample>> {
             Ok(Sample {
                 tile: Tile::File(base.join(&r[path])),
                 label: class_index(&r[label], classes, csv_path)?,
-                group: group.map_or_else(|| r[path].clone(), |g| r[g].clone()),
+                // A tile without a group is its own group, not one of all the blank ones.
+                group: group
+                    .map(|g| r[g].clone())
+                    .filter(|g| !g.is_empty())
+                    .unwrap_or_else(|| r[path].clone()),
                 split: split.map(|s| r[s].clone()).filter(|s| !s.is_empty()),
             })
         })

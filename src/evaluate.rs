@@ -117,27 +117,31 @@ pub fn evaluate(
 
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let k = classes.len();
-    let mut csv = format!(
-        "path,label,predicted,{}\n",
-        classes
-            .iter()
-            .map(|c| format!("prob_{c}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    // Through a CSV writer: tile paths and class names may hold commas or quotes.
+    let csv_path = out.join("predictions.csv");
+    let fail = |e: csv::Error| Error::output(&csv_path, e);
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let header = ["path", "label", "predicted"]
+        .map(String::from)
+        .into_iter()
+        .chain(classes.iter().map(|c| format!("prob_{c}")));
+    csv.write_record(header).map_err(fail)?;
     for (i, s) in samples.iter().enumerate() {
         let p = &probs[i * k..(i + 1) * k];
         let pred = crate::heatmap::argmax(p).0;
-        let probs: Vec<String> = p.iter().map(|v| format!("{v:.6}")).collect();
-        csv.push_str(&format!(
-            "{},{},{},{}\n",
+        let row = [
             s.tile.name(),
-            classes[s.label],
-            classes[pred],
-            probs.join(",")
-        ));
+            classes[s.label].clone(),
+            classes[pred].clone(),
+        ]
+        .into_iter()
+        .chain(p.iter().map(|v| format!("{v:.6}")));
+        csv.write_record(row).map_err(fail)?;
     }
-    write_atomic(&out.join("predictions.csv"), csv.as_bytes())?;
+    let bytes = csv
+        .into_inner()
+        .map_err(|e| Error::output(&csv_path, e.error()))?;
+    write_atomic(&csv_path, &bytes)?;
     crate::draw::save(
         crate::draw::confusion(&classes, &metrics.confusion_matrix),
         &out.join("confusion.png"),

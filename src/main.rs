@@ -577,7 +577,8 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     if split.val_duplicates_dropped > 0 {
         eprintln!(
-            "histomap: {} validation tile(s) left out: the same bytes are on the training side",
+            "histomap: {} validation tile(s) left out: the same bytes are on the training side \
+             or earlier in validation",
             split.val_duplicates_dropped
         );
     }

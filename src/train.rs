@@ -86,7 +86,8 @@ pub struct EpochRow {
 pub struct Split {
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
-    /// Validation tiles left out because the same bytes are on the training side.
+    /// Validation tiles left out because the same bytes are on the training side or
+    /// earlier in validation (so validation scores what `evaluate` scores).
     pub val_duplicates_dropped: usize,
 }
 
@@ -107,6 +108,27 @@ struct State {
     tiles_sha256: Option<String>,
     /// The weights and optimiser file this state belongs to.
     checkpoint: String,
+    /// What the pipeline asked for; absent in checkpoints of earlier versions.
+    #[serde(default)]
+    task: Option<Task>,
+}
+
+/// What a pipeline fixes about a network's input and output: a resumed run must keep it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Task {
+    input_size: u32,
+    mpp: f64,
+    classes: Vec<String>,
+}
+
+impl Task {
+    fn of(pipeline: &Pipeline) -> Self {
+        Self {
+            input_size: pipeline.patch_size,
+            mpp: pipeline.mpp,
+            classes: pipeline.class_names(),
+        }
+    }
 }
 
 /// How a training run ended.
@@ -185,6 +207,18 @@ pub fn train(
                 state_path.display()
             )));
         }
+        let task = Task::of(pipeline);
+        if let Some((field, old, new)) = state
+            .task
+            .as_ref()
+            .and_then(|t| crate::first_difference(t, &task, &[]))
+        {
+            return Err(Error::Usage(format!(
+                "--resume: the pipeline's {field} is {new} here but {old} in {}; resume with \
+                 the pipeline the run started with",
+                state_path.display()
+            )));
+        }
         let same_tiles = match &state.tiles_sha256 {
             Some(tiles) => *tiles == split.tiles_sha256(),
             None => state.split_sha256 == split.sha256(),
@@ -235,6 +269,7 @@ pub fn train(
             split_sha256: split.sha256(),
             tiles_sha256: Some(split.tiles_sha256()),
             checkpoint: String::new(),
+            task: Some(Task::of(pipeline)),
         }
     };
     let opts = state.options.clone();
@@ -257,8 +292,16 @@ pub fn train(
     let warmup = batches_per_epoch;
     let class_names: Vec<String> = pipeline.class_names();
 
+    // Checked before each epoch too, so that resuming a run that stopped early ends it.
+    let stopped_early = |s: &State| {
+        s.best
+            .is_some_and(|(b, _)| s.epochs_done - b >= opts.patience.max(1))
+    };
     let mut ran = 0;
-    while state.epochs_done < opts.epochs && epochs_this_run.is_none_or(|n| ran < n) {
+    while state.epochs_done < opts.epochs
+        && !stopped_early(&state)
+        && epochs_this_run.is_none_or(|n| ran < n)
+    {
         let epoch = state.epochs_done;
         let t = Instant::now();
         let mut order: Vec<usize> = (0..split.train.len()).collect();
@@ -313,7 +356,10 @@ pub fn train(
                 size,
                 &normalizer,
                 64,
-                &|x| Ok(ema.as_ref().map_or(&net, |e| &e.net).forward_t(x, false)?),
+                &|x| {
+                    let x = x.to_device(device)?;
+                    Ok(ema.as_ref().map_or(&net, |e| &e.net).forward_t(&x, false)?)
+                },
                 false,
             )?;
             let labels: Vec<usize> = split.val.iter().map(|s| s.label).collect();
@@ -348,20 +394,12 @@ pub fn train(
         save_checkpoint(out, &varmap, &opt, ema.as_ref(), &mut state)?;
         progress.epoch_done(&row);
         ran += 1;
-        if let Some((best_epoch, _)) = state.best {
-            if state.epochs_done - best_epoch >= opts.patience.max(1) {
-                break;
-            }
-        }
     }
-    let stopped_early = state
-        .best
-        .is_some_and(|(b, _)| state.epochs_done - b >= opts.patience.max(1));
     Ok(TrainReport {
         epochs_done: state.epochs_done,
         best_epoch: state.best.map(|b| b.0),
         best_metric: state.best.map(|b| b.1),
-        finished: state.epochs_done >= opts.epochs || stopped_early,
+        finished: state.epochs_done >= opts.epochs || stopped_early(&state),
         model_dir: out.to_path_buf(),
     })
 }
@@ -808,7 +846,8 @@ fn load_checkpoint(
             .ok_or_else(|| Error::model(path, format!("checkpoint lacks {key}")))
     };
     for (key, var) in checkpointed_vars(varmap, ema) {
-        var.set(get(&key)?)?;
+        var.set(get(&key)?)
+            .map_err(|e| Error::model(path, format!("{key}: {e}")))?;
     }
     for (i, (name, _)) in opt.params.iter().enumerate() {
         opt.m[i] = get(&format!("adam.m.{name}"))?.clone();
@@ -995,10 +1034,13 @@ pub fn split_dataset(
         val: Vec::new(),
         val_duplicates_dropped: 0,
     };
+    let mut validated = HashSet::new();
     for ((s, h), v) in data.samples.iter().zip(hashes).zip(validates) {
         match v {
             Some(false) => split.train.push(s.clone()),
-            Some(true) if trained.contains(h) => split.val_duplicates_dropped += 1,
+            Some(true) if trained.contains(h) || !validated.insert(h) => {
+                split.val_duplicates_dropped += 1
+            }
             Some(true) => split.val.push(s.clone()),
             None => {}
         }

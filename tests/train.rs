@@ -553,6 +553,52 @@ fn a_given_split_never_validates_on_training_bytes() {
     let extra = [hashes[first_valid.unwrap()]];
     let split = split_dataset(&data, &hashes, &extra, None, 0, 5, 0).unwrap();
     assert_eq!((split.val.len(), split.val_duplicates_dropped), (3, 2));
+
+    // A second copy inside validation counts once, as `evaluate` counts it.
+    let valid_row = text.lines().last().unwrap();
+    fs::write(&manifest, format!("{text}{as_valid}\n{valid_row}\n")).unwrap();
+    let mut data = Dataset::load(&manifest, &["normal".into(), "tumor".into()]).unwrap();
+    let hashes = data.check(false).unwrap().hashes;
+    let split = split_dataset(&data, &hashes, &[], None, 0, 5, 0).unwrap();
+    assert_eq!((split.val.len(), split.val_duplicates_dropped), (4, 2));
+}
+
+/// Tile paths with commas and quotes stay one field each in `predictions.csv`.
+#[test]
+fn predictions_csv_quotes_awkward_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_pcam(dir.path(), 4);
+    let text = fs::read_to_string(&manifest).unwrap();
+    let mut rows = String::from("path,label\n");
+    for (i, line) in text.lines().skip(1).enumerate() {
+        let (path, rest) = line.split_once(',').unwrap();
+        let label = rest.split(',').next().unwrap();
+        let name = format!("tile,{i} \"x\".jpg");
+        fs::copy(path, dir.path().join(&name)).unwrap();
+        rows.push_str(&format!("\"{}\",{label}\n", name.replace('"', "\"\"")));
+    }
+    let quoted = dir.path().join("quoted.csv");
+    fs::write(&quoted, rows).unwrap();
+    let opts = EvalOptions {
+        split: None,
+        tta: false,
+        batch_size: 4,
+        threads: 1,
+        skip_bad: false,
+    };
+    let out = dir.path().join("eval");
+    let models = root().join("models/pcam");
+    evaluate(&models, &quoted, &out, &opts, &Device::Cpu, &Quiet).unwrap();
+    let mut reader = csv::Reader::from_path(out.join("predictions.csv")).unwrap();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), 6);
+    for r in &records {
+        assert_eq!(r.len(), 5, "{r:?}");
+        assert!(
+            r[0].contains("/tile,") && r[0].ends_with(" \"x\".jpg"),
+            "{r:?}"
+        );
+    }
 }
 
 /// PCam's own HDF5 layout, on `fixtures/pcam-h5` (real patches, written by
@@ -714,6 +760,57 @@ fn train_refuses_what_it_cannot_honour() {
     // The same data spelled another way is the same data.
     let respelled = dir.path().join(".").join(manifest.file_name().unwrap());
     train(&["--resume"], &respelled, &out).success();
+    // Another patch size is another task, even with the same options and tiles.
+    let pcam64 = dir.path().join("pcam64.toml");
+    let toml = fs::read_to_string(pipeline("pcam")).unwrap();
+    fs::write(&pcam64, toml.replace("size = 96", "size = 64")).unwrap();
+    let mut cmd = histomap();
+    cmd.args(["train", "-q", "--epochs", "2", "--epochs-per-run", "1"])
+        .args(["--batch-size", "8", "--resume", "--pipeline"])
+        .arg(&pcam64)
+        .arg("--data")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out);
+    refused(
+        cmd.assert(),
+        "--resume: the pipeline's input_size is 64 here but 96 in",
+    );
+
+    // A run that stopped early stays stopped when resumed (lr 0: little can improve).
+    let stopped = dir.path().join("stopped");
+    let early = || {
+        let mut cmd = histomap();
+        cmd.args([
+            "train",
+            "-q",
+            "--epochs",
+            "6",
+            "--patience",
+            "1",
+            "--lr",
+            "0",
+        ])
+        .args(["--batch-size", "8", "--no-augment", "--pipeline"])
+        .arg(pipeline("pcam"))
+        .arg("--data")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&stopped);
+        cmd
+    };
+    let epochs = || {
+        fs::read_to_string(stopped.join("training.csv"))
+            .unwrap()
+            .lines()
+            .count()
+            - 1
+    };
+    early().assert().success();
+    let n = epochs();
+    assert!(n < 6, "did not stop early");
+    early().arg("--resume").assert().success();
+    assert_eq!(epochs(), n, "resuming a stopped run trained it further");
 
     let split = dir.path().join("split.csv");
     histomap()
