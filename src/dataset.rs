@@ -266,7 +266,7 @@ fn class_index(label: &str, classes: &[String], path: &Path) -> Result<usize> {
         Ok(i) if i < classes.len() => Ok(i),
         _ => Err(Error::dataset(
             path,
-            format!("label {label:?} is none of the pipeline's classes {classes:?}"),
+            format!("label {label:?} is none of the classes {classes:?}"),
         )),
     }
 }

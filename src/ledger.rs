@@ -174,6 +174,20 @@ impl Ledger {
         }
     }
 
+    /// The ledger of an earlier run's folder, for reading; an error when `out` is not one.
+    pub fn of_run(out: &Path) -> Result<Self> {
+        if !out.is_dir() {
+            return Err(Error::not_found(out));
+        }
+        if !out.join(DIR).is_dir() {
+            return Err(Error::output(
+                out,
+                format!("not a histomap output folder (no {DIR} inside)"),
+            ));
+        }
+        Ok(Self::at(out))
+    }
+
     pub fn out(&self) -> &Path {
         &self.out
     }

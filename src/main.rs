@@ -99,7 +99,9 @@ enum Command {
     },
     /// Write a Slurm job array that runs `heatmap` over the slides, N tasks each taking
     /// a deterministic part of them; with --submit, submit it through sbatch. Takes
-    /// every `heatmap` option. Resubmitting the script redoes only unfinished slides.
+    /// `heatmap`'s options but --shard and --threads, which each task sets (its array
+    /// index; --cpus). Resubmitting the script redoes only unfinished slides, unless
+    /// --force was given: it is written into the script, so every submission redoes all.
     Slurm(SlurmArgs),
     /// Where a run stands: done, failed, running and missing slides, read from OUT's
     /// markers (no Slurm needed).
@@ -153,8 +155,9 @@ struct HeatmapArgs {
     /// slides that record their own keep it.
     #[arg(long, value_parser = positive)]
     slide_mpp: Option<f64>,
-    /// Override the pipeline's stride (pixels at the model's MPP); below the patch size, patches overlap.
-    #[arg(long)]
+    /// Override the pipeline's stride (pixels at the model's MPP, 1 to 4 × the patch
+    /// size); below the patch size, patches overlap.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     stride: Option<u32>,
     /// Override the minimum tissue fraction for a patch to be classified (0..=1).
     #[arg(long)]
@@ -412,6 +415,13 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so `histomap info … | head` would panic on the closed pipe;
+    // the default action ends the process quietly, as other command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition at start, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     histomap::tune_allocator();
     let cli = Cli::parse();
     match dispatch(cli.command) {
@@ -585,11 +595,6 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some((extra, _)) = extra {
         split.train.extend(extra.samples);
     }
-    eprintln!(
-        "training on {} tiles, validating on {}",
-        split.train.len(),
-        split.val.len()
-    );
     let opts = TrainOptions {
         arch: a.arch,
         epochs: a.epochs,
@@ -795,7 +800,10 @@ fn heatmap(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
 
 fn slurm(a: SlurmArgs) -> anyhow::Result<ExitCode> {
     if a.heatmap.shard.is_some() {
-        bail!("histomap slurm: --shard is set per task by the script; leave it out");
+        bail!("--shard is set per task by the script (its array index); leave it out");
+    }
+    if a.heatmap.threads.is_some() {
+        bail!("--threads is set per task by the script (--cpus); leave it out");
     }
     let mut heatmap = a.heatmap;
     if a.gpus.is_some_and(|g| g > 0) && heatmap.device == DeviceChoice::Auto {
@@ -850,10 +858,7 @@ fn slurm(a: SlurmArgs) -> anyhow::Result<ExitCode> {
 
 fn status(out: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     use histomap::ledger::{Ledger, SlideState};
-    if !out.is_dir() {
-        bail!("{}: no such output folder", out.display());
-    }
-    let survey = Ledger::at(out).survey()?;
+    let survey = Ledger::of_run(out)?.survey()?;
     for (name, path, state) in &survey {
         let word = state.word();
         let detail = match state {

@@ -165,7 +165,14 @@ impl Pipeline {
     /// Replaces the stride (a command-line override), with the file's checks. The patch
     /// size has no override: it is the model's input size.
     pub fn set_stride(&mut self, stride: u32) -> Result<()> {
-        check_patch(self.patch_size, stride).map_err(Error::Usage)?;
+        let most = 4 * self.patch_size;
+        if stride == 0 || stride > most {
+            return Err(Error::Usage(format!(
+                "--stride {stride}: expected 1..={most} (at most 4 × the {} px patch of {})",
+                self.patch_size,
+                self.source.display()
+            )));
+        }
         self.stride = stride;
         Ok(())
     }

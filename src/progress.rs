@@ -120,6 +120,10 @@ impl TrainBars {
 }
 
 impl crate::train::TrainProgress for TrainBars {
+    fn started(&self, train_tiles: usize, val_tiles: usize) {
+        eprintln!("training on {train_tiles} tiles, validating on {val_tiles}");
+    }
+
     fn epoch_started(&self, epoch: usize, batches: usize) {
         self.bar.reset();
         self.bar.set_length(batches as u64);
@@ -140,9 +144,18 @@ impl crate::train::TrainProgress for TrainBars {
         let auc = r
             .val_roc_auc
             .map_or(String::new(), |a| format!("  val AUC {a:.4}"));
+        // Without validation (--no-val) the validation figures are NaN: left out.
+        let val = if r.val_loss.is_nan() {
+            String::new()
+        } else {
+            format!(
+                "  val loss {:.4}  val acc {:.4}  val bal-acc {:.4}{auc}",
+                r.val_loss, r.val_accuracy, r.val_balanced_accuracy
+            )
+        };
         let line = format!(
-            "epoch {:>3}  loss {:.4}  val loss {:.4}  val acc {:.4}  val bal-acc {:.4}{auc}  {:.0} s",
-            r.epoch, r.train_loss, r.val_loss, r.val_accuracy, r.val_balanced_accuracy, r.seconds
+            "epoch {:>3}  loss {:.4}{val}  {:.0} s",
+            r.epoch, r.train_loss, r.seconds
         );
         if self.tty {
             self.bar.println(line);

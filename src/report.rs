@@ -124,19 +124,7 @@ pub struct ReportFiles {
 
 /// Writes `cohort.csv` and `index.html` for the slides of `out`.
 pub fn write(out: &Path) -> Result<ReportFiles> {
-    if !out.is_dir() {
-        return Err(Error::not_found(out));
-    }
-    if !out.join(crate::ledger::DIR).is_dir() {
-        return Err(Error::output(
-            out,
-            format!(
-                "not a histomap output folder (no {} inside)",
-                crate::ledger::DIR
-            ),
-        ));
-    }
-    let ledger = Ledger::at(out);
+    let ledger = Ledger::of_run(out)?;
     let mut rows = collect(&ledger)?;
     let thumbs = out.join(crate::ledger::DIR).join("thumbs");
     std::fs::create_dir_all(&thumbs).map_err(|e| Error::io(&thumbs, e))?;

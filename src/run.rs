@@ -166,8 +166,14 @@ impl SlideReport {
     }
 }
 
-/// Expands folders into the slide files they hold (not recursive), sorted by path.
+/// Expands folders into the slide files they hold (not recursive), sorted by path; an
+/// error only when no input exists.
 pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if let Some(missing) = inputs.iter().find(|i| !i.exists()) {
+        if inputs.iter().all(|i| !i.exists()) {
+            return Err(Error::not_found(missing));
+        }
+    }
     let mut slides = Vec::new();
     for input in inputs {
         if input.is_dir() {
@@ -183,10 +189,10 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .collect();
             found.sort();
             slides.extend(found);
-        } else if input.exists() {
-            slides.push(input.clone());
         } else {
-            return Err(Error::not_found(input));
+            // A missing file among others fails on its own, as a bad slide does, and the
+            // rest of the batch goes on.
+            slides.push(input.clone());
         }
     }
     // The same file named twice (`a.svs` and `dir/` holding it) is run once.

@@ -39,6 +39,10 @@ pub fn write_csv(path: &Path, dataset: &Dataset, folds: &[usize]) -> Result<()> 
         .map_err(fail)?;
     }
     let bytes = w.into_inner().map_err(|e| Error::output(path, e.error()))?;
+    // As every other output, into a folder made when missing.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     write_atomic(path, &bytes)
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
 use crate::dataset::{Dataset, Sample, Tile};
-use crate::error::{Error, Result};
+use crate::error::{one_line, Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::model::{Architecture, ModelCard, Network, CARD_FILE, WEIGHTS_FILE};
 use crate::output::write_atomic;
@@ -62,6 +62,8 @@ pub struct TrainOptions {
 
 /// What the caller sees while training runs.
 pub trait TrainProgress: Sync {
+    /// The run is checked and starts (or resumes) on these tiles.
+    fn started(&self, _train_tiles: usize, _val_tiles: usize) {}
     fn epoch_started(&self, _epoch: usize, _batches: usize) {}
     fn batch_done(&self, _loss: f32) {}
     fn epoch_done(&self, _row: &EpochRow) {}
@@ -273,6 +275,7 @@ pub fn train(
         }
     };
     let opts = state.options.clone();
+    progress.started(split.train.len(), split.val.len());
     let normalizer = Normalizer::new(&state.normalization);
     let size = pipeline.patch_size;
     let counts = crate::dataset::class_counts(&split.train, k);
@@ -573,8 +576,11 @@ fn measure_normalization(train: &[Sample], size: u32, seed: u64) -> Result<Norma
 /// Copies every tensor of the model folder `dir` whose name and shape match a variable.
 fn init_from(varmap: &VarMap, dir: &Path, device: &Device) -> Result<()> {
     let file = dir.join(crate::model::WEIGHTS_FILE);
-    let tensors =
-        candle_core::safetensors::load(&file, device).map_err(|e| Error::model(&file, e))?;
+    if !file.is_file() {
+        return Err(Error::not_found(if dir.is_dir() { &file } else { dir }));
+    }
+    let tensors = candle_core::safetensors::load(&file, device)
+        .map_err(|e| Error::model(&file, one_line(&e)))?;
     let data = varmap.data().lock().expect("varmap lock");
     // Every tensor but the classifier head must fit: a partial match would train a
     // mostly random network while the card names the init.
@@ -805,7 +811,8 @@ fn save_checkpoint(
     let name = format!("checkpoint-{}.safetensors", state.epochs_done);
     let path = out.join(&name);
     let tmp = out.join(format!(".{name}.tmp"));
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::output(&tmp, e))?;
+    candle_core::safetensors::save(&tensors, &tmp)
+        .map_err(|e| Error::output(&tmp, one_line(&e)))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     write_history(out, &state.history)?;
     let previous = std::mem::replace(&mut state.checkpoint, name);
@@ -838,8 +845,8 @@ fn load_checkpoint(
     ema: Option<&Ema>,
     device: &Device,
 ) -> Result<()> {
-    let tensors =
-        candle_core::safetensors::load(path, device).map_err(|e| Error::model(path, e))?;
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| Error::model(path, one_line(&e)))?;
     let get = |key: &str| {
         tensors
             .get(key)
@@ -847,7 +854,7 @@ fn load_checkpoint(
     };
     for (key, var) in checkpointed_vars(varmap, ema) {
         var.set(get(&key)?)
-            .map_err(|e| Error::model(path, format!("{key}: {e}")))?;
+            .map_err(|e| Error::model(path, format!("{key}: {}", one_line(&e))))?;
     }
     for (i, (name, _)) in opt.params.iter().enumerate() {
         opt.m[i] = get(&format!("adam.m.{name}"))?.clone();
@@ -929,7 +936,9 @@ fn save_model(
 ) -> Result<()> {
     let weights = out.join(WEIGHTS_FILE);
     let tmp = out.join(format!(".{WEIGHTS_FILE}.tmp"));
-    varmap.save(&tmp).map_err(|e| Error::output(&tmp, e))?;
+    varmap
+        .save(&tmp)
+        .map_err(|e| Error::output(&tmp, one_line(&e)))?;
     std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
     let opts = &state.options;
     let mut card = ModelCard::for_pipeline(

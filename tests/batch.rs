@@ -329,15 +329,19 @@ fn slurm_writes_a_script_that_shards_the_same_heatmap() {
     assert!(run.success());
     assert!(out.join("cmu_small_region/summary.json").is_file());
 
-    histomap()
-        .args(["slurm", "--array", "2", "--shard", "0/2", "-p"])
-        .arg(pipeline("kather8"))
-        .arg("-o")
-        .arg(&out)
-        .arg(svs())
-        .assert()
-        .failure()
-        .stderr(predicates::str::contains("--shard is set per task"));
+    for (flag, value) in [("--shard", "0/2"), ("--threads", "1")] {
+        histomap()
+            .args(["slurm", "--array", "2", flag, value, "-p"])
+            .arg(pipeline("kather8"))
+            .arg("-o")
+            .arg(&out)
+            .arg(svs())
+            .assert()
+            .failure()
+            .stderr(predicates::str::contains(format!(
+                "histomap: {flag} is set per task"
+            )));
+    }
 }
 
 /// Opens OUT/index.html in headless Chromium, keeps the screenshot under

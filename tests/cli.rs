@@ -103,6 +103,26 @@ fn info_reads_real_svs_and_ndpi() {
         .stdout(predicate::str::contains("3968 × 4864"));
 }
 
+/// `histomap info … | head -1`: a reader that goes away ends histomap quietly.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("histomap"))
+        .arg("info")
+        .arg(svs())
+        .arg(ndpi())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE));
+}
+
 #[test]
 fn heatmap_on_real_svs_writes_every_output() {
     let out = tempfile::tempdir().unwrap();
@@ -304,15 +324,30 @@ fn bad_input_gets_one_clear_line() {
     );
 
     // Absurd overrides are refused, not a panic.
-    histomap()
-        .args(["heatmap", "--stride", "0", "--pipeline"])
-        .arg(pipeline("pcam"))
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .arg(svs())
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("stride = 0"));
+    for (stride, code, said) in [
+        ("0", 2, "invalid value '0' for '--stride"),
+        ("385", 1, "--stride 385: expected 1..=384"),
+    ] {
+        histomap()
+            .args(["heatmap", "--stride", stride, "--pipeline"])
+            .arg(pipeline("pcam"))
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .arg(svs())
+            .assert()
+            .code(code)
+            .stderr(predicate::str::contains(said));
+    }
+
+    // status and report read only a run's folder.
+    for cmd in ["status", "report"] {
+        histomap()
+            .arg(cmd)
+            .arg(dir.path())
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("not a histomap output folder"));
+    }
 
     // A pipeline typo is named.
     let typo = dir.path().join("typo.toml");

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::resnet::{BlockKind, ResNet};
 pub use self::smallcnn::SmallCnn;
-use crate::error::{Error, Result};
+use crate::error::{one_line, Error, Result};
 use crate::pipeline::{Class, Normalization, Pipeline};
 
 pub const CARD_FILE: &str = "card.json";
@@ -227,25 +227,40 @@ pub struct Classifier {
 impl Classifier {
     /// Loads a histomap model folder (`card.json`) or a WSInfer one (`config.json`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let card = if !dir.join(CARD_FILE).is_file() && dir.join(wsinfer::CONFIG_FILE).is_file() {
-            wsinfer::card(dir)?
-        } else {
+        let card = if dir.join(CARD_FILE).exists() {
             read_card(dir)?
+        } else if dir.join(wsinfer::CONFIG_FILE).is_file() {
+            wsinfer::card(dir)?
+        } else if dir.is_dir() {
+            return Err(Error::model(
+                dir,
+                format!(
+                    "not a model folder: neither {CARD_FILE} (histomap) nor {} (WSInfer)",
+                    wsinfer::CONFIG_FILE
+                ),
+            ));
+        } else {
+            return Err(Error::not_found(dir));
         };
         let weights = dir.join(WEIGHTS_FILE);
         if !weights.is_file() {
             return Err(Error::model(&weights, "weights file is missing"));
         }
-        let tensors = candle_core::safetensors::load(&weights, device)
-            .map_err(|e| Error::model(&weights, format!("not a readable safetensors file: {e}")))?;
+        let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| {
+            Error::model(
+                &weights,
+                format!("not a readable safetensors file: {}", one_line(&e)),
+            )
+        })?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let mut net = Network::new(card.architecture, vb, card.classes.len()).map_err(|e| {
             Error::model(
                 &weights,
                 format!(
-                    "weights do not fit a {:?} with {} classes: {e}",
+                    "weights do not fit a {} with {} classes: {}",
                     card.architecture,
-                    card.classes.len()
+                    card.classes.len(),
+                    one_line(&e)
                 ),
             )
         })?;
@@ -348,7 +363,7 @@ pub fn write_random(dir: &Path, card: &ModelCard, force: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     varmap
         .save(&weights)
-        .map_err(|e| Error::output(&weights, format!("cannot write weights: {e}")))?;
+        .map_err(|e| Error::output(&weights, format!("cannot write weights: {}", one_line(&e))))?;
     crate::output::write_atomic(
         &dir.join(CARD_FILE),
         &serde_json::to_vec_pretty(card).expect("card serialises"),
