@@ -395,7 +395,9 @@ struct TrainArgs {
     /// U(-σ, σ)·0.1; 0.05 is light, 0.2 strong (the σ of Tellez et al. 2019).
     #[arg(long, default_value_t = 0.05)]
     hed: f32,
-    /// Zoom in by up to 1 + this (a random crop resized back).
+    /// Zoom in by up to 1 + this (a random crop resized back). The crop may miss a
+    /// tile's edges: where a label describes only the centre (PCam's central 32 px),
+    /// keep it small enough that the centre stays in every crop (≤ 0.5 for PCam).
     #[arg(long, default_value_t = 0.15)]
     zoom: f32,
     /// Validate and keep an exponential moving average of the weights, with this decay
@@ -590,6 +592,14 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             "histomap: {} validation tile(s) left out: the same bytes are on the training side \
              or earlier in validation",
             split.val_duplicates_dropped
+        );
+    }
+    let straddling = split.straddling_groups();
+    if let Some(first) = straddling.first() {
+        eprintln!(
+            "histomap: warning: {} group(s) have tiles on both sides of the split (first: \
+             {first}), so validation scores partly seen patients or slides",
+            straddling.len()
         );
     }
     if let Some((extra, _)) = extra {

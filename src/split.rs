@@ -53,7 +53,14 @@ pub fn read_csv(path: &Path, dataset: &Dataset) -> Result<Vec<usize>> {
     let mut fold: HashMap<String, usize> = HashMap::new();
     for row in reader.deserialize::<SplitRow>() {
         let row = row.map_err(|e| bad(e.to_string()))?;
-        fold.insert(row.path, row.fold);
+        if let Some(other) = fold.insert(row.path.clone(), row.fold) {
+            if other != row.fold {
+                return Err(bad(format!(
+                    "{} is listed in fold {other} and in fold {}",
+                    row.path, row.fold
+                )));
+            }
+        }
     }
     dataset
         .samples

@@ -255,9 +255,12 @@ pub fn train(
         if let Some(ema) = &ema {
             ema.reset()?;
         }
-        let normalization = match &pipeline.normalization {
-            Some(n) => n.clone(),
-            None => measure_normalization(&split.train, pipeline.patch_size, opts.seed)?,
+        // A network started from another model keeps seeing pixels on the scale it
+        // learnt them at.
+        let normalization = match (&pipeline.normalization, &opts.init) {
+            (Some(n), _) => n.clone(),
+            (None, Some(init)) => crate::model::load_card(init)?.normalization,
+            (None, None) => measure_normalization(&split.train, pipeline.patch_size, opts.seed)?,
         };
         State {
             options: opts.clone(),
@@ -1083,6 +1086,20 @@ pub fn split_dataset(
 }
 
 impl Split {
+    /// Groups with tiles on both sides, sorted: none for a split that `histomap split`
+    /// or grouped folds made, but a hand-made split file or a data-given split column
+    /// may put a patient on both sides, and its validation figures then flatter.
+    pub fn straddling_groups(&self) -> Vec<&str> {
+        let trained: HashSet<&str> = self.train.iter().map(|s| s.group.as_str()).collect();
+        let both: std::collections::BTreeSet<&str> = self
+            .val
+            .iter()
+            .map(|s| s.group.as_str())
+            .filter(|g| trained.contains(g))
+            .collect();
+        both.into_iter().collect()
+    }
+
     /// SHA-256 over the sorted `side<TAB>path` lines, paths as given: names the exact
     /// split a model saw (the model card's `split_sha256`).
     pub fn sha256(&self) -> String {
@@ -1112,6 +1129,22 @@ impl Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn straddling_groups_are_named_once() {
+        let sample = |group: &str| Sample {
+            tile: crate::dataset::Tile::File(format!("{group}.png").into()),
+            label: 0,
+            group: group.into(),
+            split: None,
+        };
+        let split = Split {
+            train: vec![sample("p2"), sample("p1"), sample("p3")],
+            val: vec![sample("p3"), sample("p4"), sample("p1"), sample("p3")],
+            val_duplicates_dropped: 0,
+        };
+        assert_eq!(split.straddling_groups(), ["p1", "p3"]);
+    }
 
     #[test]
     fn schedule_warms_up_then_decays() {

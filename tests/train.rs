@@ -423,6 +423,12 @@ fn init_extra_train_and_no_val() {
     assert_eq!(record.init.as_deref(), Some(init.as_path()));
     assert_eq!(record.data, [tiles, extra]);
     assert!(card.metrics.is_empty(), "no validation, no metrics");
+    let json = |n: &histomap::pipeline::Normalization| serde_json::to_value(n).unwrap();
+    assert_eq!(
+        json(&card.normalization),
+        json(&read_card(&init).unwrap().normalization),
+        "a network started from another keeps its input scale"
+    );
     let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
     let (ours, theirs) = (
         load(&out.join("model.safetensors")),
@@ -830,6 +836,21 @@ fn train_refuses_what_it_cannot_honour() {
             &dir.path().join("m2"),
         ),
         "no validation tiles in fold 7 of",
+    );
+    // A tile listed in two folds is refused, not read as whichever row came last.
+    let rows = fs::read_to_string(&split).unwrap();
+    let row = rows.lines().nth(1).unwrap();
+    let (rest, fold) = row.rsplit_once(',').unwrap();
+    let other = if fold == "0" { "1" } else { "0" };
+    let twice = dir.path().join("twice.csv");
+    fs::write(&twice, format!("{rows}{rest},{other}\n")).unwrap();
+    refused(
+        train(
+            &["--split", twice.to_str().unwrap()],
+            &manifest,
+            &dir.path().join("m5"),
+        ),
+        &format!("is listed in fold {fold} and in fold {other}"),
     );
 
     let resnet = dir.path().join("resnet");

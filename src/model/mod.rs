@@ -227,21 +227,7 @@ pub struct Classifier {
 impl Classifier {
     /// Loads a histomap model folder (`card.json`) or a WSInfer one (`config.json`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let card = if dir.join(CARD_FILE).exists() {
-            read_card(dir)?
-        } else if dir.join(wsinfer::CONFIG_FILE).is_file() {
-            wsinfer::card(dir)?
-        } else if dir.is_dir() {
-            return Err(Error::model(
-                dir,
-                format!(
-                    "not a model folder: neither {CARD_FILE} (histomap) nor {} (WSInfer)",
-                    wsinfer::CONFIG_FILE
-                ),
-            ));
-        } else {
-            return Err(Error::not_found(dir));
-        };
+        let card = load_card(dir)?;
         let weights = dir.join(WEIGHTS_FILE);
         if !weights.is_file() {
             return Err(Error::model(&weights, "weights file is missing"));
@@ -323,6 +309,26 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
         .expect("same shapes")
+}
+
+/// The card of a histomap model folder (`card.json`), or one made from a WSInfer
+/// folder's `config.json`.
+pub fn load_card(dir: &Path) -> Result<ModelCard> {
+    if dir.join(CARD_FILE).exists() {
+        read_card(dir)
+    } else if dir.join(wsinfer::CONFIG_FILE).is_file() {
+        wsinfer::card(dir)
+    } else if dir.is_dir() {
+        Err(Error::model(
+            dir,
+            format!(
+                "not a model folder: neither {CARD_FILE} (histomap) nor {} (WSInfer)",
+                wsinfer::CONFIG_FILE
+            ),
+        ))
+    } else {
+        Err(Error::not_found(dir))
+    }
 }
 
 pub fn read_card(dir: &Path) -> Result<ModelCard> {
