@@ -165,7 +165,7 @@ impl Pipeline {
     /// Replaces the stride (a command-line override), with the file's checks. The patch
     /// size has no override: it is the model's input size.
     pub fn set_stride(&mut self, stride: u32) -> Result<()> {
-        let most = 4 * self.patch_size;
+        let most = max_stride(self.patch_size);
         if stride == 0 || stride > most {
             return Err(Error::Usage(format!(
                 "--stride {stride}: expected 1..={most} (at most 4 × the {} px patch of {})",
@@ -178,14 +178,19 @@ impl Pipeline {
     }
 }
 
+/// A stride beyond a few patch sizes samples too little of a slide to map it.
+fn max_stride(patch_size: u32) -> u32 {
+    4 * patch_size
+}
+
 fn check_patch(size: u32, stride: u32) -> Result<(), String> {
     if !(8..=4096).contains(&size) {
         return Err(format!("patch.size = {size} (expected 8..=4096)"));
     }
-    if stride == 0 || stride > 4 * size {
+    if stride == 0 || stride > max_stride(size) {
         return Err(format!(
             "patch.stride = {stride} (expected 1..={})",
-            4 * size
+            max_stride(size)
         ));
     }
     Ok(())

@@ -169,10 +169,11 @@ impl SlideReport {
 /// Expands folders into the slide files they hold (not recursive), sorted by path; an
 /// error only when no input exists.
 pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    if let Some(missing) = inputs.iter().find(|i| !i.exists()) {
-        if inputs.iter().all(|i| !i.exists()) {
-            return Err(Error::not_found(missing));
-        }
+    if let Some(first) = inputs
+        .first()
+        .filter(|_| inputs.iter().all(|i| !i.exists()))
+    {
+        return Err(Error::not_found(first));
     }
     let mut slides = Vec::new();
     for input in inputs {
