@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "none")]
         tta: Tta,
         /// Tiles per forward pass.
-        #[arg(long, default_value_t = 64, value_parser = at_least::<1>)]
+        #[arg(long, default_value_t = 64, value_parser = batch_size)]
         batch_size: usize,
         /// Where the model runs.
         #[arg(long, value_enum, default_value = "auto")]
@@ -163,7 +163,7 @@ struct HeatmapArgs {
     #[arg(long)]
     min_tissue: Option<f32>,
     /// Override the pipeline's batch size.
-    #[arg(long, value_parser = at_least::<1>)]
+    #[arg(long, value_parser = batch_size)]
     batch_size: Option<usize>,
     /// Worker threads for reading and for inference; default: all cores.
     #[arg(long, value_parser = at_least::<1>)]
@@ -347,7 +347,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 30, value_parser = at_least::<1>)]
     epochs: usize,
     /// Tiles per optimiser step.
-    #[arg(long, default_value_t = 32, value_parser = at_least::<1>)]
+    #[arg(long, default_value_t = 32, value_parser = batch_size)]
     batch_size: usize,
     /// Peak learning rate (AdamW; one warm-up epoch, then cosine decay).
     #[arg(long, default_value_t = 1e-3, value_parser = non_negative)]
@@ -670,6 +670,16 @@ fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
         Ok(n) => Err(format!("{n} is below the least allowed, {MIN}")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// clap parser: tiles in a batch, 1 to [`histomap::pipeline::MAX_BATCH`].
+fn batch_size(s: &str) -> Result<usize, String> {
+    let n = at_least::<1>(s)?;
+    let most = histomap::pipeline::MAX_BATCH;
+    if n > most {
+        return Err(format!("{n} is above the most allowed, {most}"));
+    }
+    Ok(n)
 }
 
 /// clap parser: a finite number above 0.

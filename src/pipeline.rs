@@ -178,6 +178,9 @@ impl Pipeline {
     }
 }
 
+/// The most patches in one batch: 4096 patches of 224 px are 2.5 GB of input alone.
+pub const MAX_BATCH: usize = 4096;
+
 /// A stride beyond a few patch sizes samples too little of a slide to map it.
 fn max_stride(patch_size: u32) -> u32 {
     4 * patch_size
@@ -213,9 +216,9 @@ impl PipelineFile {
                 self.tissue.min_fraction
             ));
         }
-        if !(1..=4096).contains(&self.model.batch_size) {
+        if !(1..=MAX_BATCH).contains(&self.model.batch_size) {
             return err(format!(
-                "model.batch_size = {} (expected 1..=4096)",
+                "model.batch_size = {} (expected 1..={MAX_BATCH})",
                 self.model.batch_size
             ));
         }

@@ -876,7 +876,12 @@ fn train_refuses_what_it_cannot_honour() {
         ),
         "does not fit the architecture being trained",
     );
-    for bad in [["--lr", "nan"], ["--patience", "0"], ["--folds", "1"]] {
+    for bad in [
+        ["--lr", "nan"],
+        ["--patience", "0"],
+        ["--folds", "1"],
+        ["--batch-size", "5000"],
+    ] {
         refused(
             train(&bad, &manifest, &dir.path().join("m4")),
             "invalid value",
