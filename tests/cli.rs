@@ -324,12 +324,18 @@ fn bad_input_gets_one_clear_line() {
     );
 
     // Absurd overrides are refused, not a panic.
-    for (stride, code, said) in [
-        ("0", 2, "invalid value '0' for '--stride"),
-        ("385", 1, "--stride 385: expected 1..=384"),
+    for (flag, value, code, said) in [
+        ("--stride", "0", 2, "invalid value '0' for '--stride"),
+        ("--stride", "385", 1, "--stride 385: expected 1..=384"),
+        (
+            "--batch-size",
+            "5000",
+            2,
+            "5000 is above the most allowed, 4096",
+        ),
     ] {
         histomap()
-            .args(["heatmap", "--stride", stride, "--pipeline"])
+            .args(["heatmap", flag, value, "--pipeline"])
             .arg(pipeline("pcam"))
             .arg("--out")
             .arg(dir.path().join("out"))

@@ -876,12 +876,7 @@ fn train_refuses_what_it_cannot_honour() {
         ),
         "does not fit the architecture being trained",
     );
-    for bad in [
-        ["--lr", "nan"],
-        ["--patience", "0"],
-        ["--folds", "1"],
-        ["--batch-size", "5000"],
-    ] {
+    for bad in [["--lr", "nan"], ["--patience", "0"], ["--folds", "1"]] {
         refused(
             train(&bad, &manifest, &dir.path().join("m4")),
             "invalid value",
