@@ -165,10 +165,10 @@ impl Pipeline {
     /// Replaces the stride (a command-line override), with the file's checks. The patch
     /// size has no override: it is the model's input size.
     pub fn set_stride(&mut self, stride: u32) -> Result<()> {
-        let most = max_stride(self.patch_size);
-        if stride == 0 || stride > most {
+        let allowed = strides(self.patch_size);
+        if !allowed.contains(&stride) {
             return Err(Error::Usage(format!(
-                "--stride {stride}: expected 1..={most} (at most 4 × the {} px patch of {})",
+                "--stride {stride}: expected {allowed:?} (at most 4 × the {} px patch of {})",
                 self.patch_size,
                 self.source.display()
             )));
@@ -181,20 +181,19 @@ impl Pipeline {
 /// The most patches in one batch: 4096 patches of 224 px are 2.5 GB of input alone.
 pub const MAX_BATCH: usize = 4096;
 
-/// A stride beyond a few patch sizes samples too little of a slide to map it.
-fn max_stride(patch_size: u32) -> u32 {
-    4 * patch_size
+/// The strides a patch size allows: beyond a few patch sizes a grid samples too little
+/// of a slide to map it.
+fn strides(patch_size: u32) -> std::ops::RangeInclusive<u32> {
+    1..=4 * patch_size
 }
 
 fn check_patch(size: u32, stride: u32) -> Result<(), String> {
     if !(8..=4096).contains(&size) {
         return Err(format!("patch.size = {size} (expected 8..=4096)"));
     }
-    if stride == 0 || stride > max_stride(size) {
-        return Err(format!(
-            "patch.stride = {stride} (expected 1..={})",
-            max_stride(size)
-        ));
+    let allowed = strides(size);
+    if !allowed.contains(&stride) {
+        return Err(format!("patch.stride = {stride} (expected {allowed:?})"));
     }
     Ok(())
 }

@@ -729,11 +729,11 @@ fn train_refuses_what_it_cannot_honour() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = tiny_pcam(dir.path(), 16);
     let out = dir.path().join("model");
-    let train = |extra: &[&str], data: &Path, out: &Path| {
+    let train_on = |pipeline_file: &Path, extra: &[&str], data: &Path, out: &Path| {
         let mut cmd = histomap();
         cmd.args(["train", "-q", "--epochs", "2", "--epochs-per-run", "1"])
             .args(["--batch-size", "8", "--pipeline"])
-            .arg(pipeline("pcam"))
+            .arg(pipeline_file)
             .arg("--data")
             .arg(data)
             .arg("--out")
@@ -741,6 +741,8 @@ fn train_refuses_what_it_cannot_honour() {
             .args(extra);
         cmd.assert()
     };
+    let train =
+        |extra: &[&str], data: &Path, out: &Path| train_on(&pipeline("pcam"), extra, data, out);
     let refused = |a: assert_cmd::assert::Assert, want: &str| {
         let a = a.failure();
         let err = String::from_utf8_lossy(&a.get_output().stderr);
@@ -770,16 +772,8 @@ fn train_refuses_what_it_cannot_honour() {
     let pcam64 = dir.path().join("pcam64.toml");
     let toml = fs::read_to_string(pipeline("pcam")).unwrap();
     fs::write(&pcam64, toml.replace("size = 96", "size = 64")).unwrap();
-    let mut cmd = histomap();
-    cmd.args(["train", "-q", "--epochs", "2", "--epochs-per-run", "1"])
-        .args(["--batch-size", "8", "--resume", "--pipeline"])
-        .arg(&pcam64)
-        .arg("--data")
-        .arg(&manifest)
-        .arg("--out")
-        .arg(&out);
     refused(
-        cmd.assert(),
+        train_on(&pcam64, &["--resume"], &manifest, &out),
         "--resume: the pipeline's input_size is 64 here but 96 in",
     );
 
