@@ -361,9 +361,13 @@ struct TrainArgs {
     /// Seed of initialisation, shuffling and augmentation: one seed, one result.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Continue from the checkpoint in --out (same result as an uninterrupted run).
+    /// Continue from the checkpoint in --out (same result as an uninterrupted run);
+    /// without one, start afresh, so that a script may always pass it.
     #[arg(long)]
     resume: bool,
+    /// Start afresh in an --out that already holds a model or a checkpoint, replacing it.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
     /// Stop after this many epochs in this run, leaving the checkpoint for --resume.
     #[arg(long, value_parser = at_least::<1>)]
     epochs_per_run: Option<usize>,
@@ -540,6 +544,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             force,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            arch.check_input_size(pipeline.patch_size, &pipeline.source)?;
             let card = ModelCard::for_pipeline(
                 &pipeline,
                 arch,
@@ -637,6 +642,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         &opts,
         histomap::train::Resume {
             resume: a.resume,
+            replace: a.force,
             epochs_this_run: a.epochs_per_run,
         },
         &a.device.device()?,

@@ -105,6 +105,20 @@ pub struct Normalization {
     pub std: [f32; 3],
 }
 
+impl Normalization {
+    /// Refuses statistics that would turn pixels into NaN or infinity.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let finite = self.mean.iter().chain(&self.std).all(|v| v.is_finite());
+        if !finite || self.std.iter().any(|s| *s <= 0.0) {
+            return Err(format!(
+                "normalization mean {:?} / std {:?}: expected finite values and a positive std",
+                self.mean, self.std
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassSection {
@@ -222,12 +236,7 @@ impl PipelineFile {
             ));
         }
         if let Some(n) = &self.normalization {
-            if n.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-                return err(format!(
-                    "normalization.std = {:?} (must be positive)",
-                    n.std
-                ));
-            }
+            n.check().map_err(|msg| Error::pipeline(path, msg))?;
         }
         if self.classes.len() < 2 {
             return err(format!(

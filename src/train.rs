@@ -148,8 +148,30 @@ pub struct TrainReport {
 pub struct Resume {
     /// Continue from the checkpoint in the output folder.
     pub resume: bool,
+    /// Start afresh even where the output folder holds a model or a checkpoint.
+    pub replace: bool,
     /// Stop after this many epochs (the checkpoint stays for the next run).
     pub epochs_this_run: Option<usize>,
+}
+
+/// Holds `out` for this run: two runs writing one folder would mix their checkpoints
+/// and cards. An flock, so a killed run leaves nothing to clean up before --resume.
+fn lock_out(out: &Path) -> Result<std::fs::File> {
+    let path = out.join(".train.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::output(
+            out,
+            "another `histomap train` is writing to this folder",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
 }
 
 /// Trains into `out`. The best epoch is the one with the highest validation ROC AUC
@@ -165,9 +187,13 @@ pub fn train(
 ) -> Result<TrainReport> {
     let Resume {
         resume,
+        replace,
         epochs_this_run,
     } = run;
+    opts.arch
+        .check_input_size(pipeline.patch_size, &pipeline.source)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = lock_out(out)?;
     let k = pipeline.classes.len();
     if split.train.is_empty() {
         return Err(Error::Usage("no training tiles".into()));
@@ -183,11 +209,15 @@ pub fn train(
         .map(|decay| Ema::new(decay, &varmap, opts.arch, k, device))
         .transpose()?;
     let state_path = out.join(STATE);
+    if replace && state_path.is_file() {
+        std::fs::remove_file(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    }
     let mut opt;
     let mut state = if state_path.is_file() {
         if !resume {
             return Err(Error::Usage(format!(
-                "{} holds a checkpoint: pass --resume to continue it, or choose another --out",
+                "{} holds a checkpoint: pass --resume to continue it or --force to start \
+                 afresh, or choose another --out",
                 out.display()
             )));
         }
@@ -247,6 +277,13 @@ pub fn train(
         opt.t = state.step;
         state
     } else {
+        let weights = out.join(WEIGHTS_FILE);
+        if weights.exists() && !replace {
+            return Err(Error::output(
+                &weights,
+                "a model is already here; pass --force to replace it, or choose another --out",
+            ));
+        }
         init_weights(&varmap, opts.seed)?;
         if let Some(init) = &opts.init {
             init_from(&varmap, init, device)?;

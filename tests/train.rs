@@ -184,8 +184,8 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         &b,
         &opts,
         Resume {
-            resume: false,
             epochs_this_run: Some(1),
+            ..Resume::default()
         },
         &dev,
         &Quiet,
@@ -212,7 +212,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         &opts,
         Resume {
             resume: true,
-            epochs_this_run: None,
+            ..Resume::default()
         },
         &dev,
         &Quiet,
@@ -722,8 +722,9 @@ fn pcam_hdf5_layout() {
 
 /// What `train` cannot honour is refused on one line, before or instead of training:
 /// options a resumed checkpoint would ignore, other tiles on resume, a validation fold
-/// with no tiles, an --init model of another architecture, numbers out of range; and
-/// `init-model` does not overwrite a model.
+/// with no tiles, an --init model of another architecture, numbers out of range, a patch
+/// too small for the network, a model already in --out (without --force), a folder
+/// another run holds; and `init-model` does not overwrite a model.
 #[test]
 fn train_refuses_what_it_cannot_honour() {
     let dir = tempfile::tempdir().unwrap();
@@ -812,6 +813,23 @@ fn train_refuses_what_it_cannot_honour() {
     early().arg("--resume").assert().success();
     assert_eq!(epochs(), n, "resuming a stopped run trained it further");
 
+    // A model without its checkpoint (as shipped) is replaced only when asked to.
+    fs::remove_file(stopped.join("checkpoint.json")).unwrap();
+    refused(early().assert(), "a model is already here; pass --force");
+    refused(
+        early().arg("--resume").assert(),
+        "a model is already here; pass --force",
+    );
+    // Two runs never write one folder: the second finds the first's lock.
+    let lock = fs::File::create(stopped.join(".train.lock")).unwrap();
+    lock.try_lock().unwrap();
+    refused(
+        early().arg("--force").assert(),
+        "another `histomap train` is writing to this folder",
+    );
+    drop(lock);
+    early().arg("--force").assert().success();
+
     // Into a folder that does not exist yet, as other outputs may.
     let split = dir.path().join("splits/split.csv");
     histomap()
@@ -846,6 +864,27 @@ fn train_refuses_what_it_cannot_honour() {
         ),
         &format!("is listed in fold {fold} and in fold {other}"),
     );
+
+    // Four 2×2 poolings leave nothing of an 8 px patch.
+    let pcam8 = dir.path().join("pcam8.toml");
+    fs::write(
+        &pcam8,
+        toml.replace("size = 96", "size = 8")
+            .replace("stride = 96", "stride = 8"),
+    )
+    .unwrap();
+    let too_small = "a smallcnn needs an input of at least 16 px, not 8";
+    refused(
+        train_on(&pcam8, &[], &manifest, &dir.path().join("m8")),
+        too_small,
+    );
+    let init_small = histomap()
+        .args(["init-model", "-p"])
+        .arg(&pcam8)
+        .arg("-o")
+        .arg(dir.path().join("m8"))
+        .assert();
+    refused(init_small, too_small);
 
     let resnet = dir.path().join("resnet");
     histomap()

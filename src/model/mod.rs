@@ -59,6 +59,27 @@ impl Architecture {
             Architecture::Resnet50 => Some((BlockKind::Bottleneck, [3, 4, 6, 3])),
         }
     }
+
+    /// The smallest input side the network maps to at least one pixel: SmallCnn halves
+    /// it four times; a ResNet's padded strides never reach zero.
+    pub fn min_input_size(self) -> u32 {
+        match self {
+            Architecture::Smallcnn => 16,
+            _ => 8,
+        }
+    }
+
+    /// Refuses an input size the network cannot take; `source` names where it came from.
+    pub fn check_input_size(self, size: u32, source: &Path) -> Result<()> {
+        let min = self.min_input_size();
+        if size < min {
+            return Err(Error::model(
+                source,
+                format!("a {self} needs an input of at least {min} px, not {size}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `card.json`: everything needed to use the weights correctly, and where they came from.
@@ -112,6 +133,17 @@ impl ModelCard {
             training: None,
             histomap_version: env!("CARGO_PKG_VERSION").into(),
         }
+    }
+
+    /// Refuses a card no pipeline could use; `path` names the file it came from.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        if self.classes.len() < 2 {
+            return Err(Error::model(path, "a model needs at least 2 classes"));
+        }
+        self.architecture.check_input_size(self.input_size, path)?;
+        self.normalization
+            .check()
+            .map_err(|msg| Error::model(path, msg))
     }
 
     /// Refuses a model that would silently give wrong answers with this pipeline.
@@ -342,12 +374,7 @@ pub fn read_card(dir: &Path) -> Result<ModelCard> {
             format!("card format {:?}, expected {CARD_FORMAT:?}", card.format),
         ));
     }
-    if card.classes.len() < 2 || card.input_size < 8 {
-        return Err(Error::model(
-            &path,
-            "card needs at least 2 classes and an input of at least 8 px",
-        ));
-    }
+    card.check(&path)?;
     Ok(card)
 }
 

@@ -85,7 +85,7 @@ pub fn card(dir: &Path) -> Result<ModelCard> {
             mean: [0.0; 3],
             std: [1.0; 3],
         });
-    Ok(ModelCard {
+    let card = ModelCard {
         format: CARD_FORMAT.into(),
         architecture,
         input_size: cfg.patch_size_pixels,
@@ -109,5 +109,7 @@ pub fn card(dir: &Path) -> Result<ModelCard> {
         metrics: BTreeMap::new(),
         training: None,
         histomap_version: env!("CARGO_PKG_VERSION").into(),
-    })
+    };
+    card.check(&path)?;
+    Ok(card)
 }
