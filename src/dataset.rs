@@ -185,6 +185,25 @@ impl Dataset {
         if samples.is_empty() {
             return Err(Error::dataset(source, "no tiles found"));
         }
+        let mut label_of: HashMap<String, usize> = HashMap::new();
+        for s in &samples {
+            let name = s.tile.name();
+            match label_of.get(&name) {
+                Some(&l) if l != s.label => {
+                    return Err(Error::dataset(
+                        source,
+                        format!(
+                            "{name} is labelled both {} and {}",
+                            classes[l], classes[s.label]
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    label_of.insert(name, s.label);
+                }
+            }
+        }
         Ok(Self {
             source: source.to_path_buf(),
             classes: classes.to_vec(),
@@ -352,7 +371,13 @@ fn manifest(csv_path: &Path, classes: &[String]) -> Result<Vec<Sample>> {
     let split = rows.headers.iter().position(|h| h == "split");
     rows.records
         .iter()
-        .map(|r| {
+        .zip(&rows.lines)
+        .map(|(r, line)| {
+            let split = split
+                .map(|s| split_name(&r[s]))
+                .transpose()
+                .map_err(|msg| Error::dataset(csv_path, format!("line {line}: {msg}")))?
+                .flatten();
             Ok(Sample {
                 tile: Tile::File(base.join(&r[path])),
                 label: class_index(&r[label], classes, csv_path)?,
@@ -361,10 +386,27 @@ fn manifest(csv_path: &Path, classes: &[String]) -> Result<Vec<Sample>> {
                     .map(|g| r[g].clone())
                     .filter(|g| !g.is_empty())
                     .unwrap_or_else(|| r[path].clone()),
-                split: split.map(|s| r[s].clone()).filter(|s| !s.is_empty()),
+                split,
             })
         })
         .collect()
+}
+
+/// A manifest's `split` value as the rest of histomap names it (`train`, `valid`,
+/// `test`); None when blank. Any other value is refused rather than read as "neither".
+pub fn split_name(value: &str) -> std::result::Result<Option<String>, String> {
+    let name = match value.trim().to_ascii_lowercase().as_str() {
+        "" => return Ok(None),
+        "train" | "training" => "train",
+        "valid" | "val" | "validation" => "valid",
+        "test" | "testing" => "test",
+        _ => {
+            return Err(format!(
+                "split {value:?} is none of train, valid (val, validation), test"
+            ))
+        }
+    };
+    Ok(Some(name.to_string()))
 }
 
 fn hdf5_arrays(dir: &Path, stems: &[String], classes: &[String]) -> Result<Vec<Sample>> {
@@ -430,6 +472,8 @@ fn hdf5_arrays(dir: &Path, stems: &[String], classes: &[String]) -> Result<Vec<S
 struct Rows {
     headers: Vec<String>,
     records: Vec<Vec<String>>,
+    /// The line each record starts on, for messages.
+    lines: Vec<u64>,
 }
 
 fn read_csv(path: &Path) -> Result<Rows> {
@@ -441,14 +485,17 @@ fn read_csv(path: &Path) -> Result<Rows> {
         .iter()
         .map(|h| h.trim().to_string())
         .collect();
-    let records = reader
-        .records()
-        .map(|r| {
-            r.map(|r| r.iter().map(str::to_string).collect())
-                .map_err(bad)
-        })
-        .collect::<Result<_>>()?;
-    Ok(Rows { headers, records })
+    let (mut records, mut lines) = (Vec::new(), Vec::new());
+    for r in reader.records() {
+        let r = r.map_err(bad)?;
+        lines.push(r.position().map_or(0, |p| p.line()));
+        records.push(r.iter().map(str::to_string).collect());
+    }
+    Ok(Rows {
+        headers,
+        records,
+        lines,
+    })
 }
 
 fn column(rows: &Rows, name: &str, path: &Path) -> Result<usize> {

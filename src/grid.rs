@@ -155,6 +155,16 @@ impl ReadPlan {
         let scale = model_mpp / slide_mpp;
         let to_l0 = |px: u32| ((f64::from(px) * scale).round() as u32).max(1);
         let grid = Grid::new(info.size, to_l0(size), to_l0(stride));
+        if grid.len() == 0 {
+            return Err(Error::slide(
+                &info.path,
+                format!(
+                    "the slide ({}×{} px at {slide_mpp} µm/px) is smaller than one patch \
+                     ({size} px at {model_mpp} µm/px, {} slide pixels)",
+                    info.size.w, info.size.h, grid.patch
+                ),
+            ));
+        }
         let level = best_level(&info.levels, scale);
         let read_size =
             ((f64::from(grid.patch) / info.levels[level].downsample).round() as u32).max(1);

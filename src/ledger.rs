@@ -51,6 +51,10 @@ pub enum SlideState {
         worker: Option<Worker>,
     },
     Failed(Failure),
+    /// Its folder is in place but its summary cannot be read: finished, then damaged.
+    Unreadable {
+        error: String,
+    },
     Missing,
 }
 
@@ -58,7 +62,7 @@ impl SlideState {
     pub fn word(&self) -> &'static str {
         match self {
             SlideState::Done => "done",
-            SlideState::Failed(_) => "failed",
+            SlideState::Failed(_) | SlideState::Unreadable { .. } => "failed",
             SlideState::Running { .. } => "running",
             SlideState::Missing => "missing",
         }
@@ -176,7 +180,7 @@ impl Ledger {
 
     /// The ledger of an earlier run's folder, for reading; an error when `out` is not one.
     pub fn of_run(out: &Path) -> Result<Self> {
-        if !out.is_dir() {
+        if !out.exists() {
             return Err(Error::not_found(out));
         }
         if !out.join(DIR).is_dir() {
@@ -360,7 +364,21 @@ impl Ledger {
 
     pub fn state(&self, name: &str) -> SlideState {
         if self.is_done(name) {
-            SlideState::Done
+            let path = self.out.join(name).join(SUMMARY);
+            let parsed = fs::read(&path)
+                .map_err(|e| Error::io(&path, e).to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<serde::de::IgnoredAny>(&b).map_err(|e| {
+                        format!(
+                            "{}: unreadable ({e}); pass --force to redo it",
+                            path.display()
+                        )
+                    })
+                });
+            match parsed {
+                Ok(_) => SlideState::Done,
+                Err(error) => SlideState::Unreadable { error },
+            }
         } else if self.is_locked(name) {
             SlideState::Running {
                 worker: self.holder(name),

@@ -77,8 +77,8 @@ enum Command {
         /// Folder for metrics.json, predictions.csv, confusion.png and roc.png.
         #[arg(long, short)]
         out: PathBuf,
-        /// Only tiles of this data-given split (e.g. valid).
-        #[arg(long)]
+        /// Only tiles of this data-given split: train, valid or test.
+        #[arg(long, value_parser = split_name)]
         split: Option<String>,
         /// Test-time augmentation: d4 averages the 8 dihedral orientations.
         #[arg(long, value_enum, default_value = "none")]
@@ -152,8 +152,8 @@ struct HeatmapArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Microns per pixel of slides that do not record it (PNG, JPEG, many plain TIFFs);
-    /// slides that record their own keep it.
-    #[arg(long, value_parser = positive)]
+    /// slides that record their own keep it. From 0.01 to 100.
+    #[arg(long, value_parser = mpp)]
     slide_mpp: Option<f64>,
     /// Override the pipeline's stride (pixels at the model's MPP, 1 to 4 × the patch
     /// size); below the patch size, patches overlap.
@@ -330,6 +330,27 @@ fn load_tiles(
             dups.iter().map(|g| g.len() - 1).sum::<usize>()
         );
     }
+    // The same pixels under two labels: at least one label is wrong, and no split can
+    // keep that from training.
+    let label = |i: usize| &dataset.classes[dataset.samples[i].label];
+    let mut conflicts = dups
+        .iter()
+        .filter(|g| g.iter().any(|&i| label(i) != label(g[0])));
+    if let Some(g) = conflicts.clone().next() {
+        let other = *g
+            .iter()
+            .find(|&&i| label(i) != label(g[0]))
+            .expect("filtered");
+        eprintln!(
+            "histomap: warning: {} group(s) of byte-identical tiles carry different labels, \
+             e.g. {} ({}) and {} ({})",
+            conflicts.by_ref().count(),
+            dataset.samples[g[0]].tile.name(),
+            label(g[0]),
+            dataset.samples[other].tile.name(),
+            label(other)
+        );
+    }
     Ok((dataset, hashes))
 }
 
@@ -449,6 +470,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             folds,
             seed,
         } => {
+            let same = |a: &Path, b: &Path| {
+                std::fs::canonicalize(a)
+                    .is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b))
+            };
+            if same(&out, &tiles.data) {
+                bail!(
+                    "{}: --out names the --data file; the split goes to a file of its own",
+                    out.display()
+                );
+            }
             let (_, dataset, hashes) = tiles.load()?;
             let fold = histomap::split::grouped_folds(
                 &dataset.samples,
@@ -458,6 +489,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 seed,
             );
             let used = fold.iter().collect::<std::collections::HashSet<_>>().len();
+            if used < 2 {
+                bail!(
+                    "{}: all {} tiles are one group (patient or slide, with the tiles that \
+                     share its bytes): no split can keep validation apart from training",
+                    tiles.data.display(),
+                    dataset.samples.len()
+                );
+            }
             if used < folds {
                 eprintln!(
                     "histomap: warning: only {used} of {folds} folds hold tiles: the data has \
@@ -610,6 +649,17 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some((extra, _)) = extra {
         split.train.extend(extra.samples);
     }
+    let counts = histomap::dataset::class_counts(&split.train, dataset.classes.len());
+    let unseen: Vec<&str> = (dataset.classes.iter().zip(&counts))
+        .filter(|(_, &n)| n == 0)
+        .map(|(c, _)| c.as_str())
+        .collect();
+    if !unseen.is_empty() {
+        eprintln!(
+            "histomap: warning: no training tile of {unseen:?}: the model will output these \
+             classes but cannot learn them"
+        );
+    }
     let opts = TrainOptions {
         arch: a.arch,
         epochs: a.epochs,
@@ -688,9 +738,14 @@ fn batch_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-/// clap parser: a finite number above 0.
-fn positive(s: &str) -> Result<f64, String> {
-    finite(s, |x| x > 0.0, "above 0")
+/// clap parser: microns per pixel ([`histomap::pipeline::plausible_mpp`]).
+fn mpp(s: &str) -> Result<f64, String> {
+    finite(s, histomap::pipeline::plausible_mpp, "between 0.01 and 100")
+}
+
+/// clap parser: a data-given split's name, as manifests may spell it (`val`, `Valid`).
+fn split_name(s: &str) -> Result<String, String> {
+    histomap::dataset::split_name(s)?.ok_or_else(|| "a split name cannot be blank".into())
 }
 
 /// clap parser: a finite number of at least 0.
@@ -890,6 +945,7 @@ fn status(out: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         let detail = match state {
             SlideState::Done | SlideState::Missing => String::new(),
             SlideState::Failed(f) => f.error.clone(),
+            SlideState::Unreadable { error } => error.clone(),
             SlideState::Running { worker } => worker.as_ref().map_or(String::new(), |w| {
                 let secs = histomap::ledger::Worker::now().time - w.time;
                 format!("{w}, for {secs:.0} s")

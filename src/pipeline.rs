@@ -201,6 +201,12 @@ fn strides(patch_size: u32) -> std::ops::RangeInclusive<u32> {
     1..=4 * patch_size
 }
 
+/// Microns per pixel a scan or a model can have: from 0.01 to 100, exclusive (a typo
+/// beyond would plan patches of a pixel or patches larger than any slide).
+pub fn plausible_mpp(mpp: f64) -> bool {
+    mpp.is_finite() && mpp > 0.01 && mpp < 100.0
+}
+
 fn check_patch(size: u32, stride: u32) -> Result<(), String> {
     if !(8..=4096).contains(&size) {
         return Err(format!("patch.size = {size} (expected 8..=4096)"));
@@ -217,7 +223,7 @@ impl PipelineFile {
         let err = |msg: String| Err(Error::pipeline(path, msg));
         let p = &self.patch;
         check_patch(p.size, p.stride).map_err(|msg| Error::pipeline(path, msg))?;
-        if !(p.mpp.is_finite() && p.mpp > 0.01 && p.mpp < 100.0) {
+        if !plausible_mpp(p.mpp) {
             return err(format!(
                 "patch.mpp = {} (expected microns per pixel, 0.01..100)",
                 p.mpp
@@ -248,6 +254,16 @@ impl PipelineFile {
         for c in self.classes {
             if c.name.trim().is_empty() || classes.iter().any(|k: &Class| k.name == c.name) {
                 return err(format!("class name {:?} is empty or repeated", c.name));
+            }
+            let stem = crate::sink::file_stem(&c.name);
+            if let Some(k) = classes
+                .iter()
+                .find(|k: &&Class| crate::sink::file_stem(&k.name) == stem)
+            {
+                return err(format!(
+                    "class names {:?} and {:?} both make the file name prob_{stem}.png",
+                    k.name, c.name
+                ));
             }
             let Some(color) = hex_color::parse(&c.color) else {
                 return err(format!(
@@ -355,5 +371,18 @@ color = "#FF0000"
             .contains("patch.mpp = -1"));
         let text = GOOD.replace("#00ff00", "green");
         assert!(parse(&text).unwrap_err().to_string().contains("\"green\""));
+        let text = GOOD.replace("[0.25, 0.25, 0.25]", "[0.25, 0.0, 0.25]");
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("expected finite values and a positive std"));
+        // Two classes whose probability maps would overwrite each other.
+        let text = GOOD
+            .replace("\"normal\"", "\"tumour/x\"")
+            .replace("\"tumour\"", "\"tumour_x\"");
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("both make the file name prob_tumour_x.png"));
     }
 }

@@ -18,6 +18,9 @@ use crate::output::write_atomic;
 /// Longer side of the report's thumbnails, in pixels.
 const THUMB_SIDE: u32 = 360;
 const GREY: &str = "#9e9e9e";
+/// The report's files in OUT, names no slide folder may take.
+pub const COHORT_CSV: &str = "cohort.csv";
+pub const INDEX_HTML: &str = "index.html";
 
 /// What the report reads of a `summary.json`; unknown fields are ignored, so summaries
 /// of other histomap versions still load.
@@ -135,9 +138,9 @@ pub fn write(out: &Path) -> Result<ReportFiles> {
         Ok(())
     })?;
     let classes = class_union(&rows);
-    let csv_path = out.join("cohort.csv");
+    let csv_path = out.join(COHORT_CSV);
     write_atomic(&csv_path, &cohort_csv(&rows, &classes)?)?;
-    let html_path = out.join("index.html");
+    let html_path = out.join(INDEX_HTML);
     write_atomic(&html_path, index_html(&rows, &classes).as_bytes())?;
     let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
     Ok(ReportFiles {
@@ -156,19 +159,21 @@ fn collect(ledger: &Ledger) -> Result<Vec<Row>> {
         .survey()?
         .into_iter()
         .map(|(name, path, state)| {
-            let status = state.word();
+            let mut status = state.word();
             let (summary, detail) = match state {
-                SlideState::Done => {
-                    let p = ledger.out().join(&name).join(SUMMARY);
-                    let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-                    let s: SummaryView = serde_json::from_slice(&bytes)
-                        .map_err(|e| Error::output(&p, format!("not a histomap summary: {e}")))?;
-                    (Some(s), String::new())
-                }
+                // A damaged summary fails its slide's row, not the report.
+                SlideState::Done => match read_summary(&ledger.out().join(&name).join(SUMMARY)) {
+                    Ok(s) => (Some(s), String::new()),
+                    Err(e) => {
+                        status = "failed";
+                        (None, e)
+                    }
+                },
                 SlideState::Running { worker } => {
                     (None, worker.map_or(String::new(), |w| w.to_string()))
                 }
                 SlideState::Failed(f) => (None, f.error),
+                SlideState::Unreadable { error } => (None, error),
                 SlideState::Missing => (None, String::new()),
             };
             let path = summary.as_ref().map(|s| s.slide.path.clone()).or(path);
@@ -182,6 +187,12 @@ fn collect(ledger: &Ledger) -> Result<Vec<Row>> {
             })
         })
         .collect()
+}
+
+fn read_summary(path: &Path) -> std::result::Result<SummaryView, String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e).to_string())?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not a histomap summary: {e}", path.display()))
 }
 
 /// A small copy of the slide's overlay, remade when the overlay is newer. Returns its
@@ -250,7 +261,7 @@ fn cohort_csv(rows: &[Row], classes: &[(String, String)]) -> Result<Vec<u8>> {
     header.extend(classes.iter().map(|(c, _)| format!("area_mm2_{c}")));
     header.extend(classes.iter().map(|(c, _)| format!("mean_prob_{c}")));
     header.extend(["total_s", "patches_per_s", "error"].map(String::from));
-    let csv_err = |e: csv::Error| Error::output("cohort.csv", e);
+    let csv_err = |e: csv::Error| Error::output(COHORT_CSV, e);
     w.write_record(&header).map_err(csv_err)?;
     for r in rows {
         let mut rec = vec![
@@ -306,7 +317,7 @@ fn cohort_csv(rows: &[Row], classes: &[(String, String)]) -> Result<Vec<u8>> {
         w.write_record(&rec).map_err(csv_err)?;
     }
     w.into_inner()
-        .map_err(|e| Error::output("cohort.csv", e.into_error()))
+        .map_err(|e| Error::output(COHORT_CSV, e.into_error()))
 }
 
 fn arch(v: &serde_json::Value) -> String {

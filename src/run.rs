@@ -182,7 +182,12 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    p.is_file()
+                    // Hidden files (macOS's `._x.svs` beside `x.svs`) are not slides.
+                    let hidden = p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                    !hidden
+                        && p.is_file()
                         && p.extension()
                             .and_then(|e| e.to_str())
                             .is_some_and(|e| slide::is_slide_extension(&e.to_ascii_lowercase()))
@@ -202,13 +207,24 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(slides)
 }
 
-/// Output folder names, unique within the list: the file stem; where stems collide, the
+/// Output folder names, unique within the list: the file stem (prefixed `slide_` where it
+/// would be hidden or a report file's name); where stems collide, the
 /// file name with `_` for `.` (`s_svs`); where file names collide too, prefixed by the
 /// name of the folder holding the file (`p1_s_svs`, however the path was typed); and if
 /// that still collides, numbered in list order with the first free suffix (`p1_s_svs_2`).
 pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
     let text = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
-    let stem = |p: &Path| text(p.file_stem()).unwrap_or_default();
+    // A stem that is hidden, `.`, `..` or one of the report's files names no folder of
+    // ours: it keeps its dots as `_` behind a prefix.
+    let stem = |p: &Path| {
+        let stem = text(p.file_stem()).unwrap_or_default();
+        let reserved = [crate::report::COHORT_CSV, crate::report::INDEX_HTML];
+        if stem.is_empty() || stem.starts_with('.') || reserved.contains(&stem.as_str()) {
+            format!("slide_{}", stem.replace('.', "_"))
+        } else {
+            stem
+        }
+    };
     let file = |p: &Path| text(p.file_name()).unwrap_or_default().replace('.', "_");
     let parent_file = |p: &Path| {
         let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -332,6 +348,18 @@ fn run_one(
     // Another worker may have finished it between the check and the lock.
     if let Some(outcome) = finished()? {
         return Ok(outcome);
+    }
+    // Only a folder with a summary is ours to replace (commits are atomic, so a folder
+    // of ours always has one): anything else at the slide's name is the user's.
+    if dir.exists() && !job.force && !ledger.is_done(name) {
+        ledger.log(EventKind::Failed, name)?;
+        return Ok(Outcome::Failed {
+            error: format!(
+                "{} exists and was not written by histomap (no {SUMMARY}); move it away or \
+                 pass --force to replace it",
+                dir.display()
+            ),
+        });
     }
     ledger.log(EventKind::Start, name)?;
     let t = Instant::now();

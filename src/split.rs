@@ -46,14 +46,15 @@ pub fn write_csv(path: &Path, dataset: &Dataset, folds: &[usize]) -> Result<()> 
     write_atomic(path, &bytes)
 }
 
-/// Reads a split CSV: the fold of each of `dataset`'s samples, which must all be listed.
+/// Reads a split CSV: the fold of each of `dataset`'s samples, which must all be listed
+/// (however their paths are spelled).
 pub fn read_csv(path: &Path, dataset: &Dataset) -> Result<Vec<usize>> {
     let bad = |msg: String| Error::dataset(path, msg);
     let mut reader = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
     let mut fold: HashMap<String, usize> = HashMap::new();
     for row in reader.deserialize::<SplitRow>() {
         let row = row.map_err(|e| bad(e.to_string()))?;
-        if let Some(other) = fold.insert(row.path.clone(), row.fold) {
+        if let Some(other) = fold.insert(resolved(&row.path), row.fold) {
             if other != row.fold {
                 return Err(bad(format!(
                     "{} is listed in fold {other} and in fold {}",
@@ -66,12 +67,27 @@ pub fn read_csv(path: &Path, dataset: &Dataset) -> Result<Vec<usize>> {
         .samples
         .iter()
         .map(|s| {
-            let name = s.tile.name();
-            fold.get(&name)
+            fold.get(&s.tile.name_by(crate::canonical))
                 .copied()
-                .ok_or_else(|| bad(format!("{name} is not in the split file")))
+                .ok_or_else(|| bad(format!("{} is not in the split file", s.tile.name())))
         })
         .collect()
+}
+
+/// A split file's tile name with the file's path resolved as [`crate::canonical`] does,
+/// so that a split written for `--data tiles` serves `--data ./tiles` as well; for an
+/// HDF5 patch (`file.h5[7]`) the file's path.
+fn resolved(name: &str) -> String {
+    let patch = name
+        .strip_suffix(']')
+        .and_then(|n| n.rsplit_once('['))
+        .filter(|(_, index)| index.parse::<usize>().is_ok());
+    match patch {
+        Some((file, index)) if !Path::new(name).exists() => {
+            format!("{}[{index}]", crate::canonical(Path::new(file)).display())
+        }
+        _ => crate::canonical(Path::new(name)).display().to_string(),
+    }
 }
 
 /// Assigns each sample to one of `k` folds.

@@ -1031,8 +1031,8 @@ fn save_model(
 }
 
 /// Splits a dataset: by a split file's `fold` column (fold `val_fold` validates), else
-/// by the data's own `split` column (`train`; `valid`/`val`/`validation`; other values,
-/// such as `test`, are left out), else by grouped folds of the data, which keep
+/// by the data's own `split` column (`train` trains, `valid` validates, `test` is left
+/// out), else by grouped folds of the data, which keep
 /// byte-identical tiles on one side. `hashes` (from [`Dataset::check`]) also serve to
 /// drop from validation any tile whose bytes a given split put on the training side
 /// too, or that are among `extra_train` (hashes of tiles the caller adds to training):
@@ -1046,13 +1046,13 @@ pub fn split_dataset(
     folds: usize,
     seed: u64,
 ) -> Result<Split> {
-    let given_valid =
-        |s: &Sample| matches!(s.split.as_deref(), Some("valid" | "val" | "validation"));
+    let given_valid = |s: &Sample| s.split.as_deref() == Some("valid");
     // Per sample: Some(true) validates, Some(false) trains, None is left out. The data's
     // own split serves when every tile has one and some tiles validate.
     let own_split = split_file.is_none()
         && data.samples.iter().all(|s| s.split.is_some())
         && data.samples.iter().any(given_valid);
+    let mut fold_count = None;
     let validates: Vec<Option<bool>> = if own_split {
         data.samples
             .iter()
@@ -1069,6 +1069,7 @@ pub fn split_dataset(
                 crate::split::grouped_folds(&data.samples, hashes, data.classes.len(), folds, seed)
             }
         };
+        fold_count = fold_of.iter().max().map(|&f| f + 1);
         fold_of.iter().map(|&f| Some(f == val_fold)).collect()
     };
     let trained: HashSet<&[u8; 32]> = hashes
@@ -1100,10 +1101,12 @@ pub fn split_dataset(
         None => format!("fold {val_fold} of {folds} grouped folds"),
     };
     if split.val.is_empty() {
-        let why = if split.val_duplicates_dropped > 0 {
-            "every tile in it is a duplicate of a training tile"
-        } else {
-            "it holds no tiles (is the fold number below the folds the split has?)"
+        let why = match fold_count {
+            _ if split.val_duplicates_dropped > 0 => {
+                "every tile in it is a duplicate of a training tile".to_string()
+            }
+            Some(n) if val_fold >= n => format!("the folds with tiles are 0 to {}", n - 1),
+            _ => "it holds no tiles".to_string(),
         };
         return Err(Error::dataset(
             &data.source,

@@ -529,3 +529,98 @@ fn shards_cover_a_folder_once() {
         .failure()
         .stderr(predicate::str::contains("0 <= K < N"));
 }
+
+/// Odd inputs and names never cost the user a file or the rest of the batch: a folder of
+/// the user's where a slide's results would go is left alone, slides named like the
+/// report's files or `..` get folders of their own, hidden files in a folder are not
+/// slides, a truncated JPEG and an image smaller than one patch fail on their own, and a
+/// damaged summary fails its slide in `status` and `report` alone.
+#[test]
+fn odd_inputs_and_names_never_cost_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let slides = dir.path().join("slides");
+    fs::create_dir(&slides).unwrap();
+    for name in ["good.svs", "index.html.svs"] {
+        fs::copy(svs(), slides.join(name)).unwrap();
+    }
+    // Hidden, so named on the command line rather than found in the folder.
+    let dots = dir.path().join("..svs");
+    fs::copy(svs(), &dots).unwrap();
+    fs::write(slides.join("._good.svs"), b"macOS resource fork").unwrap();
+    let first_tile = fs::read_dir(data().join("kather2016/01_TUMOR"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let tile = image::open(first_tile).unwrap().to_rgb8();
+    image::imageops::resize(&tile, 50, 50, image::imageops::FilterType::Triangle)
+        .save(slides.join("tiny.png"))
+        .unwrap();
+    let jpeg = dir.path().join("whole.jpg");
+    image::imageops::resize(&tile, 600, 600, image::imageops::FilterType::Triangle)
+        .save(&jpeg)
+        .unwrap();
+    let bytes = fs::read(&jpeg).unwrap();
+    fs::write(slides.join("cut.jpg"), &bytes[..bytes.len() * 3 / 5]).unwrap();
+
+    let out = dir.path().join("out");
+    fs::create_dir_all(out.join("good")).unwrap();
+    fs::write(out.join("good/notes.txt"), "mine").unwrap();
+    let model = model("kather8", Architecture::Smallcnn);
+    let run = || {
+        let mut cmd = heatmap("kather8", &model, &out, &slides);
+        cmd.arg(&dots).args(["--slide-mpp", "0.5"]);
+        let a = cmd.assert().failure();
+        String::from_utf8_lossy(&a.get_output().stderr).into_owned()
+    };
+    let err = run();
+    assert!(!err.contains("panicked") && !err.contains("_good"), "{err}");
+    assert!(
+        err.contains("exists and was not written by histomap"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("good/notes.txt")).unwrap(),
+        "mine"
+    );
+    for done in ["slide_index_html", "slide__"] {
+        assert!(
+            out.join(done).join("summary.json").is_file(),
+            "{done}: {err}"
+        );
+    }
+    assert!(
+        err.contains("tiny.png: the slide (50×50 px at 0.5 µm/px) is smaller than one patch"),
+        "{err}"
+    );
+    assert!(err.contains("cut.jpg: truncated JPEG"), "{err}");
+
+    histomap().arg("report").arg(&out).assert().success();
+    fs::write(out.join("slide__/summary.json"), "{\"trunc").unwrap();
+    for cmd in ["status", "report"] {
+        let a = histomap().arg(cmd).arg(&out).assert();
+        let text = String::from_utf8_lossy(&a.get_output().stdout).into_owned()
+            + &String::from_utf8_lossy(&a.get_output().stderr);
+        assert!(!text.contains("panicked"), "{cmd}: {text}");
+        if cmd == "status" {
+            assert!(text.contains("unreadable"), "{text}");
+        }
+    }
+    assert!(out.join("cohort.csv").is_file() && out.join("slide_index_html").is_dir());
+    let cohort = fs::read_to_string(out.join("cohort.csv")).unwrap();
+    assert!(
+        cohort.contains("slide__") && cohort.contains("failed"),
+        "{cohort}"
+    );
+
+    // Scales no scan has are refused before any slide is read.
+    histomap()
+        .args(["heatmap", "--slide-mpp", "1e9", "-p"])
+        .arg(pipeline("kather8"))
+        .arg("-o")
+        .arg(&out)
+        .arg(&slides)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("between 0.01 and 100"));
+}

@@ -916,3 +916,80 @@ fn train_refuses_what_it_cannot_honour() {
         );
     }
 }
+
+/// Manifests and split files are read as meant: split values in any case (`Train`,
+/// `val`), an unknown value refused with its line, one tile under two labels refused, a
+/// split file valid for the data however its path is spelled; and `split` writes
+/// neither over its own input nor a split of a single group.
+#[test]
+fn manifests_and_split_files_are_read_as_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_pcam(dir.path(), 8);
+    let text = fs::read_to_string(&manifest).unwrap();
+    let classes = ["normal".to_string(), "tumor".to_string()];
+    let load = |csv: &str| {
+        fs::write(&manifest, csv).unwrap();
+        Dataset::load(&manifest, &classes)
+    };
+    let respelled = text
+        .replace(",train\n", ",Train\n")
+        .replace(",valid\n", ",val\n");
+    let spelled = load(&respelled).unwrap();
+    let count = |name: &str| {
+        (spelled.samples.iter())
+            .filter(|s| s.split.as_deref() == Some(name))
+            .count()
+    };
+    assert_eq!((count("train"), count("valid")), (8, 4));
+    let err = load(&text.replacen(",train\n", ",holdout\n", 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2: split \"holdout\" is none of"),
+        "{err}"
+    );
+    let (path, rest) = text.lines().nth(1).unwrap().split_once(',').unwrap();
+    let other = if rest.starts_with('0') { 1 } else { 0 };
+    let err = load(&format!("{text}{path},{other},train\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is labelled both"), "{err}");
+    fs::write(&manifest, &text).unwrap();
+
+    let split = |data: &Path, out: &Path| {
+        let mut cmd = histomap();
+        cmd.args(["split", "--folds", "2", "-p"])
+            .arg(pipeline("pcam"))
+            .arg("--data")
+            .arg(data)
+            .arg("-o")
+            .arg(out);
+        cmd.assert()
+    };
+    let refused = |a: assert_cmd::assert::Assert, want: &str| {
+        let err = String::from_utf8_lossy(&a.failure().get_output().stderr).into_owned();
+        assert!(err.contains(want) && err.lines().count() == 1, "{err}");
+    };
+    refused(split(&manifest, &manifest), "--out names the --data file");
+    assert_eq!(fs::read_to_string(&manifest).unwrap(), text);
+    let one_group = dir.path().join("one.csv");
+    let grouped: String = (text.lines())
+        .enumerate()
+        .map(|(i, l)| format!("{l},{}\n", if i == 0 { "group" } else { "g" }))
+        .collect();
+    fs::write(&one_group, grouped).unwrap();
+    refused(
+        split(&one_group, &dir.path().join("s.csv")),
+        "are one group",
+    );
+
+    // Written for one spelling of the Kather folder, read for another.
+    let kather = data().join("kather2016");
+    let written = Dataset::load(&kather, &kather_classes()).unwrap();
+    let folds: Vec<usize> = (0..written.samples.len()).map(|i| i % 3).collect();
+    let file = dir.path().join("kather-split.csv");
+    histomap::split::write_csv(&file, &written, &folds).unwrap();
+    let other_spelling = data().join("kather2016/./../kather2016");
+    let read = Dataset::load(&other_spelling, &kather_classes()).unwrap();
+    assert_eq!(histomap::split::read_csv(&file, &read).unwrap(), folds);
+}

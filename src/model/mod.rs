@@ -350,7 +350,7 @@ pub fn load_card(dir: &Path) -> Result<ModelCard> {
         read_card(dir)
     } else if dir.join(wsinfer::CONFIG_FILE).is_file() {
         wsinfer::card(dir)
-    } else if dir.is_dir() {
+    } else if dir.exists() {
         Err(Error::model(
             dir,
             format!(
@@ -401,4 +401,55 @@ pub fn write_random(dir: &Path, card: &ModelCard, force: bool) -> Result<()> {
         &dir.join(CARD_FILE),
         &serde_json::to_vec_pretty(card).expect("card serialises"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Class;
+
+    #[test]
+    fn cards_no_pipeline_could_use_are_refused() {
+        let class = |name: &str| Class {
+            name: name.into(),
+            color: [0, 0, 0],
+        };
+        let good = ModelCard {
+            format: CARD_FORMAT.into(),
+            architecture: Architecture::Smallcnn,
+            input_size: 16,
+            mpp: 0.5,
+            classes: vec![class("a"), class("b")],
+            normalization: Normalization::IMAGENET,
+            trained: false,
+            provenance: String::new(),
+            metrics: BTreeMap::new(),
+            training: None,
+            histomap_version: String::new(),
+        };
+        let path = Path::new("m/card.json");
+        assert!(good.check(path).is_ok());
+        let refused = |card: ModelCard, want: &str| {
+            let err = card.check(path).unwrap_err().to_string();
+            assert!(err.contains("m/card.json") && err.contains(want), "{err}");
+        };
+        refused(
+            ModelCard {
+                input_size: 15,
+                ..good.clone()
+            },
+            "a smallcnn needs an input of at least 16 px, not 15",
+        );
+        let mut flat = good.clone();
+        flat.normalization.std[1] = 0.0;
+        refused(flat, "positive std");
+        refused(
+            ModelCard {
+                classes: vec![class("a")],
+                ..good
+            },
+            "at least 2 classes",
+        );
+        assert_eq!(Architecture::Resnet18.min_input_size(), 8);
+    }
 }

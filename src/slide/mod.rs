@@ -106,8 +106,8 @@ pub struct Thumbnail {
 }
 
 /// Builds a thumbnail whose longer side is at most `max_side`, reading the smallest
-/// level that is still large enough in horizontal bands, so memory stays bounded even
-/// for a single-level gigapixel image.
+/// level that is still large enough in pieces of about 16 MiB, so memory stays bounded
+/// even for a single-level gigapixel image (or a header that claims one).
 pub fn thumbnail(slide: &dyn SlideSource, max_side: u32) -> Result<Thumbnail> {
     let info = slide.info();
     let levels = &info.levels;
@@ -121,30 +121,34 @@ pub fn thumbnail(slide: &dyn SlideSource, max_side: u32) -> Result<Thumbnail> {
     let mut sums = vec![0u32; out.w as usize * out.h as usize * 3];
     let mut counts = vec![0u32; out.w as usize * out.h as usize];
 
-    // Bands of whole output rows, about 16 MiB of level pixels each.
-    let rows_per_band = ((16 << 20) / (u64::from(lsize.w) * 3)).max(1) as u32;
-    let band_rows = (rows_per_band / factor).max(1) * factor;
+    // Pieces of whole output pixels, about 16 MiB of level pixels each: bands of rows,
+    // cut across too where a band of a very wide level would be larger.
+    const PIECE_BYTES: u64 = 16 << 20;
+    let whole = |n: u64| (n / u64::from(factor)).max(1) as u32 * factor;
+    let band_rows = whole(PIECE_BYTES / (u64::from(lsize.w) * 3));
+    let piece_cols = whole(PIECE_BYTES / (u64::from(band_rows) * 3)).min(lsize.w);
     let ds = levels[level].downsample;
-    let mut y = 0;
-    while y < lsize.h {
+    let at = |v: u32| (f64::from(v) * ds).round() as u32;
+    for y in (0..lsize.h).step_by(band_rows as usize) {
         let h = band_rows.min(lsize.h - y);
-        let origin = L0Point {
-            x: 0,
-            y: (f64::from(y) * ds).round() as u32,
-        };
-        let band = slide.read_region(origin, level, Size::new(lsize.w, h))?;
-        for (by, row) in band.rows().enumerate() {
-            let oy = (y + by as u32) / factor;
-            let base = oy as usize * out.w as usize;
-            for (x, px) in row.enumerate() {
-                let i = base + x / factor as usize;
-                counts[i] += 1;
-                for c in 0..3 {
-                    sums[i * 3 + c] += u32::from(px[c]);
+        for x0 in (0..lsize.w).step_by(piece_cols as usize) {
+            let w = piece_cols.min(lsize.w - x0);
+            let origin = L0Point {
+                x: at(x0),
+                y: at(y),
+            };
+            let piece = slide.read_region(origin, level, Size::new(w, h))?;
+            for (py, row) in piece.rows().enumerate() {
+                let base = ((y + py as u32) / factor) as usize * out.w as usize;
+                for (px_x, px) in row.enumerate() {
+                    let i = base + (x0 as usize + px_x) / factor as usize;
+                    counts[i] += 1;
+                    for c in 0..3 {
+                        sums[i * 3 + c] += u32::from(px[c]);
+                    }
                 }
             }
         }
-        y += h;
     }
     let mut image = RgbImage::new(out.w, out.h);
     for (i, px) in image.pixels_mut().enumerate() {

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +51,21 @@ pub fn is_tiff(path: &Path) -> Result<bool> {
     ))
 }
 
+/// Whether a JPEG file ends with its end-of-image marker (FF D9), allowing the zero
+/// padding some writers append.
+fn ends_with_jpeg_eoi(path: &Path) -> Result<bool> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let tail_len = len.min(4096);
+    file.seek(SeekFrom::Start(len - tail_len))
+        .map_err(|e| Error::io(path, e))?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    file.read_to_end(&mut tail)
+        .map_err(|e| Error::io(path, e))?;
+    let end = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    Ok(tail[..end].ends_with(&[0xFF, 0xD9]))
+}
+
 impl RasterSource {
     pub fn open(path: &Path) -> Result<Self> {
         if is_tiff(path)? {
@@ -74,6 +89,14 @@ impl RasterSource {
             .into_dimensions()
             .map_err(|e| Error::slide(path, format!("cannot read image header: {e}")))?;
         check_dimensions(path, w, h)?;
+        // The JPEG decoder fills a truncated file's missing rows with grey, which would
+        // be mapped as if it were tissue-free glass.
+        if format == "jpeg" && !ends_with_jpeg_eoi(path)? {
+            return Err(Error::slide(
+                path,
+                "truncated JPEG: the file does not end with an end-of-image marker",
+            ));
+        }
         if u64::from(w) * u64::from(h) > MAX_WHOLE_DECODE_PIXELS {
             return Err(Error::slide(
                 path,
