@@ -155,7 +155,7 @@ impl ReadPlan {
         let scale = model_mpp / slide_mpp;
         let to_l0 = |px: u32| ((f64::from(px) * scale).round() as u32).max(1);
         let grid = Grid::new(info.size, to_l0(size), to_l0(stride));
-        if grid.len() == 0 {
+        if grid.is_empty() {
             return Err(Error::slide(
                 &info.path,
                 format!(
