@@ -619,6 +619,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             train: dataset.samples.clone(),
             val: Vec::new(),
             val_duplicates_dropped: 0,
+            validation: "none (--no-val: every tile trains)".into(),
         }
     } else {
         histomap::train::split_dataset(

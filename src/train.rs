@@ -91,6 +91,8 @@ pub struct Split {
     /// Validation tiles left out because the same bytes are on the training side or
     /// earlier in validation (so validation scores what `evaluate` scores).
     pub val_duplicates_dropped: usize,
+    /// Where validation comes from, in words, for the model card ("fold 0 of split.csv").
+    pub validation: String,
 }
 
 /// Resumable state, written after every epoch.
@@ -430,7 +432,7 @@ pub fn train(
             state.best = Some((epoch + 1, score));
             let m = m.as_ref().map(|m| &m.0);
             let weights = ema.as_ref().map_or(&varmap, |e| &e.map);
-            save_model(out, weights, pipeline, &state, m)?;
+            save_model(out, weights, pipeline, &state, &split.validation, m)?;
         }
         state.epochs_done = epoch + 1;
         state.history.push(row.clone());
@@ -965,6 +967,15 @@ pub struct TrainingRecord {
     /// The decay per step of the weight average the model holds (`--ema`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
+    /// AdamW weight decay; absent in cards of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// Early-stopping patience in epochs; absent in cards of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+    /// Which tiles validated ([`Split::validation`]); absent in cards of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
 }
 
 fn save_model(
@@ -972,6 +983,7 @@ fn save_model(
     varmap: &VarMap,
     pipeline: &Pipeline,
     state: &State,
+    validation: &str,
     m: Option<&Metrics>,
 ) -> Result<()> {
     let weights = out.join(WEIGHTS_FILE);
@@ -1023,6 +1035,9 @@ fn save_model(
         augment: opts.augment,
         init: opts.init.clone(),
         ema: opts.ema,
+        weight_decay: Some(opts.weight_decay),
+        patience: Some(opts.patience),
+        validation: Some(validation.to_string()),
     });
     write_atomic(
         &out.join(CARD_FILE),
@@ -1079,10 +1094,16 @@ pub fn split_dataset(
         .map(|(h, _)| h)
         .chain(extra_train)
         .collect();
+    let source = || match split_file {
+        Some(file) => format!("fold {val_fold} of {}", file.display()),
+        None if own_split => "the data's own valid split".to_string(),
+        None => format!("fold {val_fold} of {folds} grouped folds"),
+    };
     let mut split = Split {
         train: Vec::new(),
         val: Vec::new(),
         val_duplicates_dropped: 0,
+        validation: source(),
     };
     let mut validated = HashSet::new();
     for ((s, h), v) in data.samples.iter().zip(hashes).zip(validates) {
@@ -1095,11 +1116,6 @@ pub fn split_dataset(
             None => {}
         }
     }
-    let source = || match split_file {
-        Some(file) => format!("fold {val_fold} of {}", file.display()),
-        None if own_split => "the data's own valid split".to_string(),
-        None => format!("fold {val_fold} of {folds} grouped folds"),
-    };
     if split.val.is_empty() {
         let why = match fold_count {
             _ if split.val_duplicates_dropped > 0 => {
@@ -1112,14 +1128,14 @@ pub fn split_dataset(
             &data.source,
             format!(
                 "no validation tiles in {}: {why}; --no-val trains on every tile",
-                source()
+                split.validation
             ),
         ));
     }
     if split.train.is_empty() {
         return Err(Error::dataset(
             &data.source,
-            format!("no training tiles outside {}", source()),
+            format!("no training tiles outside {}", split.validation),
         ));
     }
     Ok(split)
@@ -1182,6 +1198,7 @@ mod tests {
             train: vec![sample("p2"), sample("p1"), sample("p3")],
             val: vec![sample("p3"), sample("p4"), sample("p1"), sample("p3")],
             val_duplicates_dropped: 0,
+            validation: String::new(),
         };
         assert_eq!(split.straddling_groups(), ["p1", "p3"]);
     }

@@ -254,6 +254,14 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let rec = card.training.as_ref().unwrap();
     assert_eq!((rec.train_files, rec.val_files, rec.seed), (32, 16, 3));
     assert_eq!(rec.split_sha256.len(), 64);
+    assert_eq!(
+        rec.validation.as_deref(),
+        Some("the data's own valid split")
+    );
+    assert_eq!(
+        (rec.weight_decay, rec.patience),
+        (Some(opts.weight_decay), Some(opts.patience))
+    );
     let again: histomap::model::ModelCard =
         serde_json::from_str(&serde_json::to_string(&card).unwrap()).unwrap();
     assert_eq!(
@@ -421,6 +429,10 @@ fn init_extra_train_and_no_val() {
     let record = card.training.as_ref().unwrap();
     assert_eq!((record.train_files, record.val_files), (24, 0));
     assert_eq!(record.init.as_deref(), Some(init.as_path()));
+    assert_eq!(
+        record.validation.as_deref(),
+        Some("none (--no-val: every tile trains)")
+    );
     assert_eq!(record.data, [tiles, extra]);
     assert!(card.metrics.is_empty(), "no validation, no metrics");
     let json = |n: &histomap::pipeline::Normalization| serde_json::to_value(n).unwrap();
