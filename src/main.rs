@@ -159,7 +159,8 @@ struct HeatmapArgs {
     /// size); below the patch size, patches overlap.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     stride: Option<u32>,
-    /// Override the minimum tissue fraction for a patch to be classified (0..=1).
+    /// Override the minimum tissue fraction for a patch to be classified (0..=1); a
+    /// patch with no tissue at all is never classified, so 0 means "any tissue".
     #[arg(long)]
     min_tissue: Option<f32>,
     /// Override the pipeline's batch size.

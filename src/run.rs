@@ -149,8 +149,15 @@ impl SlideReport {
                 patches,
                 seconds,
             } => {
+                // The mask finds tissue by its colour: a grey or fluorescence image may
+                // have none, and an empty map should not pass for a result.
+                let none = if *patches == 0 {
+                    " (no tissue found: the mask looks for stained, coloured tissue)"
+                } else {
+                    ""
+                };
                 format!(
-                    "done    {}  {patches} patches in {seconds:.1} s -> {}",
+                    "done    {}  {patches} patches in {seconds:.1} s -> {}{none}",
                     self.name,
                     dir.display()
                 )
