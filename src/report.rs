@@ -73,6 +73,16 @@ struct ModelView {
 #[derive(Debug, Deserialize)]
 struct JobView {
     model: PathBuf,
+    /// The `--slide-mpp` the run assumed, for a slide that records none.
+    #[serde(default)]
+    slide_mpp: Option<f64>,
+}
+
+impl SummaryView {
+    /// The slide's microns per pixel: its own, else the `--slide-mpp` its run assumed.
+    fn mpp(&self) -> Option<f64> {
+        (self.slide.mpp).or(self.job.as_ref().and_then(|j| j.slide_mpp))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,7 +287,7 @@ fn cohort_csv(rows: &[Row], classes: &[(String, String)]) -> Result<Vec<u8>> {
                     s.slide.format.clone(),
                     s.slide.size.w.to_string(),
                     s.slide.size.h.to_string(),
-                    fmt_opt(s.slide.mpp),
+                    fmt_opt(s.mpp()),
                     fmt_opt(s.slide.objective_power),
                     s.pipeline.name.clone(),
                     arch(&s.model.architecture),
@@ -500,7 +510,7 @@ fn index_html(rows: &[Row], classes: &[(String, String)]) -> String {
                     s.slide.size.w * s.slide.size.h,
                     s.slide.size.w,
                     s.slide.size.h,
-                    s.slide.mpp.map_or("<td></td>".into(), |m| num(m, 3)),
+                    s.mpp().map_or("<td></td>".into(), |m| num(m, 3)),
                     num(s.tissue.area_mm2, 2),
                     num(s.patches.classified as f64, 0),
                     esc(&top)
@@ -557,8 +567,7 @@ fn index_html(rows: &[Row], classes: &[(String, String)]) -> String {
             esc(&s.slide.format),
             s.slide.size.w,
             s.slide.size.h,
-            s.slide
-                .mpp
+            s.mpp()
                 .map_or(String::new(), |m| format!("{m:.3} µm/px · ")),
             s.patches.classified
         );

@@ -560,6 +560,10 @@ fn odd_inputs_and_names_never_cost_outputs() {
     image::imageops::resize(&tile, 600, 600, image::imageops::FilterType::Triangle)
         .save(&jpeg)
         .unwrap();
+    // A PNG records no MPP: the cohort shows the --slide-mpp its run assumed.
+    image::imageops::resize(&tile, 600, 600, image::imageops::FilterType::Triangle)
+        .save(slides.join("whole.png"))
+        .unwrap();
     let bytes = fs::read(&jpeg).unwrap();
     fs::write(slides.join("cut.jpg"), &bytes[..bytes.len() * 3 / 5]).unwrap();
 
@@ -612,6 +616,11 @@ fn odd_inputs_and_names_never_cost_outputs() {
         cohort.contains("slide__") && cohort.contains("failed"),
         "{cohort}"
     );
+    let mut rows = cohort.lines().map(|l| l.split(',').collect::<Vec<_>>());
+    let header = rows.next().unwrap();
+    let mpp = header.iter().position(|h| *h == "mpp").unwrap();
+    let whole = rows.find(|r| r[0] == "whole").expect("whole.png's row");
+    assert_eq!(whole[mpp], "0.5", "{cohort}");
 
     // Scales no scan has are refused before any slide is read.
     histomap()
