@@ -3,8 +3,9 @@
 //! from, so splits can keep a group on one side.
 //!
 //! Layouts, detected in this order:
-//! - a manifest CSV `path,label[,group][,split]` (paths relative to the CSV; extra
-//!   columns ignored), which covers `../shared/data/pcam/labels.csv`;
+//! - a manifest CSV `path,label[,group][,split]` (paths relative to the CSV; the group
+//!   column may be called `patient` or `slide`; extra columns ignored), which covers
+//!   `../shared/data/pcam/labels.csv`;
 //! - PCam's HDF5 files: `DIR/<stem>_x.h5` + `<stem>_y.h5` (see [`crate::hdf5`]); the
 //!   split is the stem's last word (`…_split_train`), the group the `wsi` column of an
 //!   optional `<stem>_meta.csv`, else the patch;
@@ -367,7 +368,10 @@ fn manifest(csv_path: &Path, classes: &[String]) -> Result<Vec<Sample>> {
     let base = csv_path.parent().unwrap_or(Path::new("."));
     let path = column(&rows, "path", csv_path)?;
     let label = column(&rows, "label", csv_path)?;
-    let group = rows.headers.iter().position(|h| h == "group");
+    // `patient` or `slide` name the group as well, where no `group` column does.
+    let group = ["group", "patient", "slide"]
+        .iter()
+        .find_map(|name| rows.headers.iter().position(|h| h == name));
     let split = rows.headers.iter().position(|h| h == "split");
     rows.records
         .iter()

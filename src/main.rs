@@ -272,7 +272,8 @@ enum Tta {
 #[derive(Args)]
 struct TileArgs {
     /// Class folders, a Kaggle folder (train/ + train_labels.csv), a manifest CSV
-    /// (path,label[,group][,split]) or a folder of PCam HDF5 files (*_x.h5 + *_y.h5).
+    /// (path,label[,group][,split]; group may be called patient or slide) or a folder
+    /// of PCam HDF5 files (*_x.h5 + *_y.h5).
     #[arg(long)]
     data: PathBuf,
     /// Pipeline file: the classes (by name, in order), input size, MPP.

@@ -931,8 +931,8 @@ fn train_refuses_what_it_cannot_honour() {
 
 /// Manifests and split files are read as meant: split values in any case (`Train`,
 /// `val`), an unknown value refused with its line, one tile under two labels refused, a
-/// split file valid for the data however its path is spelled; and `split` writes
-/// neither over its own input nor a split of a single group.
+/// group column called `patient`, a split file valid for the data however its path is
+/// spelled; and `split` writes neither over its own input nor a split of a single group.
 #[test]
 fn manifests_and_split_files_are_read_as_meant() {
     let dir = tempfile::tempdir().unwrap();
@@ -989,7 +989,13 @@ fn manifests_and_split_files_are_read_as_meant() {
         .enumerate()
         .map(|(i, l)| format!("{l},{}\n", if i == 0 { "group" } else { "g" }))
         .collect();
-    fs::write(&one_group, grouped).unwrap();
+    fs::write(&one_group, &grouped).unwrap();
+    refused(
+        split(&one_group, &dir.path().join("s.csv")),
+        "are one group",
+    );
+    // The same column under another of its names.
+    fs::write(&one_group, grouped.replacen(",group\n", ",patient\n", 1)).unwrap();
     refused(
         split(&one_group, &dir.path().join("s.csv")),
         "are one group",
