@@ -63,6 +63,7 @@ impl Job {
             min_tissue: (f64::from(p.min_tissue) * 1e6).round() / 1e6,
             min_saturation: p.min_saturation,
             slide_mpp: self.slide_mpp.filter(|_| !slide_records_mpp),
+            slide_bytes: std::fs::metadata(slide).ok().map(|m| m.len()),
         }
     }
 }
@@ -83,12 +84,21 @@ pub struct JobKey {
     pub min_saturation: u8,
     /// The `--slide-mpp` fallback, when the slide needed it.
     pub slide_mpp: Option<f64>,
+    /// The slide file's size: a file replaced under the same name is another slide.
+    /// Absent in summaries of earlier versions, and then not compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide_bytes: Option<u64>,
 }
 
 impl JobKey {
     /// The first setting that differs, as "model was A, now B"; None when equal.
     fn difference(&self, now: &JobKey) -> Option<String> {
-        crate::first_difference(self, now, &[])
+        let unrecorded: &[&str] = if self.slide_bytes.is_none() {
+            &["slide_bytes"]
+        } else {
+            &[]
+        };
+        crate::first_difference(self, now, unrecorded)
             .map(|(field, old, new)| format!("{field} was {old}, now {new}"))
     }
 }

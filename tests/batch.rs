@@ -232,6 +232,22 @@ fn a_rerun_skips_only_what_the_same_job_made() {
     let summary: serde_json::Value =
         serde_json::from_slice(&fs::read(out.join("p1_slide_svs/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["job"]["tta_d4"], true);
+
+    // A file replaced under the same name (here: grown by 16 bytes) is another slide.
+    let file = p1.join("slide.svs");
+    let bytes = fs::metadata(&file).unwrap().len();
+    let mut grown = fs::read(&file).unwrap();
+    grown.extend([0u8; 16]);
+    fs::write(&file, grown).unwrap();
+    let replaced = heatmap_cmd(&model, &out, &p1)
+        .arg(&p2)
+        .args(["--tta", "d4"])
+        .output()
+        .unwrap();
+    assert!(!replaced.status.success());
+    let err = String::from_utf8_lossy(&replaced.stderr);
+    let want = format!("another job (slide_bytes was {bytes}, now {})", bytes + 16);
+    assert!(err.contains(&want) && err.contains("skipped"), "{err}");
 }
 
 #[test]
