@@ -166,8 +166,8 @@ struct HeatmapArgs {
     /// Override the pipeline's batch size.
     #[arg(long, value_parser = batch_size)]
     batch_size: Option<usize>,
-    /// Worker threads for reading and for inference; default: all cores.
-    #[arg(long, value_parser = at_least::<1>)]
+    /// Worker threads for reading and for inference; default: all cores; at most 1024.
+    #[arg(long, value_parser = threads)]
     threads: Option<usize>,
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "auto")]
@@ -435,8 +435,8 @@ struct TrainArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
-    /// Loader threads; default: all cores.
-    #[arg(long, value_parser = at_least::<1>)]
+    /// Loader threads; default: all cores; at most 1024.
+    #[arg(long, value_parser = threads)]
     threads: Option<usize>,
     /// No progress bar.
     #[arg(long, short)]
@@ -733,8 +733,16 @@ fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
 
 /// clap parser: tiles in a batch, 1 to [`histomap::pipeline::MAX_BATCH`].
 fn batch_size(s: &str) -> Result<usize, String> {
+    at_most(s, histomap::pipeline::MAX_BATCH)
+}
+
+/// clap parser: threads, 1 to 1024 (thousands of threads only stall a machine).
+fn threads(s: &str) -> Result<usize, String> {
+    at_most(s, 1024)
+}
+
+fn at_most(s: &str, most: usize) -> Result<usize, String> {
     let n = at_least::<1>(s)?;
-    let most = histomap::pipeline::MAX_BATCH;
     if n > most {
         return Err(format!("{n} is above the most allowed, {most}"));
     }

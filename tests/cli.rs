@@ -333,6 +333,12 @@ fn bad_input_gets_one_clear_line() {
             2,
             "5000 is above the most allowed, 4096",
         ),
+        (
+            "--threads",
+            "5000",
+            2,
+            "5000 is above the most allowed, 1024",
+        ),
     ] {
         histomap()
             .args(["heatmap", flag, value, "--pipeline"])
