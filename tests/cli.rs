@@ -628,6 +628,24 @@ fn odd_inputs_and_names_never_cost_outputs() {
     let whole = rows.find(|r| r[0] == "whole").expect("whole.png's row");
     assert_eq!(whole[mpp], "0.5", "{cohort}");
 
+    // Contents over names: an SVS saved as .jpg keeps its MPP, a PNG saved as .tif reads.
+    let misnamed = [("scan.jpg", svs()), ("png.tif", slides.join("whole.png"))];
+    for (name, source) in misnamed {
+        fs::copy(source, dir.path().join(name)).unwrap();
+    }
+    let info = histomap()
+        .arg("info")
+        .arg(dir.path().join("scan.jpg"))
+        .arg(dir.path().join("png.tif"))
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&info.get_output().stdout).into_owned();
+    assert!(
+        text.contains("aperio") && text.contains("0.4990 µm/px"),
+        "{text}"
+    );
+    assert!(text.contains("600 × 600"), "{text}");
+
     // Scales no scan has are refused before any slide is read.
     histomap()
         .args(["heatmap", "--slide-mpp", "1e9", "-p"])

@@ -72,7 +72,9 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
-    if matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
+    // Contents over names: an SVS saved as `.jpg` still goes to OpenSlide.
+    let tiff = raster::is_tiff(path)?;
+    if !tiff && matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
         return Ok(Box::new(RasterSource::open(path)?));
     }
     if let Some(source) = OpenSlideSource::try_open(path)? {
@@ -89,7 +91,11 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
             ),
         ));
     }
-    if raster::is_tiff(path)? {
+    // A TIFF OpenSlide declines, or a PNG or JPEG under another name (`.tif`).
+    let image = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .is_ok_and(|r| r.format().is_some());
+    if tiff || image {
         return Ok(Box::new(RasterSource::open(path)?));
     }
     Err(Error::slide(
