@@ -291,8 +291,13 @@ fn class_index(label: &str, classes: &[String], path: &Path) -> Result<usize> {
     }
 }
 
+/// A tile file in a class folder; hidden files (macOS's `._x.tif`) are not tiles.
 fn is_tile(p: &Path) -> bool {
-    p.is_file()
+    let hidden = p
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    !hidden
+        && p.is_file()
         && p.extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| TILE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))

@@ -30,6 +30,28 @@ fn class_folders_give_kather_patients_as_groups() {
     assert!(groups.contains("CRC-Prim-HE-07"));
 }
 
+/// macOS leaves `._name` files beside copied tiles: they are not tiles.
+#[test]
+fn hidden_files_in_class_folders_are_not_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = Dataset::load(&data().join("kather2016"), &kather_classes()).unwrap();
+    for (folder, sample) in [
+        ("01_TUMOR", &real.samples[0]),
+        ("02_STROMA", &real.samples[40]),
+    ] {
+        let to = dir.path().join(folder);
+        fs::create_dir(&to).unwrap();
+        let histomap::dataset::Tile::File(file) = &sample.tile else {
+            panic!("class folders hold files")
+        };
+        fs::copy(file, to.join("tile.tif")).unwrap();
+        fs::write(to.join("._tile.tif"), b"AppleDouble").unwrap();
+    }
+    let mut d = Dataset::load(dir.path(), &kather_classes()).unwrap();
+    assert_eq!(d.samples.len(), 2);
+    d.check(false).unwrap();
+}
+
 #[test]
 fn grouped_folds_on_real_patients() {
     let mut d = Dataset::load(&data().join("kather2016"), &kather_classes()).unwrap();
