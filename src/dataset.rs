@@ -291,12 +291,8 @@ fn class_index(label: &str, classes: &[String], path: &Path) -> Result<usize> {
     }
 }
 
-/// A tile file in a class folder; hidden files (macOS's `._x.tif`) are not tiles.
 fn is_tile(p: &Path) -> bool {
-    let hidden = p
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-    !hidden
+    !crate::is_hidden(p)
         && p.is_file()
         && p.extension()
             .and_then(|e| e.to_str())

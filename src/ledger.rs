@@ -364,18 +364,7 @@ impl Ledger {
 
     pub fn state(&self, name: &str) -> SlideState {
         if self.is_done(name) {
-            let path = self.out.join(name).join(SUMMARY);
-            let parsed = fs::read(&path)
-                .map_err(|e| Error::io(&path, e).to_string())
-                .and_then(|b| {
-                    serde_json::from_slice::<serde::de::IgnoredAny>(&b).map_err(|e| {
-                        format!(
-                            "{}: unreadable ({e}); pass --force to redo it",
-                            path.display()
-                        )
-                    })
-                });
-            match parsed {
+            match read_summary::<serde::de::IgnoredAny>(&self.out.join(name)) {
                 Ok(_) => SlideState::Done,
                 Err(error) => SlideState::Unreadable { error },
             }
@@ -389,6 +378,19 @@ impl Ledger {
             SlideState::Missing
         }
     }
+}
+
+/// A slide folder's `summary.json` read as `T`; unreadable, it is a message for that
+/// slide alone.
+pub fn read_summary<T: serde::de::DeserializeOwned>(dir: &Path) -> std::result::Result<T, String> {
+    let path = dir.join(SUMMARY);
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e).to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "{}: unreadable ({e}); pass --force to redo it",
+            path.display()
+        )
+    })
 }
 
 #[cfg(test)]

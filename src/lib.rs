@@ -59,6 +59,13 @@ pub mod train;
 
 pub use error::{Error, Result};
 
+/// Whether the file's name starts with a dot: hidden, as macOS's `._x.svs` beside
+/// `x.svs`, and never a slide or a tile.
+pub(crate) fn is_hidden(path: &std::path::Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
 /// `path` with symlinks and `.`/`..` resolved, so that two spellings of one file
 /// compare equal; as given when it cannot be resolved (it does not exist).
 pub(crate) fn canonical(path: &std::path::Path) -> std::path::PathBuf {

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, SlideState, SUMMARY};
+use crate::ledger::{read_summary, Ledger, SlideState};
 use crate::output::write_atomic;
 
 /// Longer side of the report's thumbnails, in pixels.
@@ -172,7 +172,7 @@ fn collect(ledger: &Ledger) -> Result<Vec<Row>> {
             let mut status = state.word();
             let (summary, detail) = match state {
                 // A damaged summary fails its slide's row, not the report.
-                SlideState::Done => match read_summary(&ledger.out().join(&name).join(SUMMARY)) {
+                SlideState::Done => match read_summary::<SummaryView>(&ledger.out().join(&name)) {
                     Ok(s) => (Some(s), String::new()),
                     Err(e) => {
                         status = "failed";
@@ -197,12 +197,6 @@ fn collect(ledger: &Ledger) -> Result<Vec<Row>> {
             })
         })
         .collect()
-}
-
-fn read_summary(path: &Path) -> std::result::Result<SummaryView, String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e).to_string())?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{}: not a histomap summary: {e}", path.display()))
 }
 
 /// A small copy of the slide's overlay, remade when the overlay is newer. Returns its

@@ -116,14 +116,7 @@ fn made_by(dir: &Path) -> std::result::Result<Option<(JobKey, bool)>, String> {
     struct RecordedSlide {
         mpp: Option<f64>,
     }
-    let path = dir.join(SUMMARY);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e).to_string())?;
-    let r: Recorded = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: unreadable ({e}); pass --force to redo it",
-            path.display()
-        )
-    })?;
+    let r: Recorded = crate::ledger::read_summary(dir)?;
     Ok(r.job.map(|key| (key, r.slide.mpp.is_some())))
 }
 
@@ -199,11 +192,7 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    // Hidden files (macOS's `._x.svs` beside `x.svs`) are not slides.
-                    let hidden = p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-                    !hidden
+                    !crate::is_hidden(p)
                         && p.is_file()
                         && p.extension()
                             .and_then(|e| e.to_str())
