@@ -19,7 +19,7 @@
 //! that lease. Lock files are never deleted, since deleting one while another worker
 //! has it open would let two workers lock two different files of the same name.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -229,18 +229,9 @@ impl Ledger {
     /// Takes the slide's lock, or `None` when another worker holds it.
     pub fn try_lock(&self, name: &str) -> Result<Option<SlideLock>> {
         let path = self.lock_path(name);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Ok(None),
-            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-        }
+        let Some(mut file) = crate::output::try_flock(&path)? else {
+            return Ok(None);
+        };
         // Who holds it, for `status`; the lock, not this text, is what counts.
         let holder = serde_json::to_vec(&Worker::now()).expect("worker serialises");
         file.set_len(0)

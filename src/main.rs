@@ -335,20 +335,22 @@ fn load_tiles(
     // The same pixels under two labels: at least one label is wrong, and no split can
     // keep that from training.
     let label = |i: usize| &dataset.classes[dataset.samples[i].label];
-    let mut conflicts = dups
+    // Per group, its first tile and the first tile labelled otherwise.
+    let conflicts: Vec<(usize, usize)> = dups
         .iter()
-        .filter(|g| g.iter().any(|&i| label(i) != label(g[0])));
-    if let Some(g) = conflicts.clone().next() {
-        let other = *g
-            .iter()
-            .find(|&&i| label(i) != label(g[0]))
-            .expect("filtered");
+        .filter_map(|g| {
+            g.iter()
+                .find(|&&i| label(i) != label(g[0]))
+                .map(|&i| (g[0], i))
+        })
+        .collect();
+    if let Some(&(first, other)) = conflicts.first() {
         eprintln!(
             "histomap: warning: {} group(s) of byte-identical tiles carry different labels, \
              e.g. {} ({}) and {} ({})",
-            conflicts.by_ref().count(),
-            dataset.samples[g[0]].tile.name(),
-            label(g[0]),
+            conflicts.len(),
+            dataset.samples[first].tile.name(),
+            label(first),
             dataset.samples[other].tile.name(),
             label(other)
         );

@@ -8,6 +8,23 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Opens (creating) `path` and takes an exclusive `flock` on it, held until the file is
+/// dropped or the process ends however it ends; `None` when another process holds it.
+pub fn try_flock(path: &Path) -> Result<Option<File>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_name(path);

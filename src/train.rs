@@ -159,21 +159,8 @@ pub struct Resume {
 /// Holds `out` for this run: two runs writing one folder would mix their checkpoints
 /// and cards. An flock, so a killed run leaves nothing to clean up before --resume.
 fn lock_out(out: &Path) -> Result<std::fs::File> {
-    let path = out.join(".train.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::output(
-            out,
-            "another `histomap train` is writing to this folder",
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
+    crate::output::try_flock(&out.join(".train.lock"))?
+        .ok_or_else(|| Error::output(out, "another `histomap train` is writing to this folder"))
 }
 
 /// Trains into `out`. The best epoch is the one with the highest validation ROC AUC
