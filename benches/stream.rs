@@ -18,14 +18,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use histomap::grid::ReadPlan;
-use histomap::mask::TissueMask;
+use histomap::cohort::run::{tissue_cells, THUMBNAIL_SIDE};
+use histomap::map::grid::ReadPlan;
+use histomap::map::mask::TissueMask;
+use histomap::map::slide;
+use histomap::map::stream::{self, StreamOptions};
 use histomap::model::Classifier;
 use histomap::pipeline::Pipeline;
 use histomap::progress::Silent;
-use histomap::run::{tissue_cells, THUMBNAIL_SIDE};
-use histomap::slide;
-use histomap::stream::{self, StreamOptions};
 use rayon::prelude::*;
 
 const RUNS: usize = 3;

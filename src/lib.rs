@@ -1,61 +1,29 @@
 //! histomap: streamed whole-slide tissue maps.
 //!
-//! The stages, in the order data flows through them:
+//! Four subsystems, each a folder with a module table of its own, and a few shared
+//! files. `ARCHITECTURE.md` at the repository root is the map.
 //!
-//! | module | in | out |
-//! |---|---|---|
-//! | [`slide`] | a path | a [`slide::SlideSource`] reading RGB regions on demand |
-//! | [`mask`] | a thumbnail | tissue fraction of any level-0 rectangle |
-//! | [`grid`] | slide size, MPPs, patch size, stride | patch rectangles and the level to read them from |
-//! | [`preprocess`] | an RGB patch | the model's normalised input |
-//! | [`stream`] | a slide and patch rectangles | class probabilities, reading overlapped with inference |
-//! | [`model`] | a model folder | a [`model::Classifier`] |
-//! | [`heatmap`] | per-patch probabilities | a per-cell, per-class map |
-//! | [`regions`] | per-cell labels | dissolved class polygons |
-//! | [`sink`] | a finished slide | overlay and class PNGs, GeoJSON, CSV |
-//! | [`run`] | slides and folders | one complete output folder per slide |
-//! | [`ledger`] | an OUT folder | slide locks, failure records, the run's slide list and log |
-//! | [`report`] | an OUT folder | `cohort.csv` and a static `index.html` |
+//! | module | what it owns |
+//! |---|---|
+//! | [`map`] | one slide to per-class maps: readers, tissue mask, grid, preprocessing, the patch stream, heatmap assembly, regions |
+//! | [`model`] | model folders to a [`model::Classifier`]: architectures, layers, CPU kernels, cards, WSInfer folders |
+//! | [`sink`] | a finished slide to files: overlay and class PNGs, GeoJSON, CSV; the figures of reports |
+//! | [`learn`] | tiles to a model folder: datasets, splits, augmentation, training, evaluation, metrics |
+//! | [`cohort`] | many slides to an OUT folder: the batch runner, ledger, shards, Slurm, the report |
 //!
-//! [`shard`] splits a slide list among workers and [`slurm`] writes the job array that
-//! runs them.
-//!
-//! Training: [`dataset`] (class folders, Kaggle folders, manifest CSVs, PCam's
-//! [`hdf5`] arrays) → [`split`] → [`augment`] → [`train`]; [`evaluate`] and [`metrics`]
-//! measure a model.
-//!
-//! [`pipeline`] loads the declarative pipeline files; [`geom`] holds the coordinate
-//! types; [`progress`] is the only way the library talks to a user; [`error`] names
-//! the file and value behind every failure; [`output`] writes files atomically;
-//! [`draw`] renders legends, curves and charts.
+//! Shared: [`pipeline`] loads the declarative pipeline files; [`progress`] is the only
+//! way the library talks to a user; [`error`] names the file and value behind every
+//! failure; [`output`] writes files atomically.
 
-pub mod augment;
-pub mod dataset;
-pub mod draw;
+pub mod cohort;
 pub mod error;
-pub mod evaluate;
-pub mod geom;
-pub mod grid;
-pub mod hdf5;
-pub mod heatmap;
-pub mod ledger;
-pub mod mask;
-pub mod metrics;
+pub mod learn;
+pub mod map;
 pub mod model;
 pub mod output;
 pub mod pipeline;
-pub mod preprocess;
 pub mod progress;
-pub mod regions;
-pub mod report;
-pub mod run;
-pub mod shard;
 pub mod sink;
-pub mod slide;
-pub mod slurm;
-pub mod split;
-pub mod stream;
-pub mod train;
 
 pub use error::{Error, Result};
 

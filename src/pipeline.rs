@@ -136,6 +136,26 @@ pub struct Class {
     pub color: [u8; 3],
 }
 
+impl Class {
+    /// The name made safe for a file name (`prob_<stem>.png`); validation refuses two
+    /// classes with the same stem.
+    pub fn file_stem(&self) -> String {
+        file_stem(&self.name)
+    }
+}
+
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The validated pipeline the rest of the library runs.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -255,11 +275,8 @@ impl PipelineFile {
             if c.name.trim().is_empty() || classes.iter().any(|k: &Class| k.name == c.name) {
                 return err(format!("class name {:?} is empty or repeated", c.name));
             }
-            let stem = crate::sink::file_stem(&c.name);
-            if let Some(k) = classes
-                .iter()
-                .find(|k: &&Class| crate::sink::file_stem(&k.name) == stem)
-            {
+            let stem = file_stem(&c.name);
+            if let Some(k) = classes.iter().find(|k: &&Class| k.file_stem() == stem) {
                 return err(format!(
                     "class names {:?} and {:?} both make the file name prob_{stem}.png",
                     k.name, c.name

@@ -1,6 +1,6 @@
 //! How the library reports while it works. It never prints on its own: callers pass
-//! a [`Progress`] (heatmaps), a [`crate::train::TrainProgress`] or a
-//! [`crate::evaluate::EvalProgress`]. [`Bars`], [`TrainBars`] and [`EvalBar`] draw
+//! a [`Progress`] (heatmaps), a [`crate::learn::train::TrainProgress`] or a
+//! [`crate::learn::evaluate::EvalProgress`]. [`Bars`], [`TrainBars`] and [`EvalBar`] draw
 //! indicatif bars on a terminal and plain one-line reports otherwise; [`Silent`] says
 //! nothing.
 
@@ -119,7 +119,7 @@ impl TrainBars {
     }
 }
 
-impl crate::train::TrainProgress for TrainBars {
+impl crate::learn::train::TrainProgress for TrainBars {
     fn started(&self, train_tiles: usize, val_tiles: usize) {
         eprintln!("training on {train_tiles} tiles, validating on {val_tiles}");
     }
@@ -140,7 +140,7 @@ impl crate::train::TrainProgress for TrainBars {
         self.bar.inc(1);
     }
 
-    fn epoch_done(&self, r: &crate::train::EpochRow) {
+    fn epoch_done(&self, r: &crate::learn::train::EpochRow) {
         let auc = r
             .val_roc_auc
             .map_or(String::new(), |a| format!("  val AUC {a:.4}"));
@@ -167,7 +167,7 @@ impl crate::train::TrainProgress for TrainBars {
 
 /// Warns on stderr of what a dataset check found: tiles left out as unreadable (the
 /// first few by name, then a count) and tiles not of the model's size.
-pub fn warn_checked(bad: &[crate::dataset::BadTile], size_warning: Option<&str>) {
+pub fn warn_checked(bad: &[crate::learn::dataset::BadTile], size_warning: Option<&str>) {
     const SHOWN: usize = 10;
     for b in bad.iter().take(SHOWN) {
         eprintln!("histomap: warning: skipped {}", b.reason);
@@ -210,8 +210,8 @@ impl EvalBar {
     }
 }
 
-impl crate::evaluate::EvalProgress for EvalBar {
-    fn checked(&self, skipped: &[crate::dataset::BadTile], size_warning: Option<&str>) {
+impl crate::learn::evaluate::EvalProgress for EvalBar {
+    fn checked(&self, skipped: &[crate::learn::dataset::BadTile], size_warning: Option<&str>) {
         warn_checked(skipped, size_warning);
     }
 

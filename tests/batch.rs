@@ -12,7 +12,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use histomap::ledger::{EventKind, Ledger};
+use histomap::cohort::ledger::{EventKind, Ledger};
 use histomap::model::Architecture;
 
 fn heatmap_cmd(model: &Path, out: &Path, input: &Path) -> Command {

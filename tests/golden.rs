@@ -158,7 +158,7 @@ fn d4_test_time_augmentation_is_invariant_under_d4() {
     for k in 0..8 {
         let mut view = vec![0.0; pixels.len()];
         for (src, dst) in pixels.chunks(plane).zip(view.chunks_mut(plane)) {
-            histomap::augment::dihedral_chw(src, 96, k, dst);
+            histomap::model::tta::dihedral_chw(src, 96, k, dst);
         }
         let d = max_diff(&model.predict(view, n).unwrap(), &mean);
         assert!(d < 1e-6, "view {k}: {d}");

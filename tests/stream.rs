@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use histomap::geom::{L0Point, L0Rect, Size};
-use histomap::grid::ReadPlan;
-use histomap::mask::TissueMask;
+use histomap::map::geom::{L0Point, L0Rect, Size};
+use histomap::map::grid::ReadPlan;
+use histomap::map::mask::TissueMask;
+use histomap::map::slide::{self, OpenSlideSource, RasterSource, SlideInfo, SlideSource};
+use histomap::map::stream::{self, StreamOptions, StreamStats};
 use histomap::pipeline::Normalization;
 use histomap::progress::{Progress, Silent};
-use histomap::slide::{self, OpenSlideSource, RasterSource, SlideInfo, SlideSource};
-use histomap::stream::{self, StreamOptions, StreamStats};
 use image::RgbImage;
 
 fn imagenet() -> Normalization {

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use common::*;
-use histomap::augment::Augment;
-use histomap::dataset::Dataset;
-use histomap::evaluate::{evaluate, EvalOptions};
+use histomap::learn::augment::Augment;
+use histomap::learn::dataset::Dataset;
+use histomap::learn::evaluate::{evaluate, EvalOptions};
+use histomap::learn::train::{split_dataset, train, Quiet, Resume, TrainOptions};
 use histomap::model::{read_card, Architecture};
 use histomap::pipeline::Pipeline;
-use histomap::train::{split_dataset, train, Quiet, Resume, TrainOptions};
 
 fn kather_classes() -> Vec<String> {
     Pipeline::load(&pipeline("kather8")).unwrap().class_names()
@@ -41,7 +41,7 @@ fn hidden_files_in_class_folders_are_not_tiles() {
     ] {
         let to = dir.path().join(folder);
         fs::create_dir(&to).unwrap();
-        let histomap::dataset::Tile::File(file) = &sample.tile else {
+        let histomap::learn::dataset::Tile::File(file) = &sample.tile else {
             panic!("class folders hold files")
         };
         fs::copy(file, to.join("tile.tif")).unwrap();
@@ -63,7 +63,7 @@ fn grouped_folds_on_real_patients() {
         .unwrap()
         .starts_with("228 of 228 tiles"));
     let hashes = checked.hashes;
-    let folds = histomap::split::grouped_folds(&d.samples, &hashes, 8, 4, 0);
+    let folds = histomap::learn::split::grouped_folds(&d.samples, &hashes, 8, 4, 0);
     let mut fold_of_group: HashMap<&str, usize> = HashMap::new();
     for (s, &f) in d.samples.iter().zip(&folds) {
         assert_eq!(
@@ -73,7 +73,7 @@ fn grouped_folds_on_real_patients() {
             s.group
         );
     }
-    for dup in histomap::dataset::duplicates(&hashes) {
+    for dup in histomap::learn::dataset::duplicates(&hashes) {
         assert!(
             dup.iter().all(|&i| folds[i] == folds[dup[0]]),
             "duplicate straddles folds"
@@ -650,14 +650,15 @@ fn pcam_hdf5_layout() {
     let h5 = root().join("fixtures/pcam-h5");
     let classes = vec!["normal".to_string(), "tumor".to_string()];
     let mut d = Dataset::load(&h5, &classes).unwrap();
-    let of = |split: &str| -> Vec<&histomap::dataset::Sample> {
+    let of = |split: &str| -> Vec<&histomap::learn::dataset::Sample> {
         d.samples
             .iter()
             .filter(|s| s.split.as_deref() == Some(split))
             .collect()
     };
     let (train, valid) = (of("train"), of("valid"));
-    let labels = |v: &[&histomap::dataset::Sample]| v.iter().map(|s| s.label).collect::<Vec<_>>();
+    let labels =
+        |v: &[&histomap::learn::dataset::Sample]| v.iter().map(|s| s.label).collect::<Vec<_>>();
     assert_eq!(labels(&train), [0, 0, 0, 0, 1, 1, 1, 1]);
     assert_eq!(labels(&valid), [0, 0, 1, 1]);
     assert_eq!(train[2].group, "slide_b");
@@ -671,7 +672,7 @@ fn pcam_hdf5_layout() {
     assert_eq!(train[0].tile.read().unwrap(), png, "pixels as stored");
     let checked = d.check(false).unwrap();
     assert!(checked.skipped.is_empty());
-    assert!(histomap::dataset::duplicates(&checked.hashes).is_empty());
+    assert!(histomap::learn::dataset::duplicates(&checked.hashes).is_empty());
 
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, eval) = (dir.path().join("model"), dir.path().join("eval"));
@@ -1028,8 +1029,11 @@ fn manifests_and_split_files_are_read_as_meant() {
     let written = Dataset::load(&kather, &kather_classes()).unwrap();
     let folds: Vec<usize> = (0..written.samples.len()).map(|i| i % 3).collect();
     let file = dir.path().join("kather-split.csv");
-    histomap::split::write_csv(&file, &written, &folds).unwrap();
+    histomap::learn::split::write_csv(&file, &written, &folds).unwrap();
     let other_spelling = data().join("kather2016/./../kather2016");
     let read = Dataset::load(&other_spelling, &kather_classes()).unwrap();
-    assert_eq!(histomap::split::read_csv(&file, &read).unwrap(), folds);
+    assert_eq!(
+        histomap::learn::split::read_csv(&file, &read).unwrap(),
+        folds
+    );
 }

@@ -5,27 +5,24 @@
 //! and MPP, normalisation, whether they were trained, and provenance. A model whose
 //! card disagrees with the pipeline is refused before any slide is read.
 
+pub mod card;
 mod cpu_ops;
 mod layers;
 mod resnet;
 mod smallcnn;
+pub mod tta;
 pub mod wsinfer;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+pub use self::card::{read_card, ModelCard, TrainingRecord, CARD_FILE, WEIGHTS_FILE};
 pub use self::resnet::{BlockKind, ResNet};
 pub use self::smallcnn::SmallCnn;
 use crate::error::{one_line, Error, Result};
-use crate::pipeline::{Class, Normalization, Pipeline};
-
-pub const CARD_FILE: &str = "card.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-const CARD_FORMAT: &str = "histomap-model/1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -77,107 +74,6 @@ impl Architecture {
                 source,
                 format!("a {self} needs an input of at least {min} px, not {size}"),
             ));
-        }
-        Ok(())
-    }
-}
-
-/// `card.json`: everything needed to use the weights correctly, and where they came from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelCard {
-    /// Always `histomap-model/1`.
-    pub format: String,
-    pub architecture: Architecture,
-    /// Side of the square input, in pixels.
-    pub input_size: u32,
-    /// Microns per pixel of the training patches.
-    pub mpp: f64,
-    /// Output classes in logit order.
-    pub classes: Vec<Class>,
-    pub normalization: Normalization,
-    /// False for randomly initialised weights: their outputs mean nothing.
-    pub trained: bool,
-    /// Where the weights came from, in words.
-    pub provenance: String,
-    /// Validation metrics of a trained model.
-    #[serde(default)]
-    pub metrics: BTreeMap<String, f64>,
-    /// How a trained model was trained.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub training: Option<crate::train::TrainingRecord>,
-    pub histomap_version: String,
-}
-
-impl ModelCard {
-    /// The card of a model built for `pipeline`.
-    pub fn for_pipeline(
-        pipeline: &Pipeline,
-        architecture: Architecture,
-        trained: bool,
-        provenance: String,
-    ) -> Self {
-        Self {
-            format: CARD_FORMAT.into(),
-            architecture,
-            input_size: pipeline.patch_size,
-            mpp: pipeline.mpp,
-            classes: pipeline.classes.clone(),
-            normalization: pipeline
-                .normalization
-                .clone()
-                .unwrap_or(Normalization::IMAGENET),
-            trained,
-            provenance,
-            metrics: BTreeMap::new(),
-            training: None,
-            histomap_version: env!("CARGO_PKG_VERSION").into(),
-        }
-    }
-
-    /// Refuses a card no pipeline could use; `path` names the file it came from.
-    pub fn check(&self, path: &Path) -> Result<()> {
-        if self.classes.len() < 2 {
-            return Err(Error::model(path, "a model needs at least 2 classes"));
-        }
-        self.architecture.check_input_size(self.input_size, path)?;
-        self.normalization
-            .check()
-            .map_err(|msg| Error::model(path, msg))
-    }
-
-    /// Refuses a model that would silently give wrong answers with this pipeline.
-    pub fn check_against(&self, pipeline: &Pipeline, model_dir: &Path) -> Result<()> {
-        let names = |c: &[Class]| c.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-        let (ours, theirs) = (names(&self.classes), names(&pipeline.classes));
-        let fail = |msg: String| Err(Error::model(model_dir, msg));
-        if ours != theirs {
-            return fail(format!(
-                "model classes {ours:?} do not match pipeline {} classes {theirs:?}",
-                pipeline.source.display()
-            ));
-        }
-        if self.input_size != pipeline.patch_size {
-            return fail(format!(
-                "model input is {} px but pipeline patch.size is {}",
-                self.input_size, pipeline.patch_size
-            ));
-        }
-        if (self.mpp / pipeline.mpp - 1.0).abs() > 0.05 {
-            return fail(format!(
-                "model was trained at {} µm/px but pipeline patch.mpp is {}",
-                self.mpp, pipeline.mpp
-            ));
-        }
-        let close = |a: &[f32; 3], b: &[f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
-        if let Some(p) = &pipeline.normalization {
-            let m = &self.normalization;
-            if !close(&m.mean, &p.mean) || !close(&m.std, &p.std) {
-                return fail(format!(
-                    "model normalisation (mean {:?}, std {:?}) differs from the pipeline's (mean {:?}, std {:?})",
-                    m.mean, m.std, p.mean, p.std
-                ));
-            }
         }
         Ok(())
     }
@@ -303,7 +199,7 @@ impl Classifier {
             return self.predict_view(pixels, n);
         }
         let side = self.card.input_size as usize;
-        crate::augment::d4_mean(&pixels, side, |view| self.predict_view(view, n))
+        crate::model::tta::d4_mean(&pixels, side, |view| self.predict_view(view, n))
     }
 
     fn predict_view(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
@@ -363,21 +259,6 @@ pub fn load_card(dir: &Path) -> Result<ModelCard> {
     }
 }
 
-pub fn read_card(dir: &Path) -> Result<ModelCard> {
-    let path = dir.join(CARD_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let card: ModelCard = serde_json::from_str(&text)
-        .map_err(|e| Error::model(&path, format!("invalid model card: {e}")))?;
-    if card.format != CARD_FORMAT {
-        return Err(Error::model(
-            &path,
-            format!("card format {:?}, expected {CARD_FORMAT:?}", card.format),
-        ));
-    }
-    card.check(&path)?;
-    Ok(card)
-}
-
 /// Writes a model with freshly initialised (random, untrained) weights. Its card says
 /// `trained: false`: it exists to test the plumbing, never to look at its output.
 /// Refuses to replace a model folder's weights unless `force`: a trained model must not
@@ -401,55 +282,4 @@ pub fn write_random(dir: &Path, card: &ModelCard, force: bool) -> Result<()> {
         &dir.join(CARD_FILE),
         &serde_json::to_vec_pretty(card).expect("card serialises"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipeline::Class;
-
-    #[test]
-    fn cards_no_pipeline_could_use_are_refused() {
-        let class = |name: &str| Class {
-            name: name.into(),
-            color: [0, 0, 0],
-        };
-        let good = ModelCard {
-            format: CARD_FORMAT.into(),
-            architecture: Architecture::Smallcnn,
-            input_size: 16,
-            mpp: 0.5,
-            classes: vec![class("a"), class("b")],
-            normalization: Normalization::IMAGENET,
-            trained: false,
-            provenance: String::new(),
-            metrics: BTreeMap::new(),
-            training: None,
-            histomap_version: String::new(),
-        };
-        let path = Path::new("m/card.json");
-        assert!(good.check(path).is_ok());
-        let refused = |card: ModelCard, want: &str| {
-            let err = card.check(path).unwrap_err().to_string();
-            assert!(err.contains("m/card.json") && err.contains(want), "{err}");
-        };
-        refused(
-            ModelCard {
-                input_size: 15,
-                ..good.clone()
-            },
-            "a smallcnn needs an input of at least 16 px, not 15",
-        );
-        let mut flat = good.clone();
-        flat.normalization.std[1] = 0.0;
-        refused(flat, "positive std");
-        refused(
-            ModelCard {
-                classes: vec![class("a")],
-                ..good
-            },
-            "at least 2 classes",
-        );
-        assert_eq!(Architecture::Resnet18.min_input_size(), 8);
-    }
 }

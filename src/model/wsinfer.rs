@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{Architecture, ModelCard, CARD_FORMAT};
+use super::card::CARD_FORMAT;
+use super::{Architecture, ModelCard};
 use crate::error::{Error, Result};
 use crate::pipeline::{Class, Normalization};
 

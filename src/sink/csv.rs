@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{Sink, SlideResult};
 use crate::error::{Error, Result};
-use crate::heatmap::argmax;
+use crate::map::heatmap::argmax;
 use crate::output::OutFile;
 
 pub struct PredictionsCsv;

@@ -13,10 +13,10 @@ use serde_json::json;
 
 use super::{Sink, SlideResult};
 use crate::error::{Error, Result};
-use crate::heatmap::argmax;
+use crate::map::heatmap::argmax;
+use crate::map::regions::dissolve;
 use crate::output::OutFile;
 use crate::pipeline::Class;
-use crate::regions::dissolve;
 
 pub struct GeoJson;
 

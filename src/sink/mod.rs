@@ -3,16 +3,17 @@
 //! writes `summary.json` itself, last, as the mark of a complete slide.
 
 mod csv;
+pub mod draw;
 mod geojson;
 mod png;
 
 use std::path::Path;
 
 use crate::error::Result;
-use crate::grid::ReadPlan;
-use crate::heatmap::{Heatmap, Predictions};
+use crate::map::grid::ReadPlan;
+use crate::map::heatmap::{Heatmap, Predictions};
+use crate::map::slide::{SlideInfo, Thumbnail};
 use crate::pipeline::Class;
-use crate::slide::{SlideInfo, Thumbnail};
 
 pub use self::csv::PredictionsCsv;
 pub use self::geojson::GeoJson;
@@ -50,17 +51,4 @@ pub fn standard() -> Vec<Box<dyn Sink>> {
         Box::new(GeoJson),
         Box::new(PredictionsCsv),
     ]
-}
-
-/// A class name made safe for a file name.
-pub fn file_stem(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

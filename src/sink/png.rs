@@ -8,10 +8,10 @@ use std::path::Path;
 
 use image::{GrayAlphaImage, LumaA, Rgb, RgbImage};
 
-use super::{file_stem, Sink, SlideResult};
-use crate::draw::{draw_text, save};
+use super::{Sink, SlideResult};
 use crate::error::Result;
-use crate::heatmap::argmax;
+use crate::map::heatmap::argmax;
+use crate::sink::draw::{draw_text, save};
 
 pub struct Overlay;
 pub struct ClassMaps;
@@ -60,7 +60,7 @@ impl Sink for ClassMaps {
         let mut names = Vec::new();
         for (ci, class) in r.classes.iter().enumerate() {
             let img = GrayAlphaImage::from_fn(h.cols * k, h.rows * k, |x, y| {
-                let cell = crate::geom::Cell {
+                let cell = crate::map::geom::Cell {
                     col: x / k,
                     row: y / k,
                 };
@@ -69,7 +69,7 @@ impl Sink for ClassMaps {
                     None => LumaA([0, 0]),
                 }
             });
-            let name = format!("prob_{}.png", file_stem(&class.name));
+            let name = format!("prob_{}.png", class.file_stem());
             save(img, &dir.join(&name))?;
             names.push(name);
         }

@@ -1,5 +1,5 @@
 //! The cohort report. In: an OUT folder of finished slides (their `summary.json` and
-//! `overlay.png`) and the [`ledger`](crate::ledger) of failures and locks. Out:
+//! `overlay.png`) and the [`ledger`](crate::cohort::ledger) of failures and locks. Out:
 //! `OUT/cohort.csv`, one row per slide, and `OUT/index.html`, a static page that opens
 //! from disk in any browser with no server and no network: per slide a thumbnail of
 //! its overlay, class-area bars and links to its files, a sortable table, and the
@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::cohort::ledger::{read_summary, Ledger, SlideState};
 use crate::error::{Error, Result};
-use crate::ledger::{read_summary, Ledger, SlideState};
 use crate::output::write_atomic;
 
 /// Longer side of the report's thumbnails, in pixels.
@@ -139,7 +139,7 @@ pub struct ReportFiles {
 pub fn write(out: &Path) -> Result<ReportFiles> {
     let ledger = Ledger::of_run(out)?;
     let mut rows = collect(&ledger)?;
-    let thumbs = out.join(crate::ledger::DIR).join("thumbs");
+    let thumbs = out.join(crate::cohort::ledger::DIR).join("thumbs");
     std::fs::create_dir_all(&thumbs).map_err(|e| Error::io(&thumbs, e))?;
     rows.par_iter_mut().try_for_each(|r| -> Result<()> {
         if r.summary.is_some() {
@@ -217,7 +217,10 @@ fn thumbnail(out: &Path, name: &str, thumbs: &Path) -> Result<Option<String>> {
             .map_err(|e| Error::output(&thumb, e))?;
         write_atomic(&thumb, &png)?;
     }
-    Ok(Some(format!("{}/thumbs/{name}.png", crate::ledger::DIR)))
+    Ok(Some(format!(
+        "{}/thumbs/{name}.png",
+        crate::cohort::ledger::DIR
+    )))
 }
 
 /// Class names and colours in order of first appearance over the cohort.
@@ -427,6 +430,8 @@ fn class_bar(s: &SummaryView, classes: &[(String, String)]) -> String {
     o
 }
 
+/// The page. Long because most of it is the page's own HTML, CSS and script, kept in
+/// one place so that the page reads top to bottom as the browser gets it.
 fn index_html(rows: &[Row], classes: &[(String, String)]) -> String {
     let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
     let mut h = String::new();

@@ -6,8 +6,8 @@
 //! is their average weighted by covered area (see [`Grid::overlap_weights`]). Sums run
 //! in a fixed order, so the map does not depend on thread scheduling.
 
-use crate::geom::Cell;
-use crate::grid::Grid;
+use crate::map::geom::Cell;
+use crate::map::grid::Grid;
 
 /// Classified patches: cells, tissue fractions and probabilities (row-major).
 #[derive(Debug, Clone)]
@@ -118,7 +118,7 @@ impl Heatmap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geom::Size;
+    use crate::map::geom::Size;
 
     fn preds(cells: &[(u32, u32)], probs: &[[f32; 2]]) -> Predictions {
         Predictions {

@@ -1,6 +1,6 @@
 //! Coordinate frames. Level-0 pixels and grid cells are different types so that a
 //! coordinate can never be used in the wrong frame; pixels of other pyramid levels only
-//! appear as a read size ([`crate::grid::ReadPlan::read_size`]).
+//! appear as a read size ([`crate::map::grid::ReadPlan::read_size`]).
 //!
 //! In: nothing. Out: the value types every other stage passes around.
 

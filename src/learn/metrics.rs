@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::heatmap::argmax;
+use crate::map::heatmap::argmax;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassMetrics {

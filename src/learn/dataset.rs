@@ -6,7 +6,7 @@
 //! - a manifest CSV `path,label[,group][,split]` (paths relative to the CSV; the group
 //!   column may be called `patient` or `slide`; extra columns ignored), which covers
 //!   `../shared/data/pcam/labels.csv`;
-//! - PCam's HDF5 files: `DIR/<stem>_x.h5` + `<stem>_y.h5` (see [`crate::hdf5`]); the
+//! - PCam's HDF5 files: `DIR/<stem>_x.h5` + `<stem>_y.h5` (see [`crate::learn::hdf5`]); the
 //!   split is the stem's last word (`…_split_train`), the group the `wsi` column of an
 //!   optional `<stem>_meta.csv`, else the patch;
 //! - Kaggle style: `DIR/train_labels.csv` (`id,label`) with tiles `DIR/train/<id>.tif`;
@@ -28,7 +28,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::hdf5::{self, PatchArray};
+use crate::learn::hdf5::{self, PatchArray};
 
 const TILE_EXTENSIONS: &[&str] = &["tif", "tiff", "png", "jpg", "jpeg"];
 

@@ -13,7 +13,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::geom::{L0Point, Size};
+use crate::map::geom::{L0Point, Size};
 
 pub use self::openslide::OpenSlideSource;
 pub use self::raster::RasterSource;

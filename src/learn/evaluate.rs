@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::dataset::{duplicates, BadTile, Dataset};
 use crate::error::{Error, Result};
-use crate::metrics::{self, Metrics};
+use crate::learn::dataset::{duplicates, BadTile, Dataset};
+use crate::learn::metrics::{self, Metrics};
+use crate::learn::train::predict_tiles;
+use crate::map::preprocess::Normalizer;
 use crate::model::Classifier;
 use crate::output::write_atomic;
-use crate::preprocess::Normalizer;
-use crate::train::predict_tiles;
 
 pub struct EvalOptions {
     /// Only tiles whose data-given split is this (e.g. `valid`).
@@ -36,7 +36,7 @@ pub trait EvalProgress: Sync {
     fn tiles_done(&self, _n: usize) {}
 }
 
-impl EvalProgress for crate::train::Quiet {}
+impl EvalProgress for crate::learn::train::Quiet {}
 
 #[derive(Debug, Serialize)]
 pub struct Evaluation {
@@ -128,7 +128,7 @@ pub fn evaluate(
     csv.write_record(header).map_err(fail)?;
     for (i, s) in samples.iter().enumerate() {
         let p = &probs[i * k..(i + 1) * k];
-        let pred = crate::heatmap::argmax(p).0;
+        let pred = crate::map::heatmap::argmax(p).0;
         let row = [
             s.tile.name(),
             classes[s.label].clone(),
@@ -142,15 +142,15 @@ pub fn evaluate(
         .into_inner()
         .map_err(|e| Error::output(&csv_path, e.error()))?;
     write_atomic(&csv_path, &bytes)?;
-    crate::draw::save(
-        crate::draw::confusion(&classes, &metrics.confusion_matrix),
+    crate::sink::draw::save(
+        crate::sink::draw::confusion(&classes, &metrics.confusion_matrix),
         &out.join("confusion.png"),
     )?;
     if let (2, Some(auc)) = (k, metrics.roc_auc) {
         let scores: Vec<f32> = (0..samples.len()).map(|i| probs[i * 2 + 1]).collect();
         let positive: Vec<bool> = labels.iter().map(|&y| y == 1).collect();
-        crate::draw::save(
-            crate::draw::roc(&scores, &positive, auc),
+        crate::sink::draw::save(
+            crate::sink::draw::roc(&scores, &positive, auc),
             &out.join("roc.png"),
         )?;
     }

@@ -2,7 +2,7 @@
 //! model. Out: one folder per slide under `OUT/`, each complete or absent.
 //!
 //! One bad slide never stops the rest: its error is reported, recorded in the
-//! [`ledger`](crate::ledger), and the next slide starts. A slide whose
+//! [`ledger`](crate::cohort::ledger), and the next slide starts. A slide whose
 //! `OUT/<name>/summary.json` records the same [`JobKey`] (slide, pipeline, model and
 //! settings) is skipped on reruns; one made by another job is refused, not overwritten,
 //! unless forced. A slide another worker has locked is left to it, so reruns and
@@ -14,20 +14,20 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cohort::ledger::{EventKind, Failure, Ledger, SlideEntry, Worker, SUMMARY};
+use crate::cohort::shard::Shard;
 use crate::error::{Error, Result};
-use crate::geom::Cell;
-use crate::grid::{Grid, ReadPlan};
-use crate::heatmap::{Heatmap, Predictions};
-use crate::ledger::{EventKind, Failure, Ledger, SlideEntry, Worker, SUMMARY};
-use crate::mask::TissueMask;
+use crate::map::geom::Cell;
+use crate::map::grid::{Grid, ReadPlan};
+use crate::map::heatmap::{Heatmap, Predictions};
+use crate::map::mask::TissueMask;
+use crate::map::slide::{self, SlideInfo};
+use crate::map::stream::{self, StreamOptions, StreamStats};
 use crate::model::{Architecture, Classifier};
 use crate::output::{write_atomic, Staging};
 use crate::pipeline::Pipeline;
 use crate::progress::Progress;
-use crate::shard::Shard;
 use crate::sink::{self, SlideResult};
-use crate::slide::{self, SlideInfo};
-use crate::stream::{self, StreamOptions, StreamStats};
 
 /// Longer side of the thumbnail behind the tissue mask and the overlay.
 pub const THUMBNAIL_SIDE: u32 = 2048;
@@ -116,7 +116,7 @@ fn made_by(dir: &Path) -> std::result::Result<Option<(JobKey, bool)>, String> {
     struct RecordedSlide {
         mpp: Option<f64>,
     }
-    let r: Recorded = crate::ledger::read_summary(dir)?;
+    let r: Recorded = crate::cohort::ledger::read_summary(dir)?;
     Ok(r.job.map(|key| (key, r.slide.mpp.is_some())))
 }
 
@@ -224,7 +224,10 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
     // ours: it keeps its dots as `_` behind a prefix.
     let stem = |p: &Path| {
         let stem = text(p.file_stem()).unwrap_or_default();
-        let reserved = [crate::report::COHORT_CSV, crate::report::INDEX_HTML];
+        let reserved = [
+            crate::cohort::report::COHORT_CSV,
+            crate::cohort::report::INDEX_HTML,
+        ];
         if stem.is_empty() || stem.starts_with('.') || reserved.contains(&stem.as_str()) {
             format!("slide_{}", stem.replace('.', "_"))
         } else {
@@ -288,7 +291,7 @@ pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Result
     let ledger = Ledger::create(&job.out)?;
     let entries = slide_entries(slides);
     ledger.write_slides(&entries)?;
-    let mine = job.shard.select(&crate::shard::sizes(slides));
+    let mine = job.shard.select(&crate::cohort::shard::sizes(slides));
     progress.begin(mine.len());
     mine.into_iter()
         .map(|i| {

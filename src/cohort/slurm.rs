@@ -4,7 +4,7 @@
 //! slurm`, and, on request, its submission through `sbatch`.
 //!
 //! The tasks need no coordination: each computes its own part of the slide list
-//! ([`shard`](crate::shard)), and the [`ledger`](crate::ledger) keeps a resubmitted or
+//! ([`shard`](crate::cohort::shard)), and the [`ledger`](crate::cohort::ledger) keeps a resubmitted or
 //! overlapping task off slides that are finished or taken.
 
 use std::path::{Path, PathBuf};
@@ -125,7 +125,7 @@ pub fn submit(script: &Path) -> Result<String> {
 pub fn default_paths(out: &Path) -> (PathBuf, PathBuf) {
     (
         out.join("histomap.sbatch"),
-        out.join(crate::ledger::DIR).join("slurm"),
+        out.join(crate::cohort::ledger::DIR).join("slurm"),
     )
 }
 

@@ -17,13 +17,13 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use crate::error::{Error, Result};
-use crate::geom::{L0Rect, Size};
-use crate::grid::ReadPlan;
+use crate::map::geom::{L0Rect, Size};
+use crate::map::grid::ReadPlan;
+use crate::map::preprocess::Normalizer;
+use crate::map::slide::SlideSource;
 use crate::model::Classifier;
 use crate::pipeline::Normalization;
-use crate::preprocess::Normalizer;
 use crate::progress::Progress;
-use crate::slide::SlideSource;
 
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOptions {

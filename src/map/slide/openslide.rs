@@ -8,7 +8,7 @@ use openslide_rs::{Address, OpenSlide, Region};
 
 use super::{Level, SlideInfo, SlideSource};
 use crate::error::{Error, Result};
-use crate::geom::{L0Point, Size};
+use crate::map::geom::{L0Point, Size};
 
 pub struct OpenSlideSource {
     slide: OpenSlide,

@@ -16,8 +16,8 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::geom::{Cell, L0Point, L0Rect, Size};
-use crate::slide::{best_level, SlideInfo};
+use crate::map::geom::{Cell, L0Point, L0Rect, Size};
+use crate::map::slide::{best_level, SlideInfo};
 
 /// The patch grid over a slide, in level-0 pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -181,7 +181,7 @@ impl ReadPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slide::Level;
+    use crate::map::slide::Level;
 
     #[test]
     fn whole_patches_only_and_edges() {

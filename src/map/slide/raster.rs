@@ -18,7 +18,7 @@ use tiff::ColorType;
 
 use super::{Level, SlideInfo, SlideSource};
 use crate::error::{Error, Result};
-use crate::geom::{L0Point, Size};
+use crate::map::geom::{L0Point, Size};
 
 /// Longest side accepted from any raster file; beyond this the header is corrupt or the
 /// image belongs in a pyramidal format.

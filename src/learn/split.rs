@@ -11,14 +11,14 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{duplicates, Dataset, Sample};
 use crate::error::{Error, Result};
+use crate::learn::dataset::{duplicates, Dataset, Sample};
 use crate::output::write_atomic;
 
 /// A row of the split CSV that `histomap split` writes and `train --split` reads.
 #[derive(Debug, Serialize, Deserialize)]
 struct SplitRow {
-    /// [`crate::dataset::Tile::name`].
+    /// [`crate::learn::dataset::Tile::name`].
     path: String,
     label: String,
     group: String,
@@ -162,7 +162,7 @@ pub fn grouped_folds(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::Tile;
+    use crate::learn::dataset::Tile;
 
     fn sample(label: usize, group: &str) -> Sample {
         Sample {

@@ -6,8 +6,8 @@
 //! a floor, so a slide that is all glass does not turn its faint noise into "tissue".
 //! Very dark pixels (pen, slide edges, fluorescence background) are not tissue.
 
-use crate::geom::{L0Rect, Size};
-use crate::slide::Thumbnail;
+use crate::map::geom::{L0Rect, Size};
+use crate::map::slide::Thumbnail;
 
 /// Brightness (max of R, G, B) below which a pixel is never tissue.
 const MIN_BRIGHTNESS: u8 = 25;
@@ -132,7 +132,7 @@ pub fn otsu(hist: &[u64; 256]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geom::L0Point;
+    use crate::map::geom::L0Point;
     use image::{Rgb, RgbImage};
 
     fn rect(x: u32, y: u32, w: u32, h: u32) -> L0Rect {

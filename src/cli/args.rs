@@ -1,0 +1,70 @@
+//! Argument parsers and small helpers the subcommands share.
+
+use std::path::PathBuf;
+
+/// Test-time augmentation (`--tta`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tta {
+    None,
+    D4,
+}
+
+/// clap parser: a whole number of at least `MIN`.
+pub fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= MIN => Ok(n),
+        Ok(n) => Err(format!("{n} is below the least allowed, {MIN}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// clap parser: tiles in a batch, 1 to [`histomap::pipeline::MAX_BATCH`].
+pub fn batch_size(s: &str) -> Result<usize, String> {
+    at_most(s, histomap::pipeline::MAX_BATCH)
+}
+
+/// clap parser: threads, 1 to 1024 (thousands of threads only stall a machine).
+pub fn threads(s: &str) -> Result<usize, String> {
+    at_most(s, 1024)
+}
+
+pub fn at_most(s: &str, most: usize) -> Result<usize, String> {
+    let n = at_least::<1>(s)?;
+    if n > most {
+        return Err(format!("{n} is above the most allowed, {most}"));
+    }
+    Ok(n)
+}
+
+/// clap parser: microns per pixel ([`histomap::pipeline::plausible_mpp`]).
+pub fn mpp(s: &str) -> Result<f64, String> {
+    finite(s, histomap::pipeline::plausible_mpp, "between 0.01 and 100")
+}
+
+/// clap parser: a data-given split's name, as manifests may spell it (`val`, `Valid`).
+pub fn split_name(s: &str) -> Result<String, String> {
+    histomap::learn::dataset::split_name(s)?.ok_or_else(|| "a split name cannot be blank".into())
+}
+
+/// clap parser: a finite number of at least 0.
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    finite(s, |x| x >= 0.0, "of at least 0")
+}
+
+pub fn finite(s: &str, ok: impl Fn(f64) -> bool, want: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && ok(x) => Ok(x),
+        Ok(x) => Err(format!("{x} is not a finite number {want}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Paths as a user typed them, comma-separated.
+pub fn shown(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,175 @@
+//! `histomap heatmap`: slides in, one output folder per slide out.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use histomap::cohort::run::{self, Job, Outcome};
+use histomap::cohort::shard::Shard;
+use histomap::map::stream::StreamOptions;
+use histomap::model::{Classifier, DeviceChoice};
+use histomap::pipeline::Pipeline;
+use histomap::progress::Bars;
+
+use super::args::{all_cores, batch_size, mpp, shown, threads, Tta};
+
+#[derive(Args)]
+pub struct HeatmapArgs {
+    /// Slide files and folders of slides.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Pipeline file (patch size, stride, MPP, classes, model).
+    #[arg(long, short)]
+    pub pipeline: PathBuf,
+    /// Output folder.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Model folder; default: the pipeline's model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Microns per pixel of slides that do not record it (PNG, JPEG, many plain TIFFs);
+    /// slides that record their own keep it. From 0.01 to 100.
+    #[arg(long, value_parser = mpp)]
+    pub slide_mpp: Option<f64>,
+    /// Override the pipeline's stride (pixels at the model's MPP, 1 to 4 × the patch
+    /// size); below the patch size, patches overlap.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stride: Option<u32>,
+    /// Override the minimum tissue fraction for a patch to be classified (0..=1); a
+    /// patch with no tissue at all is never classified, so 0 means "any tissue".
+    #[arg(long)]
+    pub min_tissue: Option<f32>,
+    /// Override the pipeline's batch size.
+    #[arg(long, value_parser = batch_size)]
+    pub batch_size: Option<usize>,
+    /// Worker threads for reading and for inference; default: all cores; at most 1024.
+    #[arg(long, value_parser = threads)]
+    pub threads: Option<usize>,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Test-time augmentation: d4 averages each patch's 8 dihedral orientations
+    /// (8× the inference time).
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta: Tta,
+    /// Run only part K/N of the slides (0-based K; sorted by path, balanced by file
+    /// size), so N workers with the same arguments cover every slide exactly once;
+    /// `slurm` takes K and N from the Slurm array task's environment.
+    #[arg(long, value_name = "K/N|slurm")]
+    pub shard: Option<Shard>,
+    /// Redo slides that are already finished.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl HeatmapArgs {
+    /// The `heatmap` command line that repeats these arguments with absolute paths,
+    /// leaving out --shard, --threads and --quiet, which each worker sets.
+    pub fn worker_argv(&self) -> anyhow::Result<Vec<String>> {
+        let abs = |p: &PathBuf| -> anyhow::Result<String> {
+            Ok(std::path::absolute(p)
+                .with_context(|| format!("{}: cannot make absolute", p.display()))?
+                .display()
+                .to_string())
+        };
+        let mut v = vec!["heatmap".to_string()];
+        for i in &self.inputs {
+            v.push(abs(i)?);
+        }
+        v.extend(["--pipeline".into(), abs(&self.pipeline)?]);
+        v.extend(["--out".into(), abs(&self.out)?]);
+        if let Some(m) = &self.model {
+            v.extend(["--model".into(), abs(m)?]);
+        }
+        let mut opt = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                v.extend([k.to_string(), val]);
+            }
+        };
+        opt("--slide-mpp", self.slide_mpp.map(|x| x.to_string()));
+        opt("--stride", self.stride.map(|x| x.to_string()));
+        opt("--min-tissue", self.min_tissue.map(|x| x.to_string()));
+        opt("--batch-size", self.batch_size.map(|x| x.to_string()));
+        let device = self.device.to_possible_value().expect("not skipped");
+        opt("--device", Some(device.get_name().to_string()));
+        if self.tta == Tta::D4 {
+            v.extend(["--tta".into(), "d4".into()]);
+        }
+        if self.force {
+            v.push("--force".into());
+        }
+        Ok(v)
+    }
+}
+
+pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
+    let threads = a.threads.unwrap_or_else(all_cores);
+    // candle's CPU kernels use the global rayon pool and read this variable for gemm.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the inference thread pool")?;
+
+    let mut pipeline = Pipeline::load(&a.pipeline)?;
+    if let Some(stride) = a.stride {
+        pipeline.set_stride(stride)?;
+    }
+    if let Some(v) = a.min_tissue {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("--min-tissue {v}: expected 0..=1");
+        }
+        pipeline.min_tissue = v;
+    }
+    if let Some(v) = a.batch_size {
+        pipeline.batch_size = v;
+    }
+    let model_dir = a
+        .model
+        .clone()
+        .unwrap_or_else(|| pipeline.model_path.clone());
+    let device = a.device.device()?;
+    let mut classifier = Classifier::load(&model_dir, &device)?;
+    classifier.card.check_against(&pipeline, &model_dir)?;
+    classifier.tta = a.tta == Tta::D4;
+    if !classifier.card.trained {
+        eprintln!(
+            "histomap: warning: {} holds an UNTRAINED model (random weights); its maps mean nothing",
+            model_dir.display()
+        );
+    }
+    let slides = run::collect_slides(&a.inputs)?;
+    if slides.is_empty() {
+        bail!("no slides found in {}", shown(&a.inputs));
+    }
+    let job = Job {
+        stream: StreamOptions {
+            batch_size: pipeline.batch_size,
+            readers: threads,
+            capacity: 2,
+        },
+        pipeline,
+        classifier,
+        out: a.out,
+        slide_mpp: a.slide_mpp,
+        force: a.force,
+        shard: a.shard.unwrap_or(Shard::ALL),
+    };
+    let reports = {
+        let bars = Bars::new(a.quiet);
+        run::run_all(&slides, &job, &bars)?
+    };
+    let failed = reports
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
+        .count();
+    if failed > 0 {
+        eprintln!("histomap: {failed} of {} slide(s) failed", reports.len());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,82 @@
+//! The command line: one module per subcommand, each holding its clap arguments and
+//! the code that turns them into library calls. Only this side of the crate prints
+//! results to stdout and uses `anyhow`; the library returns typed errors.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod args;
+mod evaluate;
+mod heatmap;
+mod info;
+mod init_model;
+mod report;
+mod slurm;
+mod split;
+mod status;
+mod tiles;
+mod train;
+
+/// Streamed whole-slide tissue maps: slide → patches → CNN → per-class heatmaps,
+/// overlay PNG, QuPath GeoJSON, CSV.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print format, dimensions, pyramid levels, MPP and objective power of slides.
+    Info(info::InfoArgs),
+    /// Classify the tissue of slides and write heatmaps, overlay, GeoJSON and CSV
+    /// into OUT/<slide name>/. Finished slides are skipped on reruns; a failed slide
+    /// is reported and the others go on (exit code 1 if any failed).
+    Heatmap(heatmap::HeatmapArgs),
+    /// Write a grouped, class-stratified K-fold split of a tile dataset (CSV with
+    /// path, label, group, fold). Tiles of one group (patient or slide) and
+    /// byte-identical tiles always share a fold. Reproducible from --seed.
+    Split(split::SplitArgs),
+    /// Train a patch classifier into a model folder (model.safetensors + card.json of
+    /// the best validation epoch, training.csv, checkpoint). Validation: fold --fold of
+    /// --split, else the data's own train/valid split, else grouped folds of the data.
+    Train(train::TrainArgs),
+    /// Evaluate a model on tiles: metrics.json (accuracy, balanced accuracy, macro F1,
+    /// ROC AUC, per class, confusion matrix) and predictions.csv. Byte-identical tiles
+    /// are counted once.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Write a Slurm job array that runs `heatmap` over the slides, N tasks each taking
+    /// a deterministic part of them; with --submit, submit it through sbatch. Takes
+    /// `heatmap`'s options but --shard and --threads, which each task sets (its array
+    /// index; --cpus). Resubmitting the script redoes only unfinished slides, unless
+    /// --force was given: it is written into the script, so every submission redoes all.
+    Slurm(slurm::SlurmArgs),
+    /// Where a run stands: done, failed, running and missing slides, read from OUT's
+    /// markers (no Slurm needed).
+    Status(status::StatusArgs),
+    /// Merge every slide's summary into OUT/cohort.csv and a static OUT/index.html
+    /// (thumbnails with overlays, class areas, sortable table, failed slides) that
+    /// opens from disk with no server.
+    Report(report::ReportArgs),
+    /// Write a model with RANDOM, UNTRAINED weights for a pipeline's classes. For
+    /// testing the plumbing only: its maps mean nothing, and its card says so.
+    InitModel(init_model::InitModelArgs),
+}
+
+impl Command {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Info(a) => info::run(a),
+            Command::Heatmap(a) => heatmap::run(a),
+            Command::Split(a) => split::run(a),
+            Command::Train(a) => train::run(a),
+            Command::Evaluate(a) => evaluate::run(a),
+            Command::Slurm(a) => slurm::run(a),
+            Command::Status(a) => status::run(a),
+            Command::Report(a) => report::run(a),
+            Command::InitModel(a) => init_model::run(a),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! `histomap slurm`: a Slurm job array of `heatmap` workers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use histomap::cohort::ledger::Ledger;
+use histomap::cohort::{run, slurm};
+use histomap::model::{Classifier, DeviceChoice};
+use histomap::pipeline::Pipeline;
+
+use super::args::{at_least, shown};
+use super::heatmap::HeatmapArgs;
+
+#[derive(Args)]
+pub struct SlurmArgs {
+    #[command(flatten)]
+    heatmap: HeatmapArgs,
+    /// Array tasks (workers).
+    #[arg(long, value_parser = at_least::<1>)]
+    array: usize,
+    /// Slurm partition to submit to; default: the cluster's.
+    #[arg(long)]
+    partition: Option<String>,
+    /// CPUs per task.
+    #[arg(long, default_value_t = 4)]
+    cpus: usize,
+    /// Memory per task (sbatch syntax, e.g. 8G).
+    #[arg(long)]
+    mem: Option<String>,
+    /// GPUs per task (the workers then run with --device cuda unless --device is given).
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Time limit per task (sbatch syntax, e.g. 4:00:00).
+    #[arg(long)]
+    time: Option<String>,
+    /// Slurm job name.
+    #[arg(long, default_value = "histomap")]
+    job_name: String,
+    /// Where to write the script; default OUT/histomap.sbatch.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Submit it with sbatch and print the job id.
+    #[arg(long)]
+    submit: bool,
+}
+
+pub fn run(a: SlurmArgs) -> anyhow::Result<ExitCode> {
+    if a.heatmap.shard.is_some() {
+        bail!("--shard is set per task by the script (its array index); leave it out");
+    }
+    if a.heatmap.threads.is_some() {
+        bail!("--threads is set per task by the script (--cpus); leave it out");
+    }
+    let mut heatmap = a.heatmap;
+    if a.gpus.is_some_and(|g| g > 0) && heatmap.device == DeviceChoice::Auto {
+        heatmap.device = DeviceChoice::Cuda;
+    }
+    // Check the job before it reaches a queue: the pipeline and model load, and the
+    // slide list is what every task will see.
+    let pipeline = Pipeline::load(&heatmap.pipeline)?;
+    let model_dir = heatmap.model.clone().unwrap_or(pipeline.model_path.clone());
+    Classifier::load(&model_dir, &candle_core::Device::Cpu)?
+        .card
+        .check_against(&pipeline, &model_dir)?;
+    let slides = run::collect_slides(&heatmap.inputs)?;
+    if slides.is_empty() {
+        bail!("no slides found in {}", shown(&heatmap.inputs));
+    }
+    let ledger = Ledger::create(&heatmap.out)?;
+    ledger.write_slides(&run::slide_entries(&slides))?;
+
+    let (default_script, logs) = slurm::default_paths(&std::path::absolute(&heatmap.out)?);
+    std::fs::create_dir_all(&logs).with_context(|| format!("{}", logs.display()))?;
+    let opts = slurm::SlurmOptions {
+        array: a.array,
+        job_name: a.job_name,
+        partition: a.partition,
+        cpus: a.cpus,
+        mem: a.mem,
+        gpus: a.gpus,
+        time: a.time,
+    };
+    let exe = std::env::current_exe().context("locating the histomap executable")?;
+    let text = slurm::script(&exe, &heatmap.worker_argv()?, &logs, &opts)?;
+    let script = a.script.unwrap_or(default_script);
+    histomap::output::write_atomic(&script, text.as_bytes())?;
+    eprintln!(
+        "wrote {} ({} tasks over {} slides)",
+        script.display(),
+        opts.array,
+        slides.len()
+    );
+    if a.submit {
+        let id = slurm::submit(&script)?;
+        println!("{id}");
+        eprintln!(
+            "submitted job {id}; follow it with: histomap status {}",
+            heatmap.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

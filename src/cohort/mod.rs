@@ -1,0 +1,18 @@
+//! Cohorts: many slides, many workers, one OUT folder.
+//!
+//! | module | in | out |
+//! |---|---|---|
+//! | [`run`] | slides and folders, a pipeline, a model | one complete output folder per slide |
+//! | [`ledger`] | an OUT folder | slide locks, failure records, the run's slide list and log |
+//! | [`shard`] | the slide list and a worker's index | the slides that worker runs |
+//! | [`slurm`] | a worker's command line and resources | an sbatch job array |
+//! | [`report`] | an OUT folder | `cohort.csv` and a static `index.html` |
+//!
+//! Workers share nothing but the file system: every coordination (locks, the slide
+//! list, failure records) is a file in OUT.
+
+pub mod ledger;
+pub mod report;
+pub mod run;
+pub mod shard;
+pub mod slurm;
