@@ -63,6 +63,70 @@ fn check_geojson(path: &Path, w: f64, h: f64, classes: &[&str]) -> (usize, usize
     (tiles, regions)
 }
 
+/// Checks the class regions of a slide folder, in `regions.geojson` and at the end of
+/// `tiles.geojson`, by OGC rules and their areas against their cell counts, and every
+/// tile square. Returns the number of region polygons.
+fn check_regions(dir: &Path) -> usize {
+    let s = summary(dir);
+    let grid = &s["plan"]["grid"];
+    let (patch, stride) = (
+        grid["patch"].as_i64().unwrap(),
+        grid["stride"].as_i64().unwrap(),
+    );
+    // Only cores wider than their patch reach past the slide, where they are clipped.
+    assert!(stride <= patch, "the areas below assume unclipped cores");
+    let features = |name: &str| {
+        let v: Value = serde_json::from_slice(&fs::read(dir.join(name)).unwrap()).unwrap();
+        v["features"].as_array().unwrap().clone()
+    };
+    let (regions, tiles) = (features("regions.geojson"), features("tiles.geojson"));
+    let (squares, annotations): (Vec<&Value>, Vec<&Value>) = tiles
+        .iter()
+        .partition(|f| f["properties"]["objectType"] == "tile");
+    assert_eq!(annotations, regions.iter().collect::<Vec<_>>());
+    let mut polygons = 0;
+    for f in &regions {
+        let name = &f["properties"]["name"];
+        let region = doubled(&f["geometry"]["coordinates"]);
+        let area = ogc::check(&region).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let cells = f["properties"]["measurements"]["cells"].as_i64().unwrap();
+        assert_eq!(area, cells * (2 * stride).pow(2), "{name}: area");
+        polygons += region.len();
+    }
+    for t in squares {
+        let square = doubled(&Value::Array(vec![t["geometry"]["coordinates"].clone()]));
+        assert_eq!(ogc::check(&square), Ok((2 * patch).pow(2)), "{t}");
+    }
+    polygons
+}
+
+/// Multipolygon coordinates in level-0 pixels, whole or half, as integers at twice the
+/// scale.
+fn doubled(coordinates: &Value) -> Vec<Vec<Vec<ogc::Point>>> {
+    fn list(v: &Value) -> &[Value] {
+        v.as_array().unwrap()
+    }
+    let twice = |v: &Value| {
+        let v = v.as_f64().unwrap() * 2.0;
+        assert_eq!(v.fract(), 0.0, "{v}");
+        v as i64
+    };
+    list(coordinates)
+        .iter()
+        .map(|polygon| {
+            list(polygon)
+                .iter()
+                .map(|ring| {
+                    list(ring)
+                        .iter()
+                        .map(|p| [twice(&p[0]), twice(&p[1])])
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn summary(dir: &Path) -> Value {
     serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap()
 }
@@ -155,6 +219,7 @@ fn heatmap_on_real_svs_writes_every_output() {
     let (tiles, regions) = check_geojson(&dir.join("tiles.geojson"), 2220.0, 2967.0, &KATHER);
     assert_eq!(tiles, classified);
     assert!(regions >= 1);
+    assert!(check_regions(&dir) >= regions);
     let csv = fs::read_to_string(dir.join("predictions.csv")).unwrap();
     assert_eq!(csv.lines().count(), classified + 1);
     assert!(csv.starts_with("x,y,w,h,tissue_fraction,prob_TUMOR,"));
@@ -422,6 +487,7 @@ fn plain_5000px_tiff_like_kathers_larger_images() {
         "the mosaic is mostly tissue"
     );
     check_geojson(&dir.join("tiles.geojson"), 5000.0, 5000.0, &KATHER);
+    assert!(check_regions(&dir) > 0);
 }
 
 #[test]
@@ -460,6 +526,7 @@ fn gigapixel_pyramid_with_sparse_tissue() {
         &["normal", "tumor"],
     );
     assert_eq!(tiles, classified);
+    assert!(check_regions(&dir) > 0);
 }
 
 /// The shipped models: trained, well under 50 MB, classes as their pipelines say, and
