@@ -14,6 +14,10 @@
 #
 # 4. `histomap report` over the final output (tests/batch.rs renders it in Chromium
 #    when HISTOMAP_SLURM_OUT names it, as scripts/test.sh does).
+# 5. What the partition offers: more CPUs than the node has is refused before
+#    submission; with --no-check it is submitted, and `status` shows every slide
+#    waiting for a pending task, with Slurm's reason (then the job is cancelled); with
+#    no --cpus, the default fits the node and its task runs.
 #
 # usage: scripts/slurm-test.sh   (after `cargo build --release`; prints one summary line)
 set -euo pipefail
@@ -130,4 +134,38 @@ done
 "$bin" report "$out" >/dev/null
 "$bin" status "$out" > "$work/status2.txt"
 grep -q '^6 done, 1 failed, 0 running, 0 missing (of 7)$' "$work/status2.txt" || fail "status after resubmission: $(tail -1 "$work/status2.txt")"
-echo "slurm-test: ok: 7 slides (6 good, 1 corrupt), array of 3 tasks on a single-node Slurm: every good slide done once, identical to one process; cancelled $victim mid-kather5000, resubmission reran only: ${reran[*]}; $(( $(date +%s) - t0 )) s"
+# --- 5. What the partition offers. ---
+node_cpus=$(sinfo -h -N -o %c | sort -n | tail -1)
+too_many=$((node_cpus + 1))
+out=$work/refused
+"$bin" slurm "${args[@]}" -o "$out" --array 3 --cpus "$too_many" --submit 2>"$work/refused.log" \
+  && fail "--cpus $too_many (the node has $node_cpus) was submitted"
+refusal="histomap: --cpus $too_many: no node of partition debug has more than $node_cpus CPUs; Slurm would keep every task pending. Ask for less, or pass --no-check to submit it as it is"
+grep -qxF "$refusal" "$work/refused.log" || fail "refusal: $(cat "$work/refused.log")"
+[[ -e $out ]] && fail "the refused job left $out"
+
+out=$work/pending
+job=$("$bin" slurm "${args[@]}" -o "$out" --array 3 --cpus "$too_many" --no-check --submit 2>/dev/null)
+# The scheduler names its reason on its first pass over the new job.
+for _ in $(seq 100); do
+  "$bin" status "$out" > "$work/status-pending.txt"
+  grep -q 'pending: PartitionConfig' "$work/status-pending.txt" && break
+  sleep 0.2
+done
+"$bin" status --json "$out" > "$work/status-pending.json"
+scancel "$job"
+grep -qx "Slurm job $job: 3 pending (PartitionConfig)" "$work/status-pending.txt" || fail "status of the pending job: $(cat "$work/status-pending.txt")"
+waiting=$(grep -cE "^missing  [a-z0-9_]+  job ${job}_[0-2] pending: PartitionConfig \(asks for more than any node of the partition has\)$" "$work/status-pending.txt" || true)
+[[ $waiting == 7 ]] || fail "$waiting of 7 slides shown waiting: $(cat "$work/status-pending.txt")"
+[[ $(grep -c "\"slurm\":{\"reason\":\"PartitionConfig\",\"state\":\"PENDING\",\"task\":\"${job}_" "$work/status-pending.json") == 7 ]] \
+  || fail "status --json of the pending job: $(cat "$work/status-pending.json")"
+
+out=$work/default
+job=$("$bin" slurm "$s/tile.png" -p pipelines/kather8.toml --slide-mpp 0.495 -o "$out" --array 1 --submit 2>/dev/null)
+fit=$((node_cpus < 4 ? node_cpus : 4))
+grep -qx "#SBATCH --cpus-per-task=$fit" "$out/histomap.sbatch" || fail "default --cpus: $(grep cpus "$out/histomap.sbatch")"
+grep -q "^# --cpus-per-task=$fit: the default" "$out/histomap.sbatch" || fail "the script does not say --cpus is the default"
+wait_job "$job"
+"$bin" status "$out" | grep -qx '1 done, 0 failed, 0 running, 0 missing (of 1)' || fail "the default --cpus job did not run"
+
+echo "slurm-test: ok: 7 slides (6 good, 1 corrupt), array of 3 tasks on a single-node Slurm: every good slide done once, identical to one process; cancelled $victim mid-kather5000, resubmission reran only: ${reran[*]}; --cpus $too_many refused on a $node_cpus-CPU node, pending with --no-check and shown so by status; default --cpus $fit ran; $(( $(date +%s) - t0 )) s"

@@ -21,6 +21,9 @@ pub enum Error {
     Dataset { path: PathBuf, msg: String },
     #[error("{0}")]
     Usage(String),
+    /// Slurm could not be asked, or answered what histomap cannot read.
+    #[error("{0}")]
+    Slurm(String),
     #[error("inference failed: {}", one_line(.0))]
     Candle(candle_core::Error),
 }

@@ -301,7 +301,10 @@ fn slurm_writes_a_script_that_shards_the_same_heatmap() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("my out");
     let model = model("kather8", Architecture::Smallcnn);
+    // No Slurm here (scripts/slurm-test.sh checks against a cluster): said in one line,
+    // and the script is written all the same.
     histomap()
+        .env("PATH", dir.path())
         .args([
             "slurm", "--array", "3", "--cpus", "2", "--mem", "4G", "--time", "10:00",
         ])
@@ -313,7 +316,11 @@ fn slurm_writes_a_script_that_shards_the_same_heatmap() {
         .arg(&out)
         .arg(svs())
         .assert()
-        .success();
+        .success()
+        .stderr(predicates::str::contains(
+            "histomap: Slurm not reachable: sinfo not on PATH; the job is not checked \
+             against the cluster\n",
+        ));
     let script = fs::read_to_string(out.join("histomap.sbatch")).unwrap();
     for needle in [
         "#SBATCH --array=0-2",
@@ -328,6 +335,10 @@ fn slurm_writes_a_script_that_shards_the_same_heatmap() {
     assert!(
         script.contains(&format!("'{}'", out.display())),
         "quoted OUT"
+    );
+    assert!(
+        !script.contains("the default"),
+        "--cpus was given:\n{script}"
     );
     let listed = Ledger::at(&out).read_slides().unwrap().unwrap();
     assert_eq!(listed.len(), 1);
@@ -344,6 +355,31 @@ fn slurm_writes_a_script_that_shards_the_same_heatmap() {
         .unwrap();
     assert!(run.success());
     assert!(out.join("cmu_small_region/summary.json").is_file());
+
+    // Unasked, Slurm's silence leaves the default at 4, and the script says so.
+    let other = dir.path().join("default");
+    histomap()
+        .env("PATH", dir.path())
+        .args(["slurm", "--array", "1", "-p"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(&model)
+        .arg("-o")
+        .arg(&other)
+        .arg(svs())
+        .assert()
+        .success();
+    let script = fs::read_to_string(other.join("histomap.sbatch")).unwrap();
+    for line in [
+        "# --cpus-per-task=4: the default (Slurm could not say what the partition offers); \
+         pass --cpus to choose.",
+        "#SBATCH --cpus-per-task=4",
+    ] {
+        assert!(
+            script.lines().any(|l| l == line),
+            "{line:?} not in\n{script}"
+        );
+    }
 
     for (flag, value) in [("--shard", "0/2"), ("--threads", "1")] {
         histomap()

@@ -52,9 +52,12 @@ pub enum Command {
     /// `heatmap`'s options but --shard and --threads, which each task sets (its array
     /// index; --cpus). Resubmitting the script redoes only unfinished slides, unless
     /// --force was given: it is written into the script, so every submission redoes all.
+    /// First asks sinfo what the partition's nodes offer, and refuses a job none of them
+    /// can run (--no-check overrides).
     Slurm(slurm::SlurmArgs),
     /// Where a run stands: done, failed, running and missing slides, read from OUT's
-    /// markers (no Slurm needed).
+    /// markers (no Slurm needed). For arrays submitted with `slurm --submit`, also asks
+    /// squeue which tasks still wait, and Slurm's reason.
     Status(status::StatusArgs),
     /// Merge every slide's summary into OUT/cohort.csv and a static OUT/index.html
     /// (thumbnails with overlays, class areas, sortable table, failed slides) that

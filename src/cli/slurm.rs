@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use histomap::cohort::ledger::Ledger;
-use histomap::cohort::{run, slurm};
+use histomap::cohort::ledger::{Ledger, SubmittedJob};
+use histomap::cohort::run;
+use histomap::cohort::slurm::{self, cluster, Cpus};
 use histomap::model::{Classifier, DeviceChoice};
 use histomap::pipeline::Pipeline;
 
@@ -23,9 +24,10 @@ pub struct SlurmArgs {
     /// Slurm partition to submit to; default: the cluster's.
     #[arg(long)]
     partition: Option<String>,
-    /// CPUs per task.
-    #[arg(long, default_value_t = 4)]
-    cpus: usize,
+    /// CPUs per task; default: 4, or the CPUs of the partition's largest node when
+    /// fewer (when sinfo can tell).
+    #[arg(long)]
+    cpus: Option<usize>,
     /// Memory per task (sbatch syntax, e.g. 8G).
     #[arg(long)]
     mem: Option<String>,
@@ -41,9 +43,17 @@ pub struct SlurmArgs {
     /// Where to write the script; default OUT/histomap.sbatch.
     #[arg(long)]
     script: Option<PathBuf>,
-    /// Submit it with sbatch and print the job id.
+    /// Submit it with sbatch and print the job id (recorded in OUT, so `histomap
+    /// status` shows tasks still waiting in the queue and Slurm's reason).
     #[arg(long)]
     submit: bool,
+    /// Write and submit the job even when no node of the partition can run a task as
+    /// asked: more CPUs, memory or GPUs than any node has, or --time above the
+    /// partition's MaxTime. Without it such a job is refused, since Slurm would keep
+    /// its tasks pending until the cluster changes. The check asks sinfo; with no Slurm
+    /// reachable the script is written unchecked.
+    #[arg(long)]
+    no_check: bool,
 }
 
 pub fn run(a: SlurmArgs) -> anyhow::Result<ExitCode> {
@@ -68,32 +78,61 @@ pub fn run(a: SlurmArgs) -> anyhow::Result<ExitCode> {
     if slides.is_empty() {
         bail!("no slides found in {}", shown(&heatmap.inputs));
     }
-    let ledger = Ledger::create(&heatmap.out)?;
-    ledger.write_slides(&run::slide_entries(&slides))?;
 
-    let (default_script, logs) = slurm::default_paths(&std::path::absolute(&heatmap.out)?);
-    std::fs::create_dir_all(&logs).with_context(|| format!("{}", logs.display()))?;
+    // A job no node can run is accepted by Slurm and then waits in silence: ask first.
+    let offer = cluster::partition(a.partition.as_deref())
+        .inspect_err(|e| eprintln!("histomap: {e}; the job is not checked against the cluster"))
+        .ok();
+    let cpus = a
+        .cpus
+        .map_or_else(|| Cpus::default_for(offer.as_ref()), Cpus::Given);
     let opts = slurm::SlurmOptions {
         array: a.array,
         job_name: a.job_name,
         partition: a.partition,
-        cpus: a.cpus,
+        cpus,
         mem: a.mem,
         gpus: a.gpus,
         time: a.time,
     };
+    let problems: Vec<String> = offer
+        .iter()
+        .flat_map(|p| cluster::unsatisfiable(&opts, p))
+        .map(|u| u.to_string())
+        .collect();
+    if !problems.is_empty() {
+        let problems = problems.join("; ");
+        if !a.no_check {
+            bail!(
+                "{problems}; Slurm would keep every task pending. Ask for less, or pass \
+                 --no-check to submit it as it is"
+            );
+        }
+        eprintln!("histomap: {problems}; Slurm will keep every task pending (--no-check)");
+    }
+
+    let ledger = Ledger::create(&heatmap.out)?;
+    ledger.write_slides(&run::slide_entries(&slides))?;
+    let (default_script, logs) = slurm::default_paths(&std::path::absolute(&heatmap.out)?);
+    std::fs::create_dir_all(&logs).with_context(|| format!("{}", logs.display()))?;
     let exe = std::env::current_exe().context("locating the histomap executable")?;
     let text = slurm::script(&exe, &heatmap.worker_argv()?, &logs, &opts)?;
     let script = a.script.unwrap_or(default_script);
     histomap::output::write_atomic(&script, text.as_bytes())?;
     eprintln!(
-        "wrote {} ({} tasks over {} slides)",
+        "wrote {} ({} tasks of {} CPUs over {} slides)",
         script.display(),
         opts.array,
+        opts.cpus.get(),
         slides.len()
     );
     if a.submit {
         let id = slurm::submit(&script)?;
+        ledger.record_job(&SubmittedJob {
+            id: id.clone(),
+            tasks: opts.array,
+            script: std::path::absolute(&script)?,
+        })?;
         println!("{id}");
         eprintln!(
             "submitted job {id}; follow it with: histomap status {}",

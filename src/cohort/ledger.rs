@@ -9,6 +9,7 @@
 //! OUT/.histomap/locks/<name>   locked (flock) by the worker processing that slide
 //! OUT/.histomap/failed/<name>.json   the last error of a slide; removed on success
 //! OUT/.histomap/log.jsonl      one line per event: start, done, failed, skipped, busy
+//! OUT/.histomap/jobs.jsonl     one line per Slurm array `histomap slurm --submit` sent
 //! OUT/.histomap/staging/       slide folders under construction
 //! ```
 //!
@@ -144,6 +145,16 @@ pub enum EventKind {
     Skipped,
     /// Another worker held the slide's lock.
     Busy,
+}
+
+/// A Slurm array submitted for the run: `status` asks Slurm about its tasks, which
+/// otherwise leave no trace in OUT until they start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmittedJob {
+    pub id: String,
+    /// Its array tasks; task K runs part K of the slide list.
+    pub tasks: usize,
+    pub script: PathBuf,
 }
 
 /// A slide's lock, held until dropped (or until the process ends, however it ends).
@@ -289,16 +300,35 @@ impl Ledger {
         found
     }
 
-    /// Appends one line to `log.jsonl`. One `write` of a short line in append mode
-    /// lands whole even with other workers appending.
+    /// Appends one line to `log.jsonl`.
     pub fn log(&self, kind: EventKind, slide: &str) -> Result<()> {
-        let path = self.dir.join("log.jsonl");
         let event = Event {
             event: kind,
             slide: slide.to_string(),
             worker: Worker::now(),
         };
-        let mut line = serde_json::to_vec(&event).expect("event serialises");
+        self.append("log.jsonl", &event)
+    }
+
+    /// Every event logged so far (lines that do not parse are left out).
+    pub fn events(&self) -> Vec<Event> {
+        self.read_lines("log.jsonl")
+    }
+
+    pub fn record_job(&self, job: &SubmittedJob) -> Result<()> {
+        self.append("jobs.jsonl", job)
+    }
+
+    /// The Slurm arrays submitted for the run, oldest first.
+    pub fn jobs(&self) -> Vec<SubmittedJob> {
+        self.read_lines("jobs.jsonl")
+    }
+
+    /// Appends `value` as one JSON line to a file of the ledger. One `write` of a short
+    /// line in append mode lands whole even with other workers appending.
+    fn append(&self, file: &str, value: &impl Serialize) -> Result<()> {
+        let path = self.dir.join(file);
+        let mut line = serde_json::to_vec(value).expect("ledger lines serialise");
         line.push(b'\n');
         OpenOptions::new()
             .create(true)
@@ -308,9 +338,8 @@ impl Ledger {
             .map_err(|e| Error::io(&path, e))
     }
 
-    /// Every event logged so far (lines that do not parse are left out).
-    pub fn events(&self) -> Vec<Event> {
-        fs::read_to_string(self.dir.join("log.jsonl"))
+    fn read_lines<T: serde::de::DeserializeOwned>(&self, file: &str) -> Vec<T> {
+        fs::read_to_string(self.dir.join(file))
             .map(|s| {
                 s.lines()
                     .filter_map(|l| serde_json::from_str(l).ok())
@@ -455,5 +484,13 @@ mod tests {
         ledger.log(EventKind::Done, "a").unwrap();
         let kinds: Vec<_> = ledger.events().iter().map(|e| e.event).collect();
         assert_eq!(kinds, [EventKind::Start, EventKind::Done]);
+        assert!(ledger.jobs().is_empty());
+        let job = SubmittedJob {
+            id: "12".into(),
+            tasks: 3,
+            script: "/o/histomap.sbatch".into(),
+        };
+        ledger.record_job(&job).unwrap();
+        assert_eq!(ledger.jobs(), [job]);
     }
 }

@@ -5,7 +5,7 @@
 //! | [`run`] | slides and folders, a pipeline, a model | one complete output folder per slide |
 //! | [`ledger`] | an OUT folder | slide locks, failure records, the run's slide list and log |
 //! | [`shard`] | the slide list and a worker's index | the slides that worker runs |
-//! | [`slurm`] | a worker's command line and resources | an sbatch job array |
+//! | [`slurm`] | a worker's command line and resources; Slurm's partitions and queue | an sbatch job array, checked against the partition; its queued tasks |
 //! | [`report`] | an OUT folder | `cohort.csv` and a static `index.html` |
 //!
 //! Workers share nothing but the file system: every coordination (locks, the slide

@@ -5,12 +5,18 @@
 //!
 //! The tasks need no coordination: each computes its own part of the slide list
 //! ([`shard`](crate::cohort::shard)), and the [`ledger`](crate::cohort::ledger) keeps a resubmitted or
-//! overlapping task off slides that are finished or taken.
+//! overlapping task off slides that are finished or taken. Before a job is written,
+//! [`cluster`] asks what the partition offers, so a job no node can run is refused
+//! rather than left pending; afterwards [`queue`] tells `status` which tasks wait, and why.
+
+pub mod cluster;
+pub mod queue;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{Error, Result};
+use cluster::Partition;
 
 /// The job's shape and resources, as sbatch options.
 #[derive(Debug, Clone)]
@@ -20,13 +26,92 @@ pub struct SlurmOptions {
     pub job_name: String,
     pub partition: Option<String>,
     /// CPUs per task; the worker uses them all.
-    pub cpus: usize,
+    pub cpus: Cpus,
     /// Memory per task, in sbatch's syntax (`8G`).
     pub mem: Option<String>,
     /// GPUs per task.
     pub gpus: Option<u32>,
     /// Time limit per task, in sbatch's syntax (`2:00:00`).
     pub time: Option<String>,
+}
+
+/// CPUs per task, and where the number came from (the script says).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cpus {
+    /// `--cpus`.
+    Given(usize),
+    /// [`Cpus::DEFAULT`], or fewer on a partition whose largest node has fewer.
+    Default {
+        cpus: usize,
+        /// The partition and its largest node's CPUs; `None` when Slurm could not say.
+        largest: Option<(String, u64)>,
+    },
+}
+
+impl Cpus {
+    pub const DEFAULT: usize = 4;
+
+    /// The default for the partition the job goes to, as far as Slurm told.
+    pub fn default_for(p: Option<&Partition>) -> Self {
+        let largest = p.map(|p| (p.name.clone(), p.max_cpus()));
+        let cpus = match &largest {
+            Some((_, n)) => Self::DEFAULT
+                .min(usize::try_from(*n).unwrap_or(usize::MAX))
+                .max(1),
+            None => Self::DEFAULT,
+        };
+        Cpus::Default { cpus, largest }
+    }
+
+    pub fn get(&self) -> usize {
+        match self {
+            Cpus::Given(n) | Cpus::Default { cpus: n, .. } => *n,
+        }
+    }
+
+    /// The script's note on a default, so a reader knows the number was not chosen.
+    fn note(&self) -> Option<String> {
+        let Cpus::Default { cpus, largest } = self else {
+            return None;
+        };
+        let d = Self::DEFAULT;
+        Some(match largest {
+            Some((p, n)) if *cpus < d => format!(
+                "--cpus-per-task={cpus}: the default, {d}, lowered to fit partition {p} \
+                 (largest node: {n} CPUs)"
+            ),
+            Some((p, n)) => {
+                format!("--cpus-per-task={cpus}: the default (partition {p}'s largest node: {n} CPUs)")
+            }
+            None => format!(
+                "--cpus-per-task={cpus}: the default (Slurm could not say what the partition offers)"
+            ),
+        })
+    }
+}
+
+/// Runs a Slurm client command: `Ok(Ok(stdout))`, `Ok(Err(its last error line))` when
+/// it fails, and an [`Error::Slurm`] when it cannot be run at all.
+fn run_slurm(program: &str, args: &[&str]) -> Result<std::result::Result<String, String>> {
+    let output = Command::new(program).args(args).output().map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "not on PATH".to_string(),
+            _ => e.to_string(),
+        };
+        Error::Slurm(format!("Slurm not reachable: {program} {why}"))
+    })?;
+    if !output.status.success() {
+        // Slurm's clients print their chain of causes first and the conclusion last.
+        let text = String::from_utf8_lossy(&output.stderr);
+        let last = text.lines().rev().find(|l| !l.trim().is_empty());
+        let last = last.map(str::trim).unwrap_or_default();
+        return Ok(Err(if last.starts_with(program) {
+            last.to_string()
+        } else {
+            format!("{program} failed ({}): {last}", output.status)
+        }));
+    }
+    Ok(Ok(String::from_utf8_lossy(&output.stdout).into_owned()))
 }
 
 /// Quotes a word for the shell, unless it needs none.
@@ -48,7 +133,8 @@ pub fn script(exe: &Path, heatmap: &[String], logs: &Path, o: &SlurmOptions) -> 
     if o.array == 0 {
         return Err(Error::Usage("--array 0: need at least one task".into()));
     }
-    if o.cpus == 0 {
+    let cpus = o.cpus.get();
+    if cpus == 0 {
         return Err(Error::Usage(
             "--cpus 0: need at least one CPU per task".into(),
         ));
@@ -60,14 +146,19 @@ pub fn script(exe: &Path, heatmap: &[String], logs: &Path, o: &SlurmOptions) -> 
          # (--shard slurm), so together they cover every slide exactly once. Finished\n\
          # slides are skipped and a slide locked by another task is left to it, so\n\
          # resubmitting this script redoes only failed, cancelled and missing slides.\n\
-         # `histomap status OUT` tells where the run stands, `histomap report OUT` merges it.\n",
+         # `histomap status OUT` tells where the run stands, `histomap report OUT` merges it;\n\
+         # status also shows the queued tasks of jobs that `histomap slurm --submit` sent,\n\
+         # since it records their ids in OUT (a plain sbatch does not).\n",
         env!("CARGO_PKG_VERSION"),
         o.array
     ));
+    if let Some(note) = o.cpus.note() {
+        s.push_str(&format!("# {note}; pass --cpus to choose.\n"));
+    }
     let mut opt = |k: &str, v: &str| s.push_str(&format!("#SBATCH --{k}={}\n", quote(v)));
     opt("job-name", &o.job_name);
     opt("array", &format!("0-{}", o.array - 1));
-    opt("cpus-per-task", &o.cpus.to_string());
+    opt("cpus-per-task", &cpus.to_string());
     opt("ntasks", "1");
     if let Some(p) = &o.partition {
         opt("partition", p);
@@ -90,7 +181,7 @@ pub fn script(exe: &Path, heatmap: &[String], logs: &Path, o: &SlurmOptions) -> 
         s.push_str(&quote(w));
     }
     s.push_str(" \\\n  --shard slurm --threads \"${SLURM_CPUS_PER_TASK:-");
-    s.push_str(&o.cpus.to_string());
+    s.push_str(&cpus.to_string());
     s.push_str("}\" --quiet\n");
     Ok(s)
 }
@@ -147,7 +238,7 @@ mod tests {
             array: 3,
             job_name: "histomap".into(),
             partition: Some("gpu".into()),
-            cpus: 4,
+            cpus: Cpus::Given(4),
             mem: Some("8G".into()),
             gpus: Some(1),
             time: Some("1:00:00".into()),
@@ -169,5 +260,46 @@ mod tests {
         }
         let no_tasks = SlurmOptions { array: 0, ..o };
         assert!(script(Path::new("h"), &args, Path::new("l"), &no_tasks).is_err());
+    }
+
+    #[test]
+    fn the_default_cpus_fit_the_largest_node_and_say_so() {
+        use cluster::{Node, TimeLimit};
+        let partition = |cpus| Partition {
+            name: "debug".into(),
+            nodes: vec![Node {
+                name: "n1".into(),
+                cpus,
+                mem_mb: 1024,
+                gpus: 0,
+            }],
+            max_time: TimeLimit::Unlimited,
+        };
+        assert_eq!(Cpus::default_for(Some(&partition(64))).get(), 4);
+        assert_eq!(Cpus::default_for(None).get(), 4);
+        let o = SlurmOptions {
+            array: 1,
+            job_name: "histomap".into(),
+            partition: None,
+            cpus: Cpus::default_for(Some(&partition(2))),
+            mem: None,
+            gpus: None,
+            time: None,
+        };
+        let args = ["heatmap".to_string()];
+        let s = script(Path::new("h"), &args, Path::new("l"), &o).unwrap();
+        for line in [
+            "# --cpus-per-task=2: the default, 4, lowered to fit partition debug (largest \
+             node: 2 CPUs); pass --cpus to choose.",
+            "#SBATCH --cpus-per-task=2",
+        ] {
+            assert!(s.lines().any(|l| l == line), "{line:?} missing in\n{s}");
+        }
+        let given = SlurmOptions {
+            cpus: Cpus::Given(2),
+            ..o
+        };
+        let s = script(Path::new("h"), &args, Path::new("l"), &given).unwrap();
+        assert!(!s.contains("the default"), "{s}");
     }
 }
