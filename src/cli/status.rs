@@ -27,14 +27,14 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let unfinished = survey
         .iter()
         .any(|s| matches!(s.2.word(), "missing" | "failed"));
-    let queue = unfinished
-        .then(|| queue::queue(&ledger))
-        .transpose()
-        .inspect_err(|e| eprintln!("histomap: {e}; queued Slurm tasks are not shown"))
-        .ok()
-        .flatten()
-        .flatten()
-        .unwrap_or_default();
+    let queue = match unfinished.then(|| queue::queue(&ledger)) {
+        Some(Ok(q)) => q.unwrap_or_default(),
+        Some(Err(e)) => {
+            eprintln!("histomap: {e}; queued Slurm tasks are not shown");
+            Default::default()
+        }
+        None => Default::default(),
+    };
     for (name, path, state) in &survey {
         let word = state.word();
         let waiting = matches!(state, SlideState::Missing)

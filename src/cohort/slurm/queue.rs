@@ -146,14 +146,7 @@ pub fn queue(ledger: &Ledger) -> Result<Option<Queue>> {
 fn submitted(task: &QueuedTask, jobs: &[SubmittedJob]) -> bool {
     let command = Path::new(&task.command);
     jobs.iter()
-        .any(|j| j.id == task.job && same_file(&j.script, command))
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
+        .any(|j| j.id == task.job && crate::canonical(&j.script) == crate::canonical(command))
 }
 
 /// Which listed slides each queued task would map: the shards the workers compute.

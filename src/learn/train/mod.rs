@@ -228,7 +228,7 @@ pub fn train(
 
 /// The state and optimiser this run starts from: the checkpoint in `out` with
 /// `--resume` (refused without it, or when the run would not end as the interrupted
-/// one would), else a fresh start.
+/// one would), else epoch 0.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn start_or_resume(
     out: &Path,
@@ -261,7 +261,45 @@ fn start_or_resume(
         opt.t = state.step;
         (state, opt)
     } else {
-        start_afresh(out, pipeline, split, opts, replace, varmap, ema, device)?
+        // A fresh start: seeded weights (or `--init`'s), and the normalisation the
+        // pipeline, the init model or the training tiles give.
+        let weights = out.join(WEIGHTS_FILE);
+        if weights.exists() && !replace {
+            return Err(Error::output(
+                &weights,
+                "a model is already here; pass --force to replace it, or choose another --out",
+            ));
+        }
+        init_weights(varmap, opts.seed)?;
+        if let Some(init) = &opts.init {
+            init_from(varmap, init, device)?;
+        }
+        let opt = AdamW::new(varmap, opts.weight_decay)?;
+        if let Some(ema) = ema {
+            ema.reset()?;
+        }
+        // A network started from another model keeps seeing pixels on the scale it
+        // learnt them at.
+        let normalization = match (&pipeline.normalization, &opts.init) {
+            (Some(n), _) => n.clone(),
+            (None, Some(init)) => crate::model::load_card(init)?.normalization,
+            (None, None) => measure_normalization(&split.train, pipeline.patch_size, opts.seed)?,
+        };
+        let state = State {
+            options: opts.clone(),
+            normalization,
+            epochs_done: 0,
+            step: 0,
+            best: None,
+            history: Vec::new(),
+            train_files: split.train.len(),
+            val_files: split.val.len(),
+            split_sha256: split.sha256(),
+            tiles_sha256: Some(split.tiles_sha256()),
+            checkpoint: String::new(),
+            task: Some(Task::of(pipeline)),
+        };
+        (state, opt)
     })
 }
 
@@ -380,59 +418,6 @@ fn validate(
         metrics::compute(&labels, &probs, &pipeline.class_names()),
         mean_nll(&labels, &probs, k),
     )))
-}
-
-/// The state and optimiser of a run that starts from epoch 0: seeded weights (or
-/// `--init`'s), and the normalisation the pipeline, the init model or the training
-/// tiles give.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-fn start_afresh(
-    out: &Path,
-    pipeline: &Pipeline,
-    split: &Split,
-    opts: &TrainOptions,
-    replace: bool,
-    varmap: &VarMap,
-    ema: Option<&Ema>,
-    device: &Device,
-) -> Result<(State, AdamW)> {
-    let weights = out.join(WEIGHTS_FILE);
-    if weights.exists() && !replace {
-        return Err(Error::output(
-            &weights,
-            "a model is already here; pass --force to replace it, or choose another --out",
-        ));
-    }
-    init_weights(varmap, opts.seed)?;
-    if let Some(init) = &opts.init {
-        init_from(varmap, init, device)?;
-    }
-    let opt = AdamW::new(varmap, opts.weight_decay)?;
-    if let Some(ema) = ema {
-        ema.reset()?;
-    }
-    // A network started from another model keeps seeing pixels on the scale it
-    // learnt them at.
-    let normalization = match (&pipeline.normalization, &opts.init) {
-        (Some(n), _) => n.clone(),
-        (None, Some(init)) => crate::model::load_card(init)?.normalization,
-        (None, None) => measure_normalization(&split.train, pipeline.patch_size, opts.seed)?,
-    };
-    let state = State {
-        options: opts.clone(),
-        normalization,
-        epochs_done: 0,
-        step: 0,
-        best: None,
-        history: Vec::new(),
-        train_files: split.train.len(),
-        val_files: split.val.len(),
-        split_sha256: split.sha256(),
-        tiles_sha256: Some(split.tiles_sha256()),
-        checkpoint: String::new(),
-        task: Some(Task::of(pipeline)),
-    };
-    Ok((state, opt))
 }
 
 fn mean_nll(labels: &[usize], probs: &[f32], k: usize) -> f64 {
