@@ -1,4 +1,5 @@
-//! Model throughput on the CPU: inference (BatchNorm folded, as `heatmap` runs it) and
+//! Model throughput on the CPU: inference (BatchNorm folded, as `heatmap` runs it) in
+//! f32 and int8 ([`histomap::model::int8`], the kernel path this CPU runs), and
 //! training steps (forward in training mode + backward), images per second, on random
 //! input. `scripts/bench-vs-pytorch.sh` runs this beside the same measurement in PyTorch.
 //!
@@ -47,11 +48,17 @@ fn main() {
             .to_vec2::<f32>()
             .unwrap();
     });
+    let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let int8 =
+        histomap::model::int8::Int8Net::new(&fused, histomap::model::int8::Isa::detect()).unwrap();
+    let infer_int8 = time(&|| {
+        int8.logits(&pixels, batch, size);
+    });
     let train = time(&|| {
         let logits = net.forward_t(&x, true).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
         loss.backward().unwrap();
     });
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    println!("candle {arch:?} size={size} batch={batch} threads={threads} infer_img_s={infer:.1} train_img_s={train:.1}");
+    println!("candle {arch:?} size={size} batch={batch} threads={threads} infer_img_s={infer:.1} int8_{}_img_s={infer_int8:.1} train_img_s={train:.1}", int8.isa().name());
 }

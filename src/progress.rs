@@ -16,6 +16,8 @@ pub trait Progress: Sync {
     fn patches_done(&self, _n: u64) {}
     /// A slide is over: one line saying how.
     fn slide_finished(&self, _line: &str) {}
+    /// Something the user should know that fails nothing.
+    fn warning(&self, _line: &str) {}
 }
 
 pub struct Silent;
@@ -70,6 +72,15 @@ impl Progress for Bars {
 
     fn patches_done(&self, n: u64) {
         self.patches.inc(n);
+    }
+
+    fn warning(&self, line: &str) {
+        let line = format!("histomap: warning: {line}");
+        if self.tty {
+            let _ = self.multi.println(line);
+        } else {
+            eprintln!("{line}");
+        }
     }
 
     fn slide_finished(&self, line: &str) {

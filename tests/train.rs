@@ -299,6 +299,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let opts = EvalOptions {
         split: Some("valid".into()),
         tta: true,
+        precision: Precision::F32,
         batch_size: 16,
         threads: 2,
         skip_bad: false,
@@ -622,6 +623,7 @@ fn predictions_csv_quotes_awkward_paths() {
     let opts = EvalOptions {
         split: None,
         tta: false,
+        precision: Precision::F32,
         batch_size: 4,
         threads: 1,
         skip_bad: false,

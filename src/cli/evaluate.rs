@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use histomap::learn::evaluate::{evaluate, EvalOptions};
-use histomap::model::DeviceChoice;
+use histomap::model::{DeviceChoice, Precision};
 use histomap::progress::EvalBar;
 
 use super::args::{all_cores, batch_size, split_name, Tta};
@@ -29,6 +29,11 @@ pub struct EvaluateArgs {
     /// Test-time augmentation: d4 averages the 8 dihedral orientations.
     #[arg(long, value_enum, default_value = "none")]
     tta: Tta,
+    /// Arithmetic of the classifier: auto takes int8 on a CPU with AVX2 after checking
+    /// it against f32 on the first batch (falling back to f32 with a warning), and f32
+    /// elsewhere; f32 is the reference; int8 runs int8 on the CPU unchecked.
+    #[arg(long, value_enum, default_value = "auto")]
+    precision: Precision,
     /// Tiles per forward pass.
     #[arg(long, default_value_t = 64, value_parser = batch_size)]
     batch_size: usize,
@@ -51,6 +56,7 @@ pub fn run(a: EvaluateArgs) -> anyhow::Result<ExitCode> {
         out,
         split,
         tta,
+        precision,
         batch_size,
         device,
         skip_bad,
@@ -59,6 +65,7 @@ pub fn run(a: EvaluateArgs) -> anyhow::Result<ExitCode> {
     let opts = EvalOptions {
         split,
         tta: tta == Tta::D4,
+        precision,
         batch_size,
         threads: all_cores(),
         skip_bad,
@@ -71,11 +78,15 @@ pub fn run(a: EvaluateArgs) -> anyhow::Result<ExitCode> {
         &device.device()?,
         &EvalBar::new(quiet),
     )?;
+    if let Some(w) = &e.precision_warning {
+        eprintln!("histomap: warning: {w}");
+    }
     let m = &e.metrics;
     println!(
-        "{} tiles ({} duplicates dropped){}",
+        "{} tiles ({} duplicates dropped), {}{}",
         m.n,
         e.duplicates_dropped,
+        e.precision,
         if e.tta { ", D4 TTA" } else { "" }
     );
     println!("accuracy           {:.4}", m.accuracy);

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use histomap::cohort::run::{self, Job, Outcome};
 use histomap::cohort::shard::Shard;
 use histomap::map::stream::StreamOptions;
-use histomap::model::{Classifier, DeviceChoice};
+use histomap::model::{Classifier, DeviceChoice, Precision};
 use histomap::pipeline::Pipeline;
 use histomap::progress::Bars;
 
@@ -53,6 +53,11 @@ pub struct HeatmapArgs {
     /// (8× the inference time).
     #[arg(long, value_enum, default_value = "none")]
     pub tta: Tta,
+    /// Arithmetic of the classifier: auto takes int8 on a CPU with AVX2 after checking
+    /// it against f32 on the first batch (falling back to f32 with a warning), and f32
+    /// elsewhere; f32 is the reference; int8 runs int8 on the CPU unchecked.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: Precision,
     /// Run only part K/N of the slides (0-based K; sorted by path, balanced by file
     /// size), so N workers with the same arguments cover every slide exactly once;
     /// `slurm` takes K and N from the Slurm array task's environment.
@@ -96,6 +101,8 @@ impl HeatmapArgs {
         opt("--batch-size", self.batch_size.map(|x| x.to_string()));
         let device = self.device.to_possible_value().expect("not skipped");
         opt("--device", Some(device.get_name().to_string()));
+        let precision = self.precision.to_possible_value().expect("not skipped");
+        opt("--precision", Some(precision.get_name().to_string()));
         if self.tta == Tta::D4 {
             v.extend(["--tta".into(), "d4".into()]);
         }
@@ -136,6 +143,7 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
     let mut classifier = Classifier::load(&model_dir, &device)?;
     classifier.card.check_against(&pipeline, &model_dir)?;
     classifier.tta = a.tta == Tta::D4;
+    classifier.set_precision(a.precision)?;
     if !classifier.card.trained {
         eprintln!(
             "histomap: warning: {} holds an UNTRAINED model (random weights); its maps mean nothing",

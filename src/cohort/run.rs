@@ -23,7 +23,7 @@ use crate::map::heatmap::{Heatmap, Predictions};
 use crate::map::mask::TissueMask;
 use crate::map::slide::{self, SlideInfo};
 use crate::map::stream::{self, StreamOptions, StreamStats};
-use crate::model::{Architecture, Classifier};
+use crate::model::{Architecture, Classifier, Precision};
 use crate::output::{write_atomic, Staging};
 use crate::pipeline::Pipeline;
 use crate::progress::Progress;
@@ -56,6 +56,7 @@ impl Job {
             pipeline: crate::canonical(&p.source),
             model: crate::canonical(&self.classifier.dir),
             tta_d4: self.classifier.tta,
+            precision: Some(self.classifier.precision()),
             patch_size: p.patch_size,
             stride: p.stride,
             mpp: p.mpp,
@@ -77,6 +78,10 @@ pub struct JobKey {
     pub pipeline: PathBuf,
     pub model: PathBuf,
     pub tta_d4: bool,
+    /// `--precision` as asked for (what ran is in [`ModelRef::precision`]). Absent in
+    /// summaries of earlier versions, which ran f32, and then not compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     pub patch_size: u32,
     pub stride: u32,
     pub mpp: f64,
@@ -93,12 +98,14 @@ pub struct JobKey {
 impl JobKey {
     /// The first setting that differs, as "model was A, now B"; None when equal.
     fn difference(&self, now: &JobKey) -> Option<String> {
-        let unrecorded: &[&str] = if self.slide_bytes.is_none() {
-            &["slide_bytes"]
-        } else {
-            &[]
-        };
-        crate::first_difference(self, now, unrecorded)
+        let mut unrecorded = Vec::new();
+        if self.slide_bytes.is_none() {
+            unrecorded.push("slide_bytes");
+        }
+        if self.precision.is_none() {
+            unrecorded.push("precision");
+        }
+        crate::first_difference(self, now, &unrecorded)
             .map(|(field, old, new)| format!("{field} was {old}, now {new}"))
     }
 }
@@ -302,6 +309,9 @@ pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Result
                 name,
                 outcome,
             };
+            if let Some(w) = job.classifier.take_warning() {
+                progress.warning(&w);
+            }
             progress.slide_finished(&report.line());
             Ok(report)
         })
@@ -429,6 +439,8 @@ pub struct ModelRef {
     pub trained: bool,
     /// Probabilities are the mean over the 8 dihedral views of each patch.
     pub tta_d4: bool,
+    /// The arithmetic the classifier ran in: `f32`, `int8-avx2`, ...
+    pub precision: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -610,6 +622,7 @@ fn summarise(
             architecture: job.classifier.card.architecture,
             trained: job.classifier.card.trained,
             tta_d4: job.classifier.tta,
+            precision: job.classifier.precision_used(),
         },
         plan: *r.plan,
         tissue: TissueSummary {

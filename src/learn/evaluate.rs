@@ -13,13 +13,14 @@ use crate::learn::dataset::{duplicates, BadTile, Dataset};
 use crate::learn::metrics::{self, Metrics};
 use crate::learn::train::predict_tiles;
 use crate::map::preprocess::Normalizer;
-use crate::model::Classifier;
+use crate::model::{Classifier, Precision};
 use crate::output::write_atomic;
 
 pub struct EvalOptions {
     /// Only tiles whose data-given split is this (e.g. `valid`).
     pub split: Option<String>,
     pub tta: bool,
+    pub precision: Precision,
     pub batch_size: usize,
     pub threads: usize,
     /// Leave out unreadable tiles (listed in [`Evaluation::skipped`]) instead of failing.
@@ -44,6 +45,11 @@ pub struct Evaluation {
     pub data: PathBuf,
     pub split: Option<String>,
     pub tta: bool,
+    /// The arithmetic the classifier ran in (`f32`, `int8-avx2`, ...).
+    pub precision: String,
+    /// Why `Precision::Auto` fell back to f32, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision_warning: Option<String>,
     pub duplicates_dropped: usize,
     /// Tiles left out as unreadable (`skip_bad`).
     pub skipped: Vec<BadTile>,
@@ -59,7 +65,8 @@ pub fn evaluate(
     device: &Device,
     progress: &dyn EvalProgress,
 ) -> Result<Evaluation> {
-    let model = Classifier::load(model_dir, device)?;
+    let mut model = Classifier::load(model_dir, device)?;
+    model.set_precision(opts.precision)?;
     let classes: Vec<String> = model.card.classes.iter().map(|c| c.name.clone()).collect();
     let mut dataset = Dataset::load(data, &classes)?;
     if let Some(split) = &opts.split {
@@ -159,6 +166,8 @@ pub fn evaluate(
         data: data.to_path_buf(),
         split: opts.split.clone(),
         tta: opts.tta,
+        precision: model.precision_used(),
+        precision_warning: model.take_warning(),
         duplicates_dropped: dropped,
         skipped,
         metrics,

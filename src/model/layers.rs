@@ -53,6 +53,21 @@ impl ConvBn {
         }
         Ok(())
     }
+
+    /// What the int8 path rebuilds the layer from: weights (c_out, c_in, k, k), bias,
+    /// stride, padding and ReLU. `None` until the BatchNorm is fused.
+    pub(super) fn fused_parts(&self) -> Option<(&Tensor, Option<&Tensor>, usize, usize, bool)> {
+        let cfg = self.conv.config();
+        self.bn.is_none().then(|| {
+            (
+                self.conv.weight(),
+                self.conv.bias(),
+                cfg.stride,
+                cfg.padding,
+                self.relu,
+            )
+        })
+    }
 }
 
 impl ModuleT for ConvBn {

@@ -7,6 +7,7 @@
 
 pub mod card;
 mod cpu_ops;
+pub mod int8;
 mod layers;
 mod resnet;
 mod smallcnn;
@@ -142,6 +143,26 @@ impl DeviceChoice {
     }
 }
 
+/// The arithmetic of the forward pass (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// int8 on a CPU with a fast int8 kernel (AVX2), checked against f32 on the first
+    /// batch; f32 elsewhere, or when the check fails.
+    #[default]
+    Auto,
+    /// The reference.
+    F32,
+    /// int8 on the CPU, unchecked.
+    Int8,
+}
+
+/// Largest difference of any class probability between int8 and f32 on the first
+/// batch that `Precision::Auto` accepts. Quantisation moves the shipped models'
+/// probabilities by a few thousandths; a model it moves by this much is not one int8
+/// should run.
+const AUTO_MAX_PROB_DIFF: f32 = 0.1;
+
 /// A loaded model ready for inference.
 pub struct Classifier {
     net: Network,
@@ -150,6 +171,12 @@ pub struct Classifier {
     pub dir: PathBuf,
     /// Test-time augmentation: [`Classifier::predict`] averages the 8 dihedral views.
     pub tta: bool,
+    precision: Precision,
+    int8: Option<int8::Int8Net>,
+    /// With `Precision::Auto`: whether int8 passed its check on the first batch.
+    int8_checked: std::sync::OnceLock<bool>,
+    /// A fallback to f32 not yet reported ([`Classifier::take_warning`]).
+    warning: std::sync::Mutex<Option<String>>,
 }
 
 impl Classifier {
@@ -185,7 +212,52 @@ impl Classifier {
             card,
             dir: dir.to_path_buf(),
             tta: false,
+            precision: Precision::F32,
+            int8: None,
+            int8_checked: std::sync::OnceLock::new(),
+            warning: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Chooses the arithmetic of later forward passes. int8 runs on the CPU only.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let isa = int8::Isa::detect();
+        let cpu = self.device.is_cpu();
+        self.int8 = match precision {
+            Precision::F32 => None,
+            Precision::Int8 if !cpu => {
+                return Err(Error::Usage(
+                    "--precision int8 runs on the CPU: add --device cpu".into(),
+                ))
+            }
+            // The portable kernel is slower than f32: auto takes int8 only where it pays.
+            Precision::Auto if !cpu || isa == int8::Isa::Portable => None,
+            Precision::Int8 | Precision::Auto => Some(int8::Int8Net::new(&self.net, isa)?),
+        };
+        self.precision = precision;
+        self.int8_checked = std::sync::OnceLock::new();
+        Ok(())
+    }
+
+    /// The precision asked for.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The arithmetic forward passes run in: `f32`, or `int8-<kernel>`. With
+    /// `Precision::Auto`, as decided on the first batch.
+    pub fn precision_used(&self) -> String {
+        match &self.int8 {
+            Some(q) if self.int8_checked.get() != Some(&false) => {
+                format!("int8-{}", q.isa().name())
+            }
+            _ => "f32".into(),
+        }
+    }
+
+    /// A fallback from int8 to f32 that happened since the last call, in words.
+    pub fn take_warning(&self) -> Option<String> {
+        self.warning.lock().map_or(None, |mut w| w.take())
     }
 
     pub fn num_classes(&self) -> usize {
@@ -215,10 +287,58 @@ impl Classifier {
         Ok(probs)
     }
 
-    /// Raw logits (N, classes) for an input batch (N, 3, size, size) on the model's device.
+    /// Raw logits (N, classes) for an input batch (N, 3, size, size), in the chosen
+    /// precision.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.net.forward_t(&x.to_device(&self.device)?, false)?)
+        let f32_logits = || Ok(self.net.forward_t(&x.to_device(&self.device)?, false)?);
+        let Some(q) = &self.int8 else {
+            return f32_logits();
+        };
+        let (n, _, side, _) = x.dims4()?;
+        let pixels = x.flatten_all()?.to_vec1::<f32>()?;
+        let int8 = Tensor::from_vec(
+            q.logits(&pixels, n, side),
+            (n, self.num_classes()),
+            &Device::Cpu,
+        )?;
+        if self.precision != Precision::Auto {
+            return Ok(int8);
+        }
+        let mut f32_first = None;
+        let keep = *self.int8_checked.get_or_init(|| {
+            let Ok(reference) = f32_logits() else {
+                return false;
+            };
+            let diff = max_prob_diff(&int8, &reference).unwrap_or(f32::INFINITY);
+            f32_first = Some(reference);
+            if diff <= AUTO_MAX_PROB_DIFF {
+                return true;
+            }
+            if let Ok(mut w) = self.warning.lock() {
+                *w = Some(format!(
+                    "{}: int8 moved a probability by {diff:.3} against f32 on the first batch \
+                     (at most {AUTO_MAX_PROB_DIFF} passes); running in f32",
+                    self.dir.display()
+                ));
+            }
+            false
+        });
+        match (keep, f32_first) {
+            (true, _) => Ok(int8),
+            (false, Some(reference)) => Ok(reference),
+            (false, None) => f32_logits(),
+        }
     }
+}
+
+/// Largest difference of any class probability between two batches of logits.
+fn max_prob_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let p = |t: &Tensor| candle_nn::ops::softmax_last_dim(t);
+    Ok((p(a)? - p(b)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?)
 }
 
 /// Patches per forward pass. Activation memory grows with the batch while speed stops

@@ -154,6 +154,17 @@ impl ResNet {
         self.stem.fuse()?;
         self.layers.iter_mut().try_for_each(Block::fuse)
     }
+
+    /// The stem, each block's convolutions and shortcut, and the head, for the int8
+    /// path.
+    pub(super) fn parts(&self) -> (&ConvBn, Vec<(&[ConvBn], Option<&ConvBn>)>, &Linear) {
+        let blocks = self
+            .layers
+            .iter()
+            .map(|b| (b.convs.as_slice(), b.downsample.as_ref()))
+            .collect();
+        (&self.stem, blocks, &self.fc)
+    }
 }
 
 impl ModuleT for ResNet {

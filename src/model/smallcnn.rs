@@ -45,6 +45,11 @@ impl SmallCnn {
     pub fn fuse(&mut self) -> Result<()> {
         self.features.iter_mut().try_for_each(ConvBn::fuse)
     }
+
+    /// The conv blocks and the classifier head, for the int8 path.
+    pub(super) fn parts(&self) -> (&[ConvBn], &Linear) {
+        (&self.features, &self.fc)
+    }
 }
 
 impl ModuleT for SmallCnn {

@@ -1,0 +1,390 @@
+//! int8 inference on the CPU. In: a [`Network`] whose BatchNorms are fused, and batches
+//! of normalised patches (n, 3, size, size) f32. Out: logits (n × classes) f32, close to
+//! the f32 network's (tests bound the difference on the shipped models and real tiles).
+//!
+//! Each convolution quantises its input per image (7 bits, scale from the image's own
+//! range: zero point 0 after a ReLU, 64 where values can be negative), unfolds it
+//! (im2col, channels last), and runs one [`gemm`] whose epilogue dequantises with the
+//! per-channel weight scale, adds the bias and applies the ReLU. Pooling, residual
+//! additions, the global average and the classifier head stay f32. Scales come from
+//! each image alone, so a patch's result depends neither on the thread count nor on the
+//! other patches in its batch; images run in parallel on the global rayon pool.
+
+mod gemm;
+
+use rayon::prelude::*;
+
+pub use self::gemm::Isa;
+use self::gemm::{PackedWeights, Quant, AMAX, MR};
+use super::layers::ConvBn;
+use super::Network;
+use crate::error::{Error, Result};
+
+/// One image's activations, channels last.
+struct Act {
+    h: usize,
+    w: usize,
+    c: usize,
+    data: Vec<f32>,
+}
+
+/// A convolution (BatchNorm folded) with its ReLU, quantised.
+struct Conv {
+    weights: PackedWeights,
+    bias: Vec<f32>,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    c_in: usize,
+    relu: bool,
+}
+
+impl Conv {
+    fn new(layer: &ConvBn) -> Result<Self> {
+        let unfused = || Error::Usage("int8: the network's BatchNorms are not fused".into());
+        let (w, b, stride, pad, relu) = layer.fused_parts().ok_or_else(unfused)?;
+        let (c_out, c_in, kh, kw) = w.dims4()?;
+        // (c_out, c_in, ky, kx) to (c_out, ky, kx, c_in): the im2col row order.
+        let w = w.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = match b {
+            Some(b) => b.to_vec1::<f32>()?,
+            None => vec![0.0; c_out],
+        };
+        debug_assert_eq!(kh, kw);
+        Ok(Self {
+            weights: PackedWeights::new(&w, c_out, kh * kw * c_in),
+            bias,
+            kernel: kh,
+            stride,
+            pad,
+            c_in,
+            relu,
+        })
+    }
+
+    fn forward(&self, isa: Isa, x: &Act) -> Act {
+        debug_assert_eq!(x.c, self.c_in);
+        let (k, s, p) = (self.kernel, self.stride, self.pad);
+        let oh = (x.h + 2 * p - k) / s + 1;
+        let ow = (x.w + 2 * p - k) / s + 1;
+        let rows = (oh * ow).div_ceil(MR) * MR;
+        let (q, quant) = quantize(x);
+        let kp = self.weights.kp;
+        let n = self.weights.n;
+        let mut out = vec![0f32; rows * n];
+        if k == 1 && s == 1 && x.c == kp {
+            // A 1×1 convolution's im2col matrix is its input.
+            let mut a = q;
+            a.resize(rows * kp, quant.zero);
+            gemm::gemm(
+                isa,
+                &a,
+                rows,
+                quant,
+                &self.weights,
+                &self.bias,
+                self.relu,
+                &mut out,
+            );
+        } else {
+            let mut a = vec![0u8; rows * kp];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let row = &mut a[(oy * ow + ox) * kp..][..kp];
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let dst = &mut row[(ky * k + kx) * x.c..][..x.c];
+                            let (iy, ix) =
+                                ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
+                            if iy < x.h && ix < x.w {
+                                dst.copy_from_slice(&q[(iy * x.w + ix) * x.c..][..x.c]);
+                            } else {
+                                dst.fill(quant.zero);
+                            }
+                        }
+                    }
+                }
+            }
+            gemm::gemm(
+                isa,
+                &a,
+                rows,
+                quant,
+                &self.weights,
+                &self.bias,
+                self.relu,
+                &mut out,
+            );
+        }
+        out.truncate(oh * ow * n);
+        Act {
+            h: oh,
+            w: ow,
+            c: n,
+            data: out,
+        }
+    }
+}
+
+/// Quantises one image to `0..=AMAX` with a scale from its own range: zero point 0
+/// when no value is negative (after a ReLU: every level for the values there are),
+/// else the middle.
+fn quantize(x: &Act) -> (Vec<u8>, Quant) {
+    let (lo, hi) = x
+        .data
+        .iter()
+        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let half = AMAX / 2 + 1;
+    let (levels, zero) = if lo < 0.0 {
+        (f32::from(AMAX - half), half)
+    } else {
+        (f32::from(AMAX), 0)
+    };
+    let range = hi.max(-lo);
+    let scale = if range > 0.0 { range / levels } else { 1.0 };
+    let inv = 1.0 / scale;
+    let offset = f32::from(zero) + 0.5;
+    // `v · inv + offset` lies in [0.5, AMAX + 0.5], so the cast rounds to nearest.
+    let q = x.data.iter().map(|&v| (v * inv + offset) as u8).collect();
+    (q, Quant { scale, zero })
+}
+
+/// Max pooling, floor mode, padding never chosen.
+fn max_pool(x: &Act, k: usize, s: usize, p: usize) -> Act {
+    let oh = (x.h + 2 * p - k) / s + 1;
+    let ow = (x.w + 2 * p - k) / s + 1;
+    let mut data = vec![f32::NEG_INFINITY; oh * ow * x.c];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let dst = &mut data[(oy * ow + ox) * x.c..][..x.c];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let (iy, ix) = ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
+                    if iy < x.h && ix < x.w {
+                        let src = &x.data[(iy * x.w + ix) * x.c..][..x.c];
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = d.max(v));
+                    }
+                }
+            }
+        }
+    }
+    Act {
+        h: oh,
+        w: ow,
+        c: x.c,
+        data,
+    }
+}
+
+/// Global average pooling and the linear classifier, in f32.
+struct Head {
+    /// (classes, channels) row-major.
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Head {
+    fn new(fc: &candle_nn::Linear) -> Result<Self> {
+        let w = fc.weight().flatten_all()?.to_vec1::<f32>()?;
+        let b = match fc.bias() {
+            Some(b) => b.to_vec1::<f32>()?,
+            None => vec![0.0; fc.weight().dim(0)?],
+        };
+        Ok(Self { w, b })
+    }
+
+    fn forward(&self, x: &Act, logits: &mut [f32]) {
+        let mut mean = vec![0f32; x.c];
+        for px in x.data.chunks(x.c) {
+            mean.iter_mut().zip(px).for_each(|(m, v)| *m += v);
+        }
+        let n = (x.h * x.w) as f32;
+        mean.iter_mut().for_each(|m| *m /= n);
+        for (o, l) in logits.iter_mut().enumerate() {
+            let row = &self.w[o * x.c..][..x.c];
+            *l = row.iter().zip(&mean).map(|(w, m)| w * m).sum::<f32>() + self.b[o];
+        }
+    }
+}
+
+enum Body {
+    SmallCnn(Vec<Conv>),
+    ResNet {
+        stem: Conv,
+        /// Each block's convolutions and its shortcut's (`None`: identity).
+        blocks: Vec<(Vec<Conv>, Option<Conv>)>,
+    },
+}
+
+/// A network quantised for int8 inference.
+pub struct Int8Net {
+    isa: Isa,
+    body: Body,
+    head: Head,
+    classes: usize,
+}
+
+impl Int8Net {
+    /// Quantises a fused network for the kernel path `isa`.
+    pub fn new(net: &Network, isa: Isa) -> Result<Self> {
+        let (body, fc) = match net {
+            Network::SmallCnn(n) => {
+                let (features, fc) = n.parts();
+                let convs = features.iter().map(Conv::new).collect::<Result<_>>()?;
+                (Body::SmallCnn(convs), fc)
+            }
+            Network::ResNet(n) => {
+                let (stem, blocks, fc) = n.parts();
+                let blocks = blocks
+                    .into_iter()
+                    .map(|(convs, down)| {
+                        let convs = convs.iter().map(Conv::new).collect::<Result<Vec<_>>>()?;
+                        Ok((convs, down.map(Conv::new).transpose()?))
+                    })
+                    .collect::<Result<_>>()?;
+                let stem = Conv::new(stem)?;
+                (Body::ResNet { stem, blocks }, fc)
+            }
+        };
+        let head = Head::new(fc)?;
+        let classes = head.b.len();
+        Ok(Self {
+            isa,
+            body,
+            head,
+            classes,
+        })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Logits (n × classes, row-major) of `n` images laid out (n, 3, side, side).
+    pub fn logits(&self, pixels: &[f32], n: usize, side: usize) -> Vec<f32> {
+        let plane = side * side;
+        assert_eq!(pixels.len(), n * 3 * plane, "pixels are (n, 3, side, side)");
+        let mut logits = vec![0f32; n * self.classes];
+        logits
+            .par_chunks_mut(self.classes)
+            .zip(pixels.par_chunks(3 * plane))
+            .for_each(|(out, chw)| {
+                let mut data = vec![0f32; 3 * plane];
+                for (i, px) in data.chunks_mut(3).enumerate() {
+                    for (c, v) in px.iter_mut().enumerate() {
+                        *v = chw[c * plane + i];
+                    }
+                }
+                let x = Act {
+                    h: side,
+                    w: side,
+                    c: 3,
+                    data,
+                };
+                self.head.forward(&self.body(x), out);
+            });
+        logits
+    }
+
+    fn body(&self, x: Act) -> Act {
+        let isa = self.isa;
+        match &self.body {
+            Body::SmallCnn(convs) => convs
+                .iter()
+                .fold(x, |x, conv| max_pool(&conv.forward(isa, &x), 2, 2, 0)),
+            Body::ResNet { stem, blocks } => {
+                let x = max_pool(&stem.forward(isa, &x), 3, 2, 1);
+                blocks.iter().fold(x, |x, (convs, down)| {
+                    let y = convs.iter().fold(None::<Act>, |y, conv| {
+                        Some(conv.forward(isa, y.as_ref().unwrap_or(&x)))
+                    });
+                    let mut y = y.expect("a block has convolutions");
+                    let shortcut = down.as_ref().map(|d| d.forward(isa, &x));
+                    let s = shortcut.as_ref().unwrap_or(&x);
+                    y.data
+                        .iter_mut()
+                        .zip(&s.data)
+                        .for_each(|(v, s)| *v = (*v + s).max(0.0));
+                    y
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Architecture;
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random_net(arch: Architecture, classes: usize) -> Network {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let mut net = Network::new(arch, vb, classes).unwrap();
+        net.fuse().unwrap();
+        net
+    }
+
+    fn pixels(n: usize, side: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n * 3 * side * side)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect()
+    }
+
+    /// Relative error of int8 logits against f32 ones, over the whole batch.
+    fn rel_error(a: &[f32], b: &[f32]) -> f32 {
+        let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+        let den: f32 = b.iter().map(|y| y * y).sum();
+        (num / den.max(1e-12)).sqrt()
+    }
+
+    /// The f32 network's logits for the same input.
+    fn f32_logits(net: &Network, pixels: &[f32], n: usize, side: usize) -> Result<Vec<f32>> {
+        use candle_core::ModuleT;
+        let x = Tensor::from_slice(pixels, (n, 3, side, side), &candle_core::Device::Cpu)?;
+        Ok(net.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    #[test]
+    fn int8_follows_f32_on_every_architecture_and_odd_sizes() {
+        // Batch 1, sides that are not multiples of the pooling, a ResNet-50 bottleneck.
+        for (arch, side) in [
+            (Architecture::Smallcnn, 37),
+            (Architecture::Resnet18, 45),
+            (Architecture::Resnet50, 33),
+        ] {
+            let net = random_net(arch, 3);
+            let x = pixels(2, side, 1);
+            let want = f32_logits(&net, &x, 2, side).unwrap();
+            for isa in [Isa::Portable, Isa::Avx2] {
+                if !isa.available() {
+                    continue;
+                }
+                let q = Int8Net::new(&net, isa).unwrap();
+                let got = q.logits(&x, 2, side);
+                let e = rel_error(&got, &want);
+                assert!(e < 0.1, "{arch:?} {isa:?}: relative error {e}");
+                // One image alone gives what it gives beside another.
+                let one = q.logits(&x[..3 * side * side], 1, side);
+                assert_eq!(one, got[..3], "{arch:?} {isa:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn paths_agree_bit_for_bit_on_a_network() {
+        if !Isa::Avx2.available() {
+            return;
+        }
+        let net = random_net(Architecture::Resnet18, 2);
+        let x = pixels(1, 40, 3);
+        let a = Int8Net::new(&net, Isa::Portable).unwrap().logits(&x, 1, 40);
+        let b = Int8Net::new(&net, Isa::Avx2).unwrap().logits(&x, 1, 40);
+        assert_eq!(a, b);
+    }
+}
