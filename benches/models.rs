@@ -3,7 +3,8 @@
 //! training steps (forward in training mode + backward), images per second, on random
 //! input. `scripts/bench-vs-pytorch.sh` runs this beside the same measurement in PyTorch.
 //!
-//! usage: cargo bench --bench models -- ARCH SIZE BATCH [ITERS]   (e.g. smallcnn 96 32)
+//! usage: cargo bench --bench models -- ARCH SIZE BATCH [ITERS [int8]]   (e.g. smallcnn 96 32)
+//! A fifth argument `int8` times the int8 path alone, for profiling it.
 
 use std::time::Instant;
 
@@ -41,6 +42,17 @@ fn main() {
         }
         (batch * iters) as f64 / t.elapsed().as_secs_f64()
     };
+    let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let int8 =
+        histomap::model::int8::Int8Net::new(&fused, histomap::model::int8::Isa::detect()).unwrap();
+    let infer_int8 = time(&|| {
+        int8.logits(&pixels, batch, size);
+    });
+    let isa = int8.isa().name();
+    if args.get(4).map(String::as_str) == Some("int8") {
+        println!("candle {arch:?} size={size} batch={batch} int8_{isa}_img_s={infer_int8:.1}");
+        return;
+    }
     let infer = time(&|| {
         fused
             .forward_t(&x, false)
@@ -48,17 +60,11 @@ fn main() {
             .to_vec2::<f32>()
             .unwrap();
     });
-    let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let int8 =
-        histomap::model::int8::Int8Net::new(&fused, histomap::model::int8::Isa::detect()).unwrap();
-    let infer_int8 = time(&|| {
-        int8.logits(&pixels, batch, size);
-    });
     let train = time(&|| {
         let logits = net.forward_t(&x, true).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
         loss.backward().unwrap();
     });
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    println!("candle {arch:?} size={size} batch={batch} threads={threads} infer_img_s={infer:.1} int8_{}_img_s={infer_int8:.1} train_img_s={train:.1}", int8.isa().name());
+    println!("candle {arch:?} size={size} batch={batch} threads={threads} infer_img_s={infer:.1} int8_{isa}_img_s={infer_int8:.1} train_img_s={train:.1}");
 }

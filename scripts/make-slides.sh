@@ -9,6 +9,9 @@
 #                   IFD per level, which OpenSlide 3.4.1 reads as generic-tiff),
 #                   0.499 µm/px, white glass with two islands of real tissue: the CMU
 #                   Aperio region and a Kather mosaic.
+#   dense.tif       8,880×11,868 tiled pyramidal TIFF (JPEG, 256 px tiles), 0.499 µm/px:
+#                   the real Aperio region repeated 4 × 4, so that a slide of realistic
+#                   tissue density holds thousands of patches (speed at scale).
 #
 # usage: scripts/make-slides.sh [OUT_DIR]   (default: target/slides); existing files are kept.
 set -euo pipefail
@@ -50,4 +53,14 @@ if [[ ! -f $out/gigapixel.tif ]]; then
     61000 47000 100000 80000 --extend white
   mv "$out/.gigapixel.tif" "$out/gigapixel.tif"
   echo "wrote $out/gigapixel.tif"
+fi
+
+if [[ ! -f $out/dense.tif ]]; then
+  vips flatten "$data/slides/cmu_small_region.svs" "$tmp/cmu1.v" --background 255
+  vips replicate "$tmp/cmu1.v" "$tmp/cmu16.v" 4 4
+  vips copy "$tmp/cmu16.v" "$tmp/cmu16_res.v" --xres 2004 --yres 2004
+  vips tiffsave "$tmp/cmu16_res.v" "$out/.dense.tif" --tile --pyramid --compression jpeg --Q 85 \
+    --tile-width 256 --tile-height 256
+  mv "$out/.dense.tif" "$out/dense.tif"
+  echo "wrote $out/dense.tif"
 fi

@@ -13,7 +13,7 @@ use histomap::learn::augment::Augment;
 use histomap::learn::dataset::Dataset;
 use histomap::learn::evaluate::{evaluate, EvalOptions};
 use histomap::learn::train::{split_dataset, train, Quiet, Resume, TrainOptions};
-use histomap::model::{read_card, Architecture};
+use histomap::model::{read_card, Architecture, Precision};
 use histomap::pipeline::Pipeline;
 
 fn kather_classes() -> Vec<String> {

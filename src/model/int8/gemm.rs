@@ -124,58 +124,78 @@ pub struct Quant {
     pub zero: u8,
 }
 
+/// The activation matrix of one product, read in place from a quantised image: row `r`
+/// is the concatenation of `segments.len()` runs of `run` bytes, the `j`-th at
+/// `src[starts[r] + segments[j]..]`. A convolution's rows are its receptive fields
+/// (one run per kernel tap, over the input's channels), so no im2col copy is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    pub src: &'a [u8],
+    pub starts: &'a [usize],
+    pub segments: &'a [usize],
+    pub run: usize,
+}
+
 /// `out[r][o] = relu?((Σ_i (a[r][i] - zero)·w[o][i]) · scale_a · scale_w[o] + bias[o])`
-/// for `m` rows; `a` is `[m][w.kp]` with `m` a multiple of [`MR`], `out` is `[m][w.n]`.
-pub fn gemm(
-    isa: Isa,
-    a: &[u8],
-    m: usize,
-    q: Quant,
-    w: &PackedWeights,
-    bias: &[f32],
-    relu: bool,
-    out: &mut [f32],
-) {
-    assert!(m % MR == 0 && a.len() >= m * w.kp && out.len() >= m * w.n);
-    assert_eq!(bias.len(), w.n);
-    let ep = Epilogue::new(q, w, bias, relu);
+/// for every row of `a` (their count a multiple of [`MR`]); `out` is `[rows][w.n]`.
+pub fn gemm(isa: Isa, a: Rows, q: Quant, w: &PackedWeights, ep: &Epilogue, out: &mut [f32]) {
+    let m = a.starts.len();
+    assert!(m.is_multiple_of(MR) && out.len() >= m * w.n && a.run.is_multiple_of(KG));
+    assert_eq!(a.segments.len() * a.run, w.kp, "rows are as long as the weights");
+    let last = a.starts.iter().max().unwrap_or(&0) + a.segments.iter().max().unwrap_or(&0);
+    assert!(m == 0 || last + a.run <= a.src.len(), "rows lie inside the image");
+    let dq = ep.dequant(q, w);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.available() => {
-            // SAFETY: the CPU has AVX2 (checked above); the slices hold m rows as asserted.
-            unsafe { avx2::gemm(a, m, w, &ep, out) }
+            // SAFETY: the CPU has AVX2 (checked above); every row run lies inside
+            // `a.src` and `out` holds every row (asserted above).
+            unsafe { avx2::gemm(a, w, &dq, out) }
         }
-        _ => portable(a, m, w, &ep, out),
+        _ => portable(a, w, &dq, out),
     }
 }
 
-/// The per-channel constants of the dequantising epilogue, computed once per call so
-/// that every path applies exactly the same f32 operations.
-struct Epilogue {
-    /// zero point × column sum, subtracted from each accumulator.
-    offset: Vec<i32>,
-    mult: Vec<f32>,
+/// A layer's dequantising epilogue: bias and ReLU, padded to whole blocks.
+#[derive(Debug, Clone)]
+pub struct Epilogue {
     bias: Vec<f32>,
     relu: bool,
 }
 
 impl Epilogue {
-    fn new(q: Quant, w: &PackedWeights, bias: &[f32], relu: bool) -> Self {
-        let pad = |v: &mut Vec<f32>| v.resize(w.np, 0.0);
-        let mut mult: Vec<f32> = w.scale.iter().map(|s| q.scale * s).collect();
-        let mut b = bias.to_vec();
-        pad(&mut mult);
-        pad(&mut b);
-        let mut offset: Vec<i32> = w.colsum.iter().map(|c| i32::from(q.zero) * c).collect();
-        offset.resize(w.np, 0);
-        Self {
-            offset,
-            mult,
-            bias: b,
-            relu,
-        }
+    pub fn new(w: &PackedWeights, bias: &[f32], relu: bool) -> Self {
+        assert_eq!(bias.len(), w.n);
+        let mut bias = bias.to_vec();
+        bias.resize(w.np, 0.0);
+        Self { bias, relu }
     }
 
+    /// The per-channel constants of one call, from the activations' scale and zero
+    /// point, computed once so that every path applies exactly the same f32 operations.
+    fn dequant(&self, q: Quant, w: &PackedWeights) -> Dequant<'_> {
+        let mut offset: Vec<i32> = w.colsum.iter().map(|c| i32::from(q.zero) * c).collect();
+        let mut mult: Vec<f32> = w.scale.iter().map(|s| q.scale * s).collect();
+        offset.resize(w.np, 0);
+        mult.resize(w.np, 0.0);
+        Dequant {
+            offset,
+            mult,
+            bias: &self.bias,
+            relu: self.relu,
+        }
+    }
+}
+
+struct Dequant<'a> {
+    /// zero point × column sum, subtracted from each accumulator.
+    offset: Vec<i32>,
+    mult: Vec<f32>,
+    bias: &'a [f32],
+    relu: bool,
+}
+
+impl Dequant<'_> {
     fn apply(&self, acc: i32, o: usize) -> f32 {
         let y = (acc - self.offset[o]) as f32 * self.mult[o] + self.bias[o];
         if self.relu {
@@ -187,14 +207,17 @@ impl Epilogue {
 }
 
 /// The reference every other path must equal.
-fn portable(a: &[u8], m: usize, w: &PackedWeights, ep: &Epilogue, out: &mut [f32]) {
-    for r in 0..m {
-        let row = &a[r * w.kp..][..w.kp];
+fn portable(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
+    for (r, &start) in a.starts.iter().enumerate() {
         for o in 0..w.n {
-            let acc: i32 = (0..w.kp)
-                .map(|i| i32::from(row[i]) * i32::from(w.get(o, i)))
-                .sum();
-            out[r * w.n + o] = ep.apply(acc, o);
+            let mut acc = 0i32;
+            for (j, &seg) in a.segments.iter().enumerate() {
+                let run = &a.src[start + seg..][..a.run];
+                for (i, &v) in run.iter().enumerate() {
+                    acc += i32::from(v) * i32::from(w.get(o, j * a.run + i));
+                }
+            }
+            out[r * w.n + o] = dq.apply(acc, o);
         }
     }
 }
@@ -203,63 +226,95 @@ fn portable(a: &[u8], m: usize, w: &PackedWeights, ep: &Epilogue, out: &mut [f32
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Epilogue, PackedWeights, KG, MR, NB};
+    use super::{Dequant, PackedWeights, Rows, KG, MR, NB};
 
-    /// Tiles of MR rows × 16 channels (two blocks), 8 channels at the tail.
+    /// Activation bytes kept hot while every weight block passes over them: a quarter
+    /// of Zen 3's 512 KiB L2, leaving room for a 16-channel weight panel of the deepest
+    /// ResNet layers (16 × 4608 bytes).
+    const CHUNK_BYTES: usize = 128 * 1024;
+
+    /// Chunks of rows that stay in L2; in each, tiles of MR rows × 16 channels (two
+    /// blocks), 8 channels at the tail.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn gemm(
-        a: &[u8],
-        m: usize,
+        a: Rows,
         w: &PackedWeights,
-        ep: &Epilogue,
+        dq: &Dequant,
         out: &mut [f32],
     ) {
+        let m = a.starts.len();
         let blocks = w.np / NB;
-        let groups = w.kp / KG;
-        let ones = _mm256_set1_epi16(1);
-        for r0 in (0..m).step_by(MR) {
-            let rows: [*const u8; MR] = std::array::from_fn(|r| a.as_ptr().add((r0 + r) * w.kp));
+        let panel = w.kp * NB;
+        let chunk = (CHUNK_BYTES / w.kp.max(1)).max(MR) / MR * MR;
+        for c0 in (0..m).step_by(chunk) {
             let mut b = 0;
             while b < blocks {
-                let pair = b + 1 < blocks;
-                let w0 = w.data.as_ptr().add(b * groups * NB * KG);
-                let w1 = if pair { w0.add(groups * NB * KG) } else { w0 };
-                let mut acc0 = [_mm256_setzero_si256(); MR];
-                let mut acc1 = [_mm256_setzero_si256(); MR];
-                for g in 0..groups {
-                    let b0 = _mm256_loadu_si256(w0.add(g * NB * KG) as *const __m256i);
-                    let b1 = _mm256_loadu_si256(w1.add(g * NB * KG) as *const __m256i);
-                    for r in 0..MR {
-                        let four = (rows[r].add(g * KG) as *const i32).read_unaligned();
-                        let x = _mm256_set1_epi32(four);
-                        let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), ones);
-                        acc0[r] = _mm256_add_epi32(acc0[r], p0);
-                        if pair {
-                            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), ones);
-                            acc1[r] = _mm256_add_epi32(acc1[r], p1);
+                let w0 = w.data.as_ptr().add(b * panel);
+                for r0 in (c0..(c0 + chunk).min(m)).step_by(MR) {
+                    let row = |r: usize| (r0 + r) * w.n;
+                    if b + 1 < blocks {
+                        let acc = tile::<2>(&a, r0, w0, panel);
+                        for (r, acc) in acc.iter().enumerate() {
+                            store(dq, acc[0], b * NB, w.n, out, row(r));
+                            store(dq, acc[1], (b + 1) * NB, w.n, out, row(r));
+                        }
+                    } else {
+                        let acc = tile::<1>(&a, r0, w0, panel);
+                        for (r, acc) in acc.iter().enumerate() {
+                            store(dq, acc[0], b * NB, w.n, out, row(r));
                         }
                     }
                 }
-                for r in 0..MR {
-                    store(ep, acc0[r], b * NB, w.n, out, (r0 + r) * w.n);
-                    if pair {
-                        store(ep, acc1[r], (b + 1) * NB, w.n, out, (r0 + r) * w.n);
-                    }
-                }
-                b += if pair { 2 } else { 1 };
+                b += 2;
             }
         }
     }
 
-    /// The epilogue on 8 channels from `o0`, as [`Epilogue::apply`] computes it.
+    /// Integer sums of rows `r0..r0 + MR` against `B` consecutive weight blocks.
     #[target_feature(enable = "avx2")]
-    unsafe fn store(ep: &Epilogue, acc: __m256i, o0: usize, n: usize, out: &mut [f32], row: usize) {
-        let off = _mm256_loadu_si256(ep.offset.as_ptr().add(o0) as *const __m256i);
-        let mult = _mm256_loadu_ps(ep.mult.as_ptr().add(o0));
-        let bias = _mm256_loadu_ps(ep.bias.as_ptr().add(o0));
+    #[inline]
+    unsafe fn tile<const B: usize>(
+        a: &Rows,
+        r0: usize,
+        w0: *const i8,
+        panel: usize,
+    ) -> [[__m256i; B]; MR] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); B]; MR];
+        let mut wp = w0;
+        for &seg in a.segments {
+            let mut rows = [a.src.as_ptr(); MR];
+            for (r, p) in rows.iter_mut().enumerate() {
+                *p = p.add(a.starts[r0 + r] + seg);
+            }
+            for g in 0..a.run / KG {
+                let mut wv = [_mm256_setzero_si256(); B];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_si256(wp.add(j * panel) as *const __m256i);
+                }
+                for r in 0..MR {
+                    let four = (rows[r].add(g * KG) as *const i32).read_unaligned();
+                    let x = _mm256_set1_epi32(four);
+                    for j in 0..B {
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(x, wv[j]), ones);
+                        acc[r][j] = _mm256_add_epi32(acc[r][j], p);
+                    }
+                }
+                wp = wp.add(NB * KG);
+            }
+        }
+        acc
+    }
+
+    /// The epilogue on 8 channels from `o0`, as [`Dequant::apply`] computes it.
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(dq: &Dequant, acc: __m256i, o0: usize, n: usize, out: &mut [f32], row: usize) {
+        let off = _mm256_loadu_si256(dq.offset.as_ptr().add(o0) as *const __m256i);
+        let mult = _mm256_loadu_ps(dq.mult.as_ptr().add(o0));
+        let bias = _mm256_loadu_ps(dq.bias.as_ptr().add(o0));
         let x = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, off));
         let mut y = _mm256_add_ps(_mm256_mul_ps(x, mult), bias);
-        if ep.relu {
+        if dq.relu {
             y = _mm256_max_ps(y, _mm256_setzero_ps());
         }
         if o0 + NB <= n {
@@ -308,6 +363,8 @@ mod tests {
             (12, 24, 147),
             (4, 3, 5),
             (16, 64, 576),
+            // Deeper than one L2 chunk of rows holds, so rows come in several chunks.
+            (64, 24, 4608),
         ]
         .iter()
         .enumerate()
@@ -315,9 +372,17 @@ mod tests {
             for zero in [0u8, 64] {
                 let (a, w, bias) = case(m, n, k, zero, i as u64);
                 let q = Quant { scale: 0.02, zero };
+                let ep = Epilogue::new(&w, &bias, zero == 0);
+                let starts: Vec<usize> = (0..m).map(|r| r * w.kp).collect();
+                let rows = Rows {
+                    src: &a,
+                    starts: &starts,
+                    segments: &[0],
+                    run: w.kp,
+                };
                 let run = |isa| {
                     let mut out = vec![f32::NAN; m * n];
-                    gemm(isa, &a, m, q, &w, &bias, zero == 0, &mut out);
+                    gemm(isa, rows, q, &w, &ep, &mut out);
                     out
                 };
                 let reference = run(Isa::Portable);
@@ -349,22 +414,67 @@ mod tests {
             }
         }
         let mut out = vec![0f32; m * n];
-        gemm(
-            Isa::detect(),
-            &a,
-            m,
-            q,
-            &packed,
-            &vec![0.0; n],
-            false,
-            &mut out,
-        );
+        let starts: Vec<usize> = (0..m).map(|r| r * packed.kp).collect();
+        let rows = Rows {
+            src: &a,
+            starts: &starts,
+            segments: &[0],
+            run: packed.kp,
+        };
+        let ep = Epilogue::new(&packed, &vec![0.0; n], false);
+        gemm(Isa::detect(), rows, q, &packed, &ep, &mut out);
         for r in 0..m {
             for o in 0..n {
                 let want: f32 = (0..k).map(|i| x[r * k + i] * w[o * k + i]).sum();
                 let got = out[r * n + o];
                 assert!((got - want).abs() < 0.05, "({r}, {o}): {got} vs {want}");
             }
+        }
+    }
+
+    #[test]
+    fn rows_read_in_place_equal_copied_rows() {
+        // Rows made of runs scattered over an image, overlapping as a convolution's
+        // receptive fields do, give what the same rows copied out contiguously give.
+        let (c, taps, m, n) = (8, [0usize, 8, 40, 48], 12, 10);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let image: Vec<u8> = (0..200).map(|_| rng.random_range(0..=AMAX)).collect();
+        let starts: Vec<usize> = (0..m).map(|r| r * 8).collect();
+        let mut copied = Vec::new();
+        for &s in &starts {
+            for &t in &taps {
+                copied.extend_from_slice(&image[s + t..][..c]);
+            }
+        }
+        let w: Vec<f32> = (0..n * 32).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let w = PackedWeights::new(&w, n, 32);
+        let ep = Epilogue::new(&w, &vec![0.5; n], true);
+        let q = Quant {
+            scale: 0.1,
+            zero: 0,
+        };
+        let contiguous: Vec<usize> = (0..m).map(|r| r * 32).collect();
+        for isa in [Isa::Portable, Isa::Avx2] {
+            if !isa.available() {
+                continue;
+            }
+            let mut scattered = vec![0f32; m * n];
+            let rows = Rows {
+                src: &image,
+                starts: &starts,
+                segments: &taps,
+                run: c,
+            };
+            gemm(isa, rows, q, &w, &ep, &mut scattered);
+            let mut copy = vec![0f32; m * n];
+            let rows = Rows {
+                src: &copied,
+                starts: &contiguous,
+                segments: &[0],
+                run: 32,
+            };
+            gemm(isa, rows, q, &w, &ep, &mut copy);
+            assert_eq!(scattered, copy, "{isa:?}");
         }
     }
 }

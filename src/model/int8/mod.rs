@@ -15,7 +15,7 @@ mod gemm;
 use rayon::prelude::*;
 
 pub use self::gemm::Isa;
-use self::gemm::{PackedWeights, Quant, AMAX, MR};
+use self::gemm::{Epilogue, PackedWeights, Quant, Rows, AMAX, KG, MR};
 use super::layers::ConvBn;
 use super::Network;
 use crate::error::{Error, Result};
@@ -28,15 +28,16 @@ struct Act {
     data: Vec<f32>,
 }
 
-/// A convolution (BatchNorm folded) with its ReLU, quantised.
+/// A convolution (BatchNorm folded) with its ReLU, quantised. Input channels are
+/// padded to a multiple of 4 (one packed group) with zero weights, so that each kernel
+/// tap is a whole run of groups and the GEMM reads receptive fields in place.
 struct Conv {
     weights: PackedWeights,
-    bias: Vec<f32>,
+    epilogue: Epilogue,
     kernel: usize,
     stride: usize,
     pad: usize,
     c_in: usize,
-    relu: bool,
 }
 
 impl Conv {
@@ -44,21 +45,27 @@ impl Conv {
         let unfused = || Error::Usage("int8: the network's BatchNorms are not fused".into());
         let (w, b, stride, pad, relu) = layer.fused_parts().ok_or_else(unfused)?;
         let (c_out, c_in, kh, kw) = w.dims4()?;
-        // (c_out, c_in, ky, kx) to (c_out, ky, kx, c_in): the im2col row order.
+        debug_assert_eq!(kh, kw);
+        // (c_out, c_in, ky, kx) to (c_out, ky, kx, c_in), the order of a receptive
+        // field in a channels-last image, then the channels padded.
         let w = w.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1::<f32>()?;
+        let c4 = c_in.div_ceil(KG) * KG;
+        let mut padded = vec![0f32; c_out * kh * kw * c4];
+        for (dst, src) in padded.chunks_mut(c4).zip(w.chunks(c_in)) {
+            dst[..c_in].copy_from_slice(src);
+        }
         let bias = match b {
             Some(b) => b.to_vec1::<f32>()?,
             None => vec![0.0; c_out],
         };
-        debug_assert_eq!(kh, kw);
+        let weights = PackedWeights::new(&padded, c_out, kh * kw * c4);
         Ok(Self {
-            weights: PackedWeights::new(&w, c_out, kh * kw * c_in),
-            bias,
+            epilogue: Epilogue::new(&weights, &bias, relu),
+            weights,
             kernel: kh,
             stride,
             pad,
             c_in,
-            relu,
         })
     }
 
@@ -67,55 +74,26 @@ impl Conv {
         let (k, s, p) = (self.kernel, self.stride, self.pad);
         let oh = (x.h + 2 * p - k) / s + 1;
         let ow = (x.w + 2 * p - k) / s + 1;
-        let rows = (oh * ow).div_ceil(MR) * MR;
-        let (q, quant) = quantize(x);
-        let kp = self.weights.kp;
+        let (image, quant) = quantize(x, p);
+        let c4 = x.c.div_ceil(KG) * KG;
+        let wp = x.w + 2 * p;
+        // Receptive field of output pixel r, padded rows repeating the last one.
+        let starts: Vec<usize> = (0..(oh * ow).div_ceil(MR) * MR)
+            .map(|r| {
+                let r = r.min(oh * ow - 1);
+                ((r / ow) * s * wp + (r % ow) * s) * c4
+            })
+            .collect();
+        let segments: Vec<usize> = (0..k * k).map(|t| ((t / k) * wp + t % k) * c4).collect();
+        let rows = Rows {
+            src: &image,
+            starts: &starts,
+            segments: &segments,
+            run: c4,
+        };
         let n = self.weights.n;
-        let mut out = vec![0f32; rows * n];
-        if k == 1 && s == 1 && x.c == kp {
-            // A 1×1 convolution's im2col matrix is its input.
-            let mut a = q;
-            a.resize(rows * kp, quant.zero);
-            gemm::gemm(
-                isa,
-                &a,
-                rows,
-                quant,
-                &self.weights,
-                &self.bias,
-                self.relu,
-                &mut out,
-            );
-        } else {
-            let mut a = vec![0u8; rows * kp];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let row = &mut a[(oy * ow + ox) * kp..][..kp];
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let dst = &mut row[(ky * k + kx) * x.c..][..x.c];
-                            let (iy, ix) =
-                                ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
-                            if iy < x.h && ix < x.w {
-                                dst.copy_from_slice(&q[(iy * x.w + ix) * x.c..][..x.c]);
-                            } else {
-                                dst.fill(quant.zero);
-                            }
-                        }
-                    }
-                }
-            }
-            gemm::gemm(
-                isa,
-                &a,
-                rows,
-                quant,
-                &self.weights,
-                &self.bias,
-                self.relu,
-                &mut out,
-            );
-        }
+        let mut out = vec![0f32; starts.len() * n];
+        gemm::gemm(isa, rows, quant, &self.weights, &self.epilogue, &mut out);
         out.truncate(oh * ow * n);
         Act {
             h: oh,
@@ -126,10 +104,11 @@ impl Conv {
     }
 }
 
-/// Quantises one image to `0..=AMAX` with a scale from its own range: zero point 0
-/// when no value is negative (after a ReLU: every level for the values there are),
-/// else the middle.
-fn quantize(x: &Act) -> (Vec<u8>, Quant) {
+/// Quantises one image to `0..=AMAX` with a scale from its own range (zero point 0
+/// when no value is negative, as after a ReLU, so every level serves the values there
+/// are; else the middle), channels padded to a multiple of 4 and a border of `pad`
+/// pixels, all at the zero point.
+fn quantize(x: &Act, pad: usize) -> (Vec<u8>, Quant) {
     let (lo, hi) = x
         .data
         .iter()
@@ -144,8 +123,18 @@ fn quantize(x: &Act) -> (Vec<u8>, Quant) {
     let scale = if range > 0.0 { range / levels } else { 1.0 };
     let inv = 1.0 / scale;
     let offset = f32::from(zero) + 0.5;
-    // `v · inv + offset` lies in [0.5, AMAX + 0.5], so the cast rounds to nearest.
-    let q = x.data.iter().map(|&v| (v * inv + offset) as u8).collect();
+    let c4 = x.c.div_ceil(KG) * KG;
+    let wp = x.w + 2 * pad;
+    let mut q = vec![zero; (x.h + 2 * pad) * wp * c4];
+    for (y, src) in x.data.chunks(x.w * x.c).enumerate() {
+        let row = &mut q[((y + pad) * wp + pad) * c4..][..x.w * c4];
+        for (dst, px) in row.chunks_mut(c4).zip(src.chunks(x.c)) {
+            // `v · inv + offset` lies in [0.5, AMAX + 0.5], so the cast rounds to nearest.
+            dst.iter_mut()
+                .zip(px)
+                .for_each(|(d, &v)| *d = (v * inv + offset) as u8);
+        }
+    }
     (q, Quant { scale, zero })
 }
 

@@ -1,0 +1,203 @@
+//! `--precision`: int8 against the f32 reference through the CLI, on the shipped models
+//! and real data. The accuracy bounds: argmax agreement ≥ 99.5 % over the shared Kather
+//! tiles, the PCam valid patches and the real slides, and PCam valid ROC AUC within
+//! 0.002. Also: every kernel path gives the same predictions, `auto` records what it ran,
+//! and the precision used is written to `summary.json` and `metrics.json`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const MIN_AGREEMENT: f64 = 0.995;
+const MAX_AUC_DIFF: f64 = 0.002;
+
+/// Predicted class and class probabilities of each row of a `predictions.csv`, keyed by
+/// the row's tile path or patch position.
+fn predictions(csv: &Path) -> Vec<(String, String, Vec<f64>)> {
+    let mut r = csv::Reader::from_path(csv).unwrap();
+    let header = r.headers().unwrap().clone();
+    let class = ["predicted", "class"]
+        .iter()
+        .find_map(|c| header.iter().position(|h| h == *c))
+        .expect("a class column");
+    let probs: Vec<usize> = (0..header.len())
+        .filter(|&i| header[i].starts_with("prob_"))
+        .collect();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            let key = format!("{},{}", &rec[0], &rec[1]);
+            let p = probs.iter().map(|&i| rec[i].parse().unwrap()).collect();
+            (key, rec[class].to_string(), p)
+        })
+        .collect()
+}
+
+/// Rows compared, rows with the same predicted class, and the largest probability change.
+fn compare(reference: &Path, other: &Path) -> (usize, usize, f64) {
+    let (a, b) = (predictions(reference), predictions(other));
+    assert_eq!(a.len(), b.len(), "{} vs {}", reference.display(), other.display());
+    let mut same = 0;
+    let mut max_diff = 0f64;
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.0, y.0, "rows in the same order");
+        same += usize::from(x.1 == y.1);
+        for (p, q) in x.2.iter().zip(&y.2) {
+            max_diff = max_diff.max((p - q).abs());
+        }
+    }
+    (a.len(), same, max_diff)
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `evaluate` in one precision; returns its output folder.
+fn evaluate(model: &str, data: &Path, split: Option<&str>, precision: &str, out: &Path) -> PathBuf {
+    let dir = out.join(precision);
+    let mut cmd = histomap();
+    cmd.args(["evaluate", "-q", "--precision", precision, "--model"])
+        .arg(root().join("models").join(model))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(&dir);
+    if let Some(s) = split {
+        cmd.args(["--split", s]);
+    }
+    cmd.assert().success();
+    assert_eq!(json(&dir.join("metrics.json"))["precision"], precision_name(precision));
+    dir
+}
+
+/// What `precision` in the records says for a requested precision on this CPU.
+fn precision_name(requested: &str) -> String {
+    match requested {
+        "int8" => format!("int8-{}", histomap::model::int8::Isa::detect().name()),
+        other => other.into(),
+    }
+}
+
+fn assert_agrees(what: &str, (n, same, max_diff): (usize, usize, f64)) {
+    let agreement = same as f64 / n as f64;
+    eprintln!("{what}: {same}/{n} agree ({agreement:.4}), max |Δp| {max_diff:.4}");
+    assert!(n > 0, "{what}: nothing compared");
+    assert!(
+        agreement >= MIN_AGREEMENT,
+        "{what}: int8 agrees with f32 on {same} of {n} ({agreement:.4} < {MIN_AGREEMENT})"
+    );
+}
+
+#[test]
+fn int8_agrees_with_f32_on_the_kather_tiles() {
+    let out = tempfile::tempdir().unwrap();
+    let data = data().join("kather2016");
+    let f32 = evaluate("kather8", &data, None, "f32", out.path());
+    let int8 = evaluate("kather8", &data, None, "int8", out.path());
+    let c = compare(&f32.join("predictions.csv"), &int8.join("predictions.csv"));
+    assert_eq!(c.0, 228);
+    assert_agrees("Kather 228 tiles, kather8", c);
+}
+
+#[test]
+fn int8_agrees_with_f32_on_pcam_valid_and_keeps_its_auc() {
+    let out = tempfile::tempdir().unwrap();
+    let data = data().join("pcam/labels.csv");
+    let f32 = evaluate("pcam", &data, Some("valid"), "f32", out.path());
+    let int8 = evaluate("pcam", &data, Some("valid"), "int8", out.path());
+    let c = compare(&f32.join("predictions.csv"), &int8.join("predictions.csv"));
+    assert!(c.0 > 2800, "{} PCam valid patches", c.0);
+    assert_agrees("PCam valid, pcam", c);
+    let auc = |d: &Path| json(&d.join("metrics.json"))["roc_auc"].as_f64().unwrap();
+    let (a, b) = (auc(&f32), auc(&int8));
+    eprintln!("PCam valid ROC AUC: f32 {a:.5}, int8 {b:.5}");
+    assert!((a - b).abs() <= MAX_AUC_DIFF, "ROC AUC f32 {a} vs int8 {b}");
+}
+
+/// `heatmap` on one slide in one precision; returns the slide's output folder.
+fn heatmap(pipeline_name: &str, slide: &Path, precision: &str, out: &Path) -> PathBuf {
+    let dir = out.join(format!("{pipeline_name}-{precision}"));
+    histomap()
+        .args(["heatmap", "-q", "--precision", precision, "--pipeline"])
+        .arg(pipeline(pipeline_name))
+        .arg("--out")
+        .arg(&dir)
+        .arg(slide)
+        .assert()
+        .success();
+    dir.join(slide.file_stem().unwrap())
+}
+
+#[test]
+fn int8_agrees_with_f32_on_the_real_slides() {
+    // Every patch of the real Aperio and Hamamatsu slides, of the 5000² mosaic of real
+    // Kather tiles and of the Aperio region repeated 4 × 4, under the shipped models,
+    // pooled.
+    let out = tempfile::tempdir().unwrap();
+    let mosaic = generated().join("kather5000.tif");
+    let dense = generated().join("dense.tif");
+    let mut total = (0, 0, 0f64);
+    for (pipeline_name, slide) in [
+        ("kather8", svs()),
+        ("pcam", svs()),
+        ("kather8", ndpi()),
+        ("pcam", ndpi()),
+        ("kather8", mosaic.clone()),
+        ("pcam", mosaic),
+        ("kather8", dense),
+    ] {
+        let f32 = heatmap(pipeline_name, &slide, "f32", out.path());
+        let int8 = heatmap(pipeline_name, &slide, "int8", out.path());
+        for (dir, p) in [(&f32, "f32"), (&int8, "int8")] {
+            let summary = json(&dir.join("summary.json"));
+            assert_eq!(summary["job"]["precision"], p, "{}", dir.display());
+            let used = &summary["model"]["precision"];
+            assert_eq!(*used, precision_name(p), "{}", dir.display());
+        }
+        let c = compare(&f32.join("predictions.csv"), &int8.join("predictions.csv"));
+        eprintln!("{pipeline_name} on {}: {c:?}", slide.display());
+        total = (total.0 + c.0, total.1 + c.1, total.2.max(c.2));
+    }
+    assert!(total.0 > 2000, "{} patches", total.0);
+    assert_agrees("real slides", total);
+}
+
+#[test]
+fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
+    // The portable kernel, forced, gives byte-identical predictions to the fastest
+    // path of this CPU; `auto` runs int8 where the CPU has a fast kernel, else f32.
+    let out = tempfile::tempdir().unwrap();
+    let run = |kernel: &str, precision: &str| {
+        let dir = out.path().join(format!("{kernel}-{precision}"));
+        histomap()
+            .env("HISTOMAP_INT8_KERNEL", kernel)
+            .args(["heatmap", "-q", "--precision", precision, "--pipeline"])
+            .arg(pipeline("kather8"))
+            .arg("--out")
+            .arg(&dir)
+            .arg(svs())
+            .assert()
+            .success();
+        let slide = dir.join("cmu_small_region");
+        let used = json(&slide.join("summary.json"))["model"]["precision"].clone();
+        (std::fs::read(slide.join("predictions.csv")).unwrap(), used)
+    };
+    let (portable, used) = run("portable", "int8");
+    assert_eq!(used, "int8-portable");
+    let fastest = histomap::model::int8::Isa::detect();
+    let (native, used) = run(fastest.name(), "int8");
+    assert_eq!(used, format!("int8-{}", fastest.name()));
+    assert!(portable == native, "portable and {fastest:?} predictions differ");
+    let (_, used) = run("portable", "auto");
+    assert_eq!(used, "f32", "auto does not pick the slow portable kernel");
+    let (_, used) = run(fastest.name(), "auto");
+    let expected = if fastest.name() == "portable" {
+        "f32".to_string()
+    } else {
+        format!("int8-{}", fastest.name())
+    };
+    assert_eq!(used, expected);
+}
