@@ -38,7 +38,13 @@ fn predictions(csv: &Path) -> Vec<(String, String, Vec<f64>)> {
 /// Rows compared, rows with the same predicted class, and the largest probability change.
 fn compare(reference: &Path, other: &Path) -> (usize, usize, f64) {
     let (a, b) = (predictions(reference), predictions(other));
-    assert_eq!(a.len(), b.len(), "{} vs {}", reference.display(), other.display());
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "{} vs {}",
+        reference.display(),
+        other.display()
+    );
     let mut same = 0;
     let mut max_diff = 0f64;
     for (x, y) in a.iter().zip(&b) {
@@ -69,7 +75,10 @@ fn evaluate(model: &str, data: &Path, split: Option<&str>, precision: &str, out:
         cmd.args(["--split", s]);
     }
     cmd.assert().success();
-    assert_eq!(json(&dir.join("metrics.json"))["precision"], precision_name(precision));
+    assert_eq!(
+        json(&dir.join("metrics.json"))["precision"],
+        precision_name(precision)
+    );
     dir
 }
 
@@ -190,7 +199,10 @@ fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
     let fastest = histomap::model::int8::Isa::detect();
     let (native, used) = run(fastest.name(), "int8");
     assert_eq!(used, format!("int8-{}", fastest.name()));
-    assert!(portable == native, "portable and {fastest:?} predictions differ");
+    assert!(
+        portable == native,
+        "portable and {fastest:?} predictions differ"
+    );
     let (_, used) = run("portable", "auto");
     assert_eq!(used, "f32", "auto does not pick the slow portable kernel");
     let (_, used) = run(fastest.name(), "auto");
@@ -200,4 +212,59 @@ fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
         format!("int8-{}", fastest.name())
     };
     assert_eq!(used, expected);
+}
+
+#[test]
+fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
+    // A model with an outlier channel: the first convolution's channel 0 is 10⁴
+    // everywhere, and the next layer ignores it. f32 loses nothing; int8, which
+    // quantises each activation tensor with one scale, rounds every other channel to
+    // zero. `auto` must notice on the first batch, say so, and run in f32.
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    let source = common::model("kather8", histomap::model::Architecture::Smallcnn);
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(source.join("card.json"), model.join("card.json")).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let mut weights =
+        candle_core::safetensors::load(source.join("model.safetensors"), &dev).unwrap();
+    // 32 values: `v0` for channel 0, `rest` for the others.
+    let channel0 = |v0: f32, rest: f32| {
+        let mut x = vec![rest; 32];
+        x[0] = v0;
+        candle_core::Tensor::new(x, &dev).unwrap()
+    };
+    let b = weights.get_mut("features.0.0.bias").unwrap();
+    *b = (&*b + channel0(1e4, 0.0)).unwrap();
+    let w = weights.get_mut("features.1.0.weight").unwrap();
+    *w = w
+        .broadcast_mul(&channel0(0.0, 1.0).reshape((1, 32, 1, 1)).unwrap())
+        .unwrap();
+    // Larger logits, so that what int8 loses moves probabilities.
+    let fc = weights.get_mut("fc.weight").unwrap();
+    *fc = (&*fc * 1e3).unwrap();
+    candle_core::safetensors::save(&weights, model.join("model.safetensors")).unwrap();
+
+    let out = work.path().join("out");
+    let run = histomap()
+        .args(["heatmap", "-q", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .arg(svs())
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    let summary = json(&out.join("cmu_small_region/summary.json"));
+    assert_eq!(summary["job"]["precision"], "auto");
+    if histomap::model::int8::Isa::detect().name() == "portable" {
+        return; // auto never tries the portable kernel
+    }
+    assert_eq!(summary["model"]["precision"], "f32", "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("running in f32"),
+        "{stderr}"
+    );
 }

@@ -141,9 +141,16 @@ pub struct Rows<'a> {
 pub fn gemm(isa: Isa, a: Rows, q: Quant, w: &PackedWeights, ep: &Epilogue, out: &mut [f32]) {
     let m = a.starts.len();
     assert!(m.is_multiple_of(MR) && out.len() >= m * w.n && a.run.is_multiple_of(KG));
-    assert_eq!(a.segments.len() * a.run, w.kp, "rows are as long as the weights");
+    assert_eq!(
+        a.segments.len() * a.run,
+        w.kp,
+        "rows are as long as the weights"
+    );
     let last = a.starts.iter().max().unwrap_or(&0) + a.segments.iter().max().unwrap_or(&0);
-    assert!(m == 0 || last + a.run <= a.src.len(), "rows lie inside the image");
+    assert!(
+        m == 0 || last + a.run <= a.src.len(),
+        "rows lie inside the image"
+    );
     let dq = ep.dequant(q, w);
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -236,12 +243,7 @@ mod avx2 {
     /// Chunks of rows that stay in L2; in each, tiles of MR rows × 16 channels (two
     /// blocks), 8 channels at the tail.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gemm(
-        a: Rows,
-        w: &PackedWeights,
-        dq: &Dequant,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn gemm(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
         let m = a.starts.len();
         let blocks = w.np / NB;
         let panel = w.kp * NB;

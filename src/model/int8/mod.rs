@@ -376,4 +376,19 @@ mod tests {
         let b = Int8Net::new(&net, Isa::Avx2).unwrap().logits(&x, 1, 40);
         assert_eq!(a, b);
     }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let net = random_net(Architecture::Smallcnn, 2);
+        let x = pixels(5, 24, 7);
+        let q = Int8Net::new(&net, Isa::detect()).unwrap();
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| q.logits(&x, 5, 24))
+        };
+        assert_eq!(on(1), on(3));
+    }
 }
