@@ -7,9 +7,11 @@ mod common;
 
 use std::path::Path;
 
+use candle_core::Tensor;
 use candle_core::{DType, Device, ModuleT};
 use candle_nn::VarBuilder;
-use histomap::model::{Architecture, Classifier, ResNet};
+use histomap::model::int8::{Int8Net, Isa};
+use histomap::model::{Architecture, Classifier, Network, ResNet};
 
 /// Max |candle − PyTorch| over the logits of the fixed inputs in `io`.
 fn parity(dir: &Path, io: &Path) -> f32 {
@@ -23,6 +25,20 @@ fn smallcnn_matches_pytorch() {
     let dir = common::root().join("fixtures/smallcnn96");
     let d = parity(&dir, &dir.join("io.safetensors"));
     assert!(d < 1e-4, "max |candle - torch| = {d}");
+    let mut net = Network::new(
+        Architecture::Smallcnn,
+        VarBuilder::from_tensors(
+            candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap(),
+            DType::F32,
+            &Device::Cpu,
+        ),
+        2,
+    )
+    .unwrap();
+    net.fuse().unwrap();
+    let pair = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+    let int8 = Int8Net::new(&net, Isa::detect()).unwrap();
+    int8_follows("smallcnn96", &int8, &pair["x"], &pair["y"]);
 }
 
 #[test]
@@ -75,6 +91,21 @@ fn narrow_resnet_matches_pytorch(name: &str, arch: Architecture) {
         d < 1e-4,
         "{name}, BatchNorm fused: max |candle - torch| = {d}"
     );
+    let int8 = Int8Net::new(&Network::ResNet(net), Isa::detect()).unwrap();
+    int8_follows(name, &int8, x, y);
+}
+
+/// int8 logits against PyTorch's f32 ones: the same argmax, and a relative error of a
+/// few percent (quantisation, not a wrong layer, which would be of order 1).
+fn int8_follows(name: &str, net: &Int8Net, x: &Tensor, y: &Tensor) {
+    let (n, _, side, _) = x.dims4().unwrap();
+    let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let got = Tensor::from_vec(net.logits(&pixels, n, side), y.shape(), x.device()).unwrap();
+    let argmax = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    assert_eq!(argmax(&got), argmax(y), "{name}: int8 argmax");
+    let err = common::max_abs_diff(&got, y) / common::max_abs_diff(y, &y.zeros_like().unwrap());
+    eprintln!("{name}: int8 max |Δ logit| / max |logit| = {err:.3}");
+    assert!(err < 0.05, "{name}: int8 relative error {err}");
 }
 
 #[test]
