@@ -1,23 +1,45 @@
 #!/usr/bin/env bash
 # candle (histomap) vs PyTorch on the CPU, same architecture, input, batch and thread
-# count, measured in one run: inference and training-step images/s and their ratios.
+# count, measured in one run: inference images/s in every precision histomap has
+# (f32, and int8 on the kernel path this CPU runs) against PyTorch's f32, and
+# training-step images/s. Rounds alternate the two tools; medians are reported.
 # PyTorch runs from the WSInfer peer's venv (made by ../shared/peers/run_wsinfer.sh or
 # scripts/compare-wsinfer.sh); it is never a dependency of histomap.
-# usage: scripts/bench-vs-pytorch.sh [ITERS]
+# usage: scripts/bench-vs-pytorch.sh [ITERS [ROUNDS]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 iters=${1:-5}
+rounds=${2:-3}
 venv=${WSINFER_VENV:-${TMPDIR:-/tmp}/histomap-peers/wsinfer-venv}
 [[ -x $venv/bin/python ]] || { echo "no PyTorch venv at $venv: run scripts/compare-wsinfer.sh once" >&2; exit 2; }
 threads=$(nproc)
 cargo bench --bench models --no-run -q 2>/dev/null
 bench=$(ls -t target/release/deps/models-* | grep -v '\.d$' | head -1)
-for spec in "smallcnn 96 32" "smallcnn 150 32" "resnet18 150 32"; do
-  set -- $spec
-  ours=$(RAYON_NUM_THREADS=$threads "$bench" "$1" "$2" "$3" "$iters")
-  theirs=$("$venv/bin/python" scripts/bench_pytorch.py "$1" "$2" "$3" "$iters" "$threads")
-  echo "$ours"; echo "$theirs"
-  awk -v a="$ours" -v b="$theirs" 'BEGIN {
-    split(a, x, /infer_img_s=| train_img_s=/); split(b, y, /infer_img_s=| train_img_s=/)
-    printf "  ratio pytorch/candle: inference %.2fx (target <= 1.5x), training %.2fx (target <= 2x)\n", y[2]/x[2], y[3]/x[3] }'
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for round in $(seq 1 "$rounds"); do
+  for spec in "smallcnn 96 64" "smallcnn 150 32" "resnet18 150 32"; do
+    set -- $spec
+    echo "ours   $spec $(RAYON_NUM_THREADS=$threads "$bench" "$1" "$2" "$3" "$iters")" >>"$log"
+    echo "theirs $spec $("$venv/bin/python" scripts/bench_pytorch.py "$1" "$2" "$3" "$iters" "$threads")" >>"$log"
+  done
 done
+python3 - "$log" "$threads" "$rounds" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    who, arch, size, batch = line.split()[:4]
+    for k, v in re.findall(r"(\w+_img_s)=([\d.]+)", line):
+        runs.setdefault((arch, size, batch), {}).setdefault((who, k), []).append(float(v))
+print(f"images/s, median of {sys.argv[3]} rounds, {sys.argv[2]} threads")
+for (arch, size, batch), r in runs.items():
+    m = {k: statistics.median(v) for k, v in r.items()}
+    torch = m[("theirs", "infer_img_s")]
+    print(f"{arch} {size} px batch {batch}: PyTorch f32 {torch:.0f}")
+    for (who, k), v in sorted(m.items()):
+        if who == "ours" and k != "train_img_s":
+            name = "f32" if k == "infer_img_s" else k[:-len("_img_s")]
+            print(f"  histomap {name:10} {v:7.0f}  = {v / torch:.2f}x PyTorch")
+    print(f"  training step: histomap {m[('ours', 'train_img_s')]:.0f}, PyTorch "
+          f"{m[('theirs', 'train_img_s')]:.0f} = {m[('ours', 'train_img_s')] / m[('theirs', 'train_img_s')]:.2f}x")
+PY

@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Wall time of histomap vs WSInfer (the closest Python tool) on the same slide with
-# the same weights, measured in one run, CPU only, no network.
+# the same weights, measured in one run, CPU only, no network; histomap in each
+# precision (f32, int8).
 #
-# usage: scripts/compare-wsinfer.sh [MODEL [SLIDE [REPEAT]]]
-#   MODEL   smallcnn96 | resnet18_150        (default smallcnn96)
-#   SLIDE   default ../shared/data/slides/cmu_small_region.svs
-#   REPEAT  runs of each tool; medians are reported (default 3)
+# usage: scripts/compare-wsinfer.sh [MODEL SLIDE] [REPEAT]
+#   with no MODEL and SLIDE, the two at-scale comparisons (slides from
+#   scripts/make-slides.sh): resnet18_150 on target/slides/dense.tif (the real Aperio
+#   region 4 × 4) and smallcnn96 on target/slides/gigapixel.tif (100,000 × 80,000)
+#   MODEL   smallcnn96 | resnet18_150
+#   REPEAT  rounds, each running every tool once; medians are reported (default 3)
+#   PRECISIONS (environment) histomap's precisions to run (default "f32 int8")
 # Uses ../shared/peers/{wsinfer_model.py,run_wsinfer.sh}; the peer's venv (≈3.5 GB,
 # made on first use by run_wsinfer.sh) lives in ${WSINFER_VENV:-$TMPDIR/histomap-peers/wsinfer-venv}.
 # Both tools get their defaults otherwise: WSInfer batch 32 with min(nproc, 8)
 # DataLoader workers; histomap the pipeline's batch and all cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${1:-smallcnn96}
-slide=$(realpath "${2:-../shared/data/slides/cmu_small_region.svs}")
+if [[ $# -le 1 ]]; then
+  scripts/make-slides.sh >/dev/null
+  "$0" resnet18_150 target/slides/dense.tif "${1:-3}"
+  exec "$0" smallcnn96 target/slides/gigapixel.tif "${1:-3}"
+fi
+model=$1
+slide=$(realpath "$2")
 repeat=${3:-3}
+precisions=${PRECISIONS:-f32 int8}
 peers=$(realpath ../shared/peers)
 work=${TMPDIR:-/tmp}/histomap-peers
 venv=${WSINFER_VENV:-$work/wsinfer-venv}
@@ -52,23 +62,28 @@ with open(f"{out}/pipeline.toml", "w") as f:
 PY
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ws_wall=(); ws_patches=0; hm_wall=(); hm_patches=0; hm_rss=()
+ws_wall=(); ws_patches=0
+declare -A hm_wall hm_rss hm_patches
 for i in $(seq 1 "$repeat"); do
   line=$(bash "$peers/run_wsinfer.sh" "$work/slides-$model" "$work/wsinfer-out-$model" "$work/models/$model" 2>/dev/null | tail -n 1)
   ws_wall+=("$(grep -o 'wall_s=[0-9.]*' <<<"$line" | cut -d= -f2)")
   ws_patches=$(grep -o 'patches=[0-9]*' <<<"$line" | cut -d= -f2)
-  /usr/bin/time -v -o "$work/time-$model.txt" target/release/histomap heatmap "$slide" --quiet --force \
-    --pipeline "$ours/pipeline.toml" --out "$work/histomap-out-$model" 2>/dev/null
-  hm_wall+=("$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$work/time-$model.txt")")
-  hm_rss+=("$(awk -F': ' '/Maximum resident/ {print int($2/1024)}' "$work/time-$model.txt")")
-  hm_patches=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['patches']['classified'])" \
-    "$work/histomap-out-$model/$(basename "${slide%.*}")/summary.json")
+  for p in $precisions; do
+    /usr/bin/time -v -o "$work/time-$model.txt" target/release/histomap heatmap "$slide" --quiet --force \
+      --precision "$p" --pipeline "$ours/pipeline.toml" --out "$work/histomap-out-$model" 2>/dev/null
+    hm_wall[$p]+="$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$work/time-$model.txt") "
+    hm_rss[$p]+="$(awk -F': ' '/Maximum resident/ {print int($2/1024)}' "$work/time-$model.txt") "
+    hm_patches[$p]=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['patches']['classified'])" \
+      "$work/histomap-out-$model/$(basename "${slide%.*}")/summary.json")
+  done
 done
 ws=$(printf '%s\n' "${ws_wall[@]}" | median)
-hm=$(printf '%s\n' "${hm_wall[@]}" | median)
-rss=$(printf '%s\n' "${hm_rss[@]}" | median)
 echo "model=$model slide=$(basename "$slide") runs=$repeat nproc=$(nproc)"
 echo "wsinfer:  patches=$ws_patches wall_s=$ws (runs: ${ws_wall[*]})"
-echo "histomap: patches=$hm_patches wall_s=$hm peak_rss_mib=$rss (runs: ${hm_wall[*]})"
-awk -v w="$ws" -v h="$hm" -v pw="$ws_patches" -v ph="$hm_patches" 'BEGIN {
-  printf "wall-time ratio wsinfer/histomap = %.1fx; per patch = %.1fx (target: 5x)\n", w/h, (w/pw)/(h/ph) }'
+for p in $precisions; do
+  hm=$(tr ' ' '\n' <<<"${hm_wall[$p]}" | grep . | median)
+  rss=$(tr ' ' '\n' <<<"${hm_rss[$p]}" | grep . | median)
+  echo "histomap --precision $p: patches=${hm_patches[$p]} wall_s=$hm peak_rss_mib=$rss (runs: ${hm_wall[$p]% })"
+  awk -v w="$ws" -v h="$hm" -v pw="$ws_patches" -v ph="${hm_patches[$p]}" -v p="$p" 'BEGIN {
+    printf "  %s: wall-time ratio wsinfer/histomap = %.1fx; per patch = %.1fx (goal: 5x)\n", p, w/h, (w/pw)/(h/ph) }'
+done

@@ -157,7 +157,7 @@ impl ResNet {
 
     /// The stem, each block's convolutions and shortcut, and the head, for the int8
     /// path.
-    pub(super) fn parts(&self) -> (&ConvBn, Vec<(&[ConvBn], Option<&ConvBn>)>, &Linear) {
+    pub(super) fn parts(&self) -> (&ConvBn, Vec<BlockParts<'_>>, &Linear) {
         let blocks = self
             .layers
             .iter()
@@ -166,6 +166,9 @@ impl ResNet {
         (&self.stem, blocks, &self.fc)
     }
 }
+
+/// A block's convolutions in order, and its shortcut's (`None`: identity).
+pub(super) type BlockParts<'a> = (&'a [ConvBn], Option<&'a ConvBn>);
 
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
