@@ -6,7 +6,7 @@
 # usage: scripts/compare-wsinfer.sh [MODEL SLIDE] [REPEAT]
 #   with no MODEL and SLIDE, the two at-scale comparisons (slides from
 #   scripts/make-slides.sh): resnet18_150 on target/slides/dense.tif (the real Aperio
-#   region 4 × 4) and smallcnn96 on target/slides/gigapixel.tif (100,000 × 80,000)
+#   region 4 × 4) and smallcnn96 on target/slides/pcam-gigapixel.tif (100,000 × 80,000)
 #   MODEL   smallcnn96 | resnet18_150
 #   REPEAT  rounds, each running every tool once; medians are reported (default 3)
 #   PRECISIONS (environment) histomap's precisions to run (default "f32 int8")
@@ -17,9 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $# -le 1 ]]; then
-  scripts/make-slides.sh >/dev/null
+  scripts/make-slides.sh target/slides dense pcam-gigapixel >/dev/null
   "$0" resnet18_150 target/slides/dense.tif "${1:-3}"
-  exec "$0" smallcnn96 target/slides/gigapixel.tif "${1:-3}"
+  exec "$0" smallcnn96 target/slides/pcam-gigapixel.tif "${1:-3}"
 fi
 model=$1
 slide=$(realpath "$2")

@@ -219,7 +219,7 @@ fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
     // A model with an outlier channel: the first convolution's channel 0 is 10⁴
     // everywhere, and the next layer ignores it. f32 loses nothing; int8, which
     // quantises each activation tensor with one scale, rounds every other channel to
-    // zero. `auto` must notice on the first batch, say so, and run in f32.
+    // zero. `auto` must notice on the first patches, say so, and run in f32.
     let work = tempfile::tempdir().unwrap();
     let model = work.path().join("model");
     let source = common::model("kather8", histomap::model::Architecture::Smallcnn);

@@ -29,9 +29,7 @@ pub struct EvaluateArgs {
     /// Test-time augmentation: d4 averages the 8 dihedral orientations.
     #[arg(long, value_enum, default_value = "none")]
     tta: Tta,
-    /// Arithmetic of the classifier: auto takes int8 on a CPU with AVX2 after checking
-    /// it against f32 on the first batch (falling back to f32 with a warning), and f32
-    /// elsewhere; f32 is the reference; int8 runs int8 on the CPU unchecked.
+    /// Arithmetic of the classifier; what ran is recorded in metrics.json.
     #[arg(long, value_enum, default_value = "auto")]
     precision: Precision,
     /// Tiles per forward pass.

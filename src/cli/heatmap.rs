@@ -53,9 +53,7 @@ pub struct HeatmapArgs {
     /// (8× the inference time).
     #[arg(long, value_enum, default_value = "none")]
     pub tta: Tta,
-    /// Arithmetic of the classifier: auto takes int8 on a CPU with AVX2 after checking
-    /// it against f32 on the first batch (falling back to f32 with a warning), and f32
-    /// elsewhere; f32 is the reference; int8 runs int8 on the CPU unchecked.
+    /// Arithmetic of the classifier; what ran is recorded in summary.json.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: Precision,
     /// Run only part K/N of the slides (0-based K; sorted by path, balanced by file

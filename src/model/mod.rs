@@ -147,21 +147,25 @@ impl DeviceChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// int8 on a CPU with a fast int8 kernel (AVX2), checked against f32 on the first
-    /// batch; f32 elsewhere, or when the check fails.
+    /// int8 where the CPU has a fast int8 kernel (AVX2), after a check against f32 on
+    /// the first patches (falling back to f32 with a warning); f32 elsewhere.
     #[default]
     Auto,
-    /// The reference.
+    /// The reference: f32 throughout.
     F32,
-    /// int8 on the CPU, unchecked.
+    /// int8 on the CPU, unchecked (the portable kernel where there is no fast one).
     Int8,
 }
 
-/// Largest difference of any class probability between int8 and f32 on the first
-/// batch that `Precision::Auto` accepts. Quantisation moves the shipped models'
+/// Largest difference of any class probability between int8 and f32 on the checked
+/// patches that `Precision::Auto` accepts. Quantisation moves the shipped models'
 /// probabilities by a few thousandths; a model it moves by this much is not one int8
 /// should run.
 const AUTO_MAX_PROB_DIFF: f32 = 0.1;
+
+/// Patches at the start of the first batch that `Precision::Auto` runs in both
+/// precisions.
+const AUTO_CHECK_PATCHES: usize = 8;
 
 /// A loaded model ready for inference.
 pub struct Classifier {
@@ -173,7 +177,7 @@ pub struct Classifier {
     pub tta: bool,
     precision: Precision,
     int8: Option<int8::Int8Net>,
-    /// With `Precision::Auto`: whether int8 passed its check on the first batch.
+    /// With `Precision::Auto`: whether int8 passed its check on the first patches.
     int8_checked: std::sync::OnceLock<bool>,
     /// A fallback to f32 not yet reported ([`Classifier::take_warning`]).
     warning: std::sync::Mutex<Option<String>>,
@@ -245,7 +249,7 @@ impl Classifier {
     }
 
     /// The arithmetic forward passes run in: `f32`, or `int8-<kernel>`. With
-    /// `Precision::Auto`, as decided on the first batch.
+    /// `Precision::Auto`, as decided on the first patches.
     pub fn precision_used(&self) -> String {
         match &self.int8 {
             Some(q) if self.int8_checked.get() != Some(&false) => {
@@ -307,29 +311,33 @@ impl Classifier {
         if self.precision != Precision::Auto {
             return Ok(int8);
         }
-        let mut f32_first = None;
         let keep = *self.int8_checked.get_or_init(|| {
-            let Ok(reference) = f32_logits() else {
-                return false;
-            };
-            let diff = max_prob_diff(&int8, &reference).unwrap_or(f32::INFINITY);
-            f32_first = Some(reference);
+            // A few patches suffice to catch a model int8 does not suit, and keep the
+            // f32 activations of the check small (f32's micro-batch is what dominates
+            // peak memory otherwise).
+            let m = n.min(AUTO_CHECK_PATCHES);
+            let diff = x
+                .narrow(0, 0, m)
+                .and_then(|head| self.net.forward_t(&head.to_device(&self.device)?, false))
+                .map_err(Error::from)
+                .and_then(|reference| max_prob_diff(&int8.narrow(0, 0, m)?, &reference))
+                .unwrap_or(f32::INFINITY);
             if diff <= AUTO_MAX_PROB_DIFF {
                 return true;
             }
             if let Ok(mut w) = self.warning.lock() {
                 *w = Some(format!(
-                    "{}: int8 moved a probability by {diff:.3} against f32 on the first batch \
-                     (at most {AUTO_MAX_PROB_DIFF} passes); running in f32",
+                    "{}: int8 moved a probability by {diff:.3} against f32 on the first \
+                     {m} patches (at most {AUTO_MAX_PROB_DIFF} passes); running in f32",
                     self.dir.display()
                 ));
             }
             false
         });
-        match (keep, f32_first) {
-            (true, _) => Ok(int8),
-            (false, Some(reference)) => Ok(reference),
-            (false, None) => f32_logits(),
+        if keep {
+            Ok(int8)
+        } else {
+            f32_logits()
         }
     }
 }
