@@ -110,6 +110,19 @@ impl Error {
             msg: msg.to_string(),
         }
     }
+
+    /// The message without the file it names, for reports that name the file once.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Io { err, .. } => io_message(err),
+            Error::Slide { msg, .. }
+            | Error::Pipeline { msg, .. }
+            | Error::Model { msg, .. }
+            | Error::Output { msg, .. }
+            | Error::Dataset { msg, .. } => msg.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ pub fn split_name(s: &str) -> Result<String, String> {
     histomap::learn::dataset::split_name(s)?.ok_or_else(|| "a split name cannot be blank".into())
 }
 
+/// clap parser: a share, from 0 to 1.
+pub fn share(s: &str) -> Result<f64, String> {
+    finite(s, |x| (0.0..=1.0).contains(&x), "from 0 to 1")
+}
+
 /// clap parser: a finite number of at least 0.
 pub fn non_negative(s: &str) -> Result<f64, String> {
     finite(s, |x| x >= 0.0, "of at least 0")

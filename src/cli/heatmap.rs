@@ -1,6 +1,6 @@
 //! `histomap heatmap`: slides in, one output folder per slide out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -12,7 +12,7 @@ use histomap::model::{Classifier, DeviceChoice, Precision};
 use histomap::pipeline::Pipeline;
 use histomap::progress::Bars;
 
-use super::args::{all_cores, batch_size, mpp, shown, threads, Tta};
+use super::args::{all_cores, batch_size, mpp, share, shown, threads, Tta};
 
 #[derive(Args)]
 pub struct HeatmapArgs {
@@ -64,6 +64,16 @@ pub struct HeatmapArgs {
     /// Redo slides that are already finished.
     #[arg(long)]
     pub force: bool,
+    /// The largest share (0 to 1) of a slide's tissue patches that may be unreadable
+    /// (a corrupt tile, a bad sector) before the slide fails. Unreadable patches are
+    /// left out of the maps, listed in predictions.csv with status `unreadable`,
+    /// flagged in tiles.geojson and counted in summary.json.
+    #[arg(long, value_parser = share, default_value_t = 0.05)]
+    pub max_unreadable: f64,
+    /// Run the one slide given under this output name and report on stdout: each slide
+    /// of a batch runs so, in a child process the batch supervises and locks for.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -73,20 +83,45 @@ impl HeatmapArgs {
     /// The `heatmap` command line that repeats these arguments with absolute paths,
     /// leaving out --shard, --threads and --quiet, which each worker sets.
     pub fn worker_argv(&self) -> anyhow::Result<Vec<String>> {
-        let abs = |p: &PathBuf| -> anyhow::Result<String> {
-            Ok(std::path::absolute(p)
-                .with_context(|| format!("{}: cannot make absolute", p.display()))?
-                .display()
-                .to_string())
-        };
         let mut v = vec!["heatmap".to_string()];
         for i in &self.inputs {
-            v.push(abs(i)?);
+            v.push(absolute(i)?);
         }
-        v.extend(["--pipeline".into(), abs(&self.pipeline)?]);
-        v.extend(["--out".into(), abs(&self.out)?]);
+        v.extend(self.settings_argv()?);
+        if self.force {
+            v.push("--force".into());
+        }
+        Ok(v)
+    }
+
+    /// The command that runs `slide` alone under `name` in a child process, with these
+    /// settings and `threads` threads.
+    fn child_command(
+        &self,
+        threads: usize,
+    ) -> anyhow::Result<impl Fn(&Path, &str) -> std::process::Command> {
+        let exe = std::env::current_exe().context("finding the histomap executable")?;
+        let settings = self.settings_argv()?;
+        Ok(move |slide: &Path, name: &str| {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("heatmap").arg(slide).args(&settings).args([
+                "--quiet",
+                "--threads",
+                &threads.to_string(),
+                "--child",
+                name,
+            ]);
+            cmd
+        })
+    }
+
+    /// Every setting but the inputs, --force, --shard, --threads and --quiet, with
+    /// absolute paths.
+    fn settings_argv(&self) -> anyhow::Result<Vec<String>> {
+        let mut v = vec!["--pipeline".into(), absolute(&self.pipeline)?];
+        v.extend(["--out".into(), absolute(&self.out)?]);
         if let Some(m) = &self.model {
-            v.extend(["--model".into(), abs(m)?]);
+            v.extend(["--model".into(), absolute(m)?]);
         }
         let mut opt = |k: &str, val: Option<String>| {
             if let Some(val) = val {
@@ -101,14 +136,19 @@ impl HeatmapArgs {
         opt("--device", Some(device.get_name().to_string()));
         let precision = self.precision.to_possible_value().expect("not skipped");
         opt("--precision", Some(precision.get_name().to_string()));
+        opt("--max-unreadable", Some(self.max_unreadable.to_string()));
         if self.tta == Tta::D4 {
             v.extend(["--tta".into(), "d4".into()]);
         }
-        if self.force {
-            v.push("--force".into());
-        }
         Ok(v)
     }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<String> {
+    Ok(std::path::absolute(p)
+        .with_context(|| format!("{}: cannot make absolute", p.display()))?
+        .display()
+        .to_string())
 }
 
 pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
@@ -148,6 +188,7 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
             model_dir.display()
         );
     }
+    let child = Box::new(a.child_command(threads)?);
     let slides = run::collect_slides(&a.inputs)?;
     if slides.is_empty() {
         bail!("no slides found in {}", shown(&a.inputs));
@@ -164,7 +205,19 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         slide_mpp: a.slide_mpp,
         force: a.force,
         shard: a.shard.unwrap_or(Shard::ALL),
+        max_unreadable: a.max_unreadable,
+        child,
     };
+    if let Some(name) = &a.child {
+        let [slide] = &slides[..] else {
+            bail!("--child runs exactly one slide");
+        };
+        return Ok(if run::serve_child(slide, name, &job) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     let reports = {
         let bars = Bars::new(a.quiet);
         run::run_all(&slides, &job, &bars)?

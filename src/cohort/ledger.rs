@@ -133,6 +133,20 @@ pub struct Event {
     pub slide: String,
     #[serde(flatten)]
     pub worker: Worker,
+    /// Tissue patches that could not be read, on `done`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<usize>,
+    /// The process that ran the slide, on `done` and `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessStats>,
+}
+
+/// What the child process that ran a slide took.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStats {
+    pub seconds: f64,
+    /// Peak resident memory.
+    pub max_rss_mib: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,13 +185,23 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// The ledger of `out`, creating its folders.
+    /// The ledger of `out`, creating its folders. An output folder that cannot be
+    /// written is one error here, before any slide runs.
     pub fn create(out: &Path) -> Result<Self> {
         let ledger = Self::at(out);
+        let unwritable =
+            |e: Error| Error::output(out, format!("the output folder cannot be written: {e}"));
         for d in ["locks", "failed", "staging"] {
             let d = ledger.dir.join(d);
-            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            fs::create_dir_all(&d).map_err(|e| unwritable(Error::io(&d, e)))?;
         }
+        // Folders made by an earlier run exist even on a file system remounted
+        // read-only since: only a write tells.
+        let probe = ledger
+            .staging()
+            .join(format!(".probe-{}", std::process::id()));
+        write_atomic(&probe, b"").map_err(unwritable)?;
+        fs::remove_file(&probe).map_err(|e| unwritable(Error::io(&probe, e)))?;
         Ok(ledger)
     }
 
@@ -302,10 +326,23 @@ impl Ledger {
 
     /// Appends one line to `log.jsonl`.
     pub fn log(&self, kind: EventKind, slide: &str) -> Result<()> {
+        self.log_run(kind, slide, None, None)
+    }
+
+    /// Appends one line to `log.jsonl` for a slide that was run, with what it took.
+    pub fn log_run(
+        &self,
+        kind: EventKind,
+        slide: &str,
+        unreadable: Option<usize>,
+        process: Option<ProcessStats>,
+    ) -> Result<()> {
         let event = Event {
             event: kind,
             slide: slide.to_string(),
             worker: Worker::now(),
+            unreadable,
+            process,
         };
         self.append("log.jsonl", &event)
     }

@@ -95,6 +95,9 @@ struct PatchView {
     grid: u64,
     classified: u64,
     background: u64,
+    /// Absent in summaries written before unreadable patches were counted.
+    #[serde(default)]
+    unreadable: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +265,7 @@ fn cohort_csv(rows: &[Row], classes: &[(String, String)]) -> Result<Vec<u8>> {
         "patches_grid",
         "patches_classified",
         "patches_background",
+        "patches_unreadable",
     ]
     .map(String::from)
     .to_vec();
@@ -298,6 +302,7 @@ fn cohort_csv(rows: &[Row], classes: &[(String, String)]) -> Result<Vec<u8>> {
                     s.patches.grid.to_string(),
                     s.patches.classified.to_string(),
                     s.patches.background.to_string(),
+                    s.patches.unreadable.to_string(),
                 ]);
                 let class = |name: &str| s.classes.iter().find(|c| c.name == name);
                 for (c, _) in classes {
@@ -560,7 +565,7 @@ fn index_html(rows: &[Row], classes: &[(String, String)]) -> String {
         let dir = url(&r.name);
         let _ = write!(
             h,
-            "<div class=\"card\" id=\"s-{}\"><h3>{}</h3><div>{} · {} × {} px · {}{} tissue patches</div>",
+            "<div class=\"card\" id=\"s-{}\"><h3>{}</h3><div>{} · {} × {} px · {}{} tissue patches{}</div>",
             esc(&dir),
             esc(&r.name),
             esc(&s.slide.format),
@@ -568,7 +573,11 @@ fn index_html(rows: &[Row], classes: &[(String, String)]) -> String {
             s.slide.size.h,
             s.mpp()
                 .map_or(String::new(), |m| format!("{m:.3} µm/px · ")),
-            s.patches.classified
+            s.patches.classified,
+            match s.patches.unreadable {
+                0 => String::new(),
+                n => format!(" · {n} unreadable"),
+            }
         );
         if let Some(t) = &r.thumb {
             let _ = write!(

@@ -12,18 +12,20 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::cohort::child::{self, Finished};
 use crate::cohort::ledger::{EventKind, Failure, Ledger, SlideEntry, Worker, SUMMARY};
 use crate::cohort::shard::Shard;
+use crate::cohort::summary::{summarise, JobKey, Made, ModelRef, PipelineRef, Summary, Timings};
 use crate::error::{Error, Result};
-use crate::map::geom::Cell;
-use crate::map::grid::{Grid, ReadPlan};
-use crate::map::heatmap::{Heatmap, Predictions};
+use crate::map::grid::ReadPlan;
+use crate::map::heatmap::{Heatmap, Predictions, Unreadable};
 use crate::map::mask::TissueMask;
-use crate::map::slide::{self, SlideInfo};
-use crate::map::stream::{self, StreamOptions, StreamStats};
-use crate::model::{Architecture, Classifier, Precision};
+use crate::map::select::{select, Tolerance};
+use crate::map::slide;
+use crate::map::stream::{Stream, StreamOptions};
+use crate::model::Classifier;
 use crate::output::{write_atomic, Staging};
 use crate::pipeline::Pipeline;
 use crate::progress::Progress;
@@ -44,7 +46,16 @@ pub struct Job {
     pub force: bool,
     /// The part of the slide list this worker runs.
     pub shard: Shard,
+    /// The largest share of a slide's tissue patches that may be unreadable before
+    /// the slide fails.
+    pub max_unreadable: f64,
+    /// The command that runs one slide (path, output name) in a child process, which
+    /// the batch supervises (see [`child`]).
+    pub child: Box<ChildCommand>,
 }
+
+/// Makes the command that runs one slide (its path and output name) on its own.
+pub type ChildCommand = dyn Fn(&Path, &str) -> std::process::Command;
 
 impl Job {
     /// What a slide's results under this job are made from. `--slide-mpp` counts only
@@ -66,47 +77,6 @@ impl Job {
             slide_mpp: self.slide_mpp.filter(|_| !slide_records_mpp),
             slide_bytes: std::fs::metadata(slide).ok().map(|m| m.len()),
         }
-    }
-}
-
-/// The inputs and settings behind a slide's results, recorded in its `summary.json`: a
-/// rerun skips the slide only when they are the same. Paths are absolute; the files'
-/// contents are not compared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobKey {
-    pub slide: PathBuf,
-    pub pipeline: PathBuf,
-    pub model: PathBuf,
-    pub tta_d4: bool,
-    /// `--precision` as asked for (what ran is in [`ModelRef::precision`]). Absent in
-    /// summaries of earlier versions, which ran f32, and then not compared.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision: Option<Precision>,
-    pub patch_size: u32,
-    pub stride: u32,
-    pub mpp: f64,
-    pub min_tissue: f64,
-    pub min_saturation: u8,
-    /// The `--slide-mpp` fallback, when the slide needed it.
-    pub slide_mpp: Option<f64>,
-    /// The slide file's size: a file replaced under the same name is another slide.
-    /// Absent in summaries of earlier versions, and then not compared.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slide_bytes: Option<u64>,
-}
-
-impl JobKey {
-    /// The first setting that differs, as "model was A, now B"; None when equal.
-    fn difference(&self, now: &JobKey) -> Option<String> {
-        let mut unrecorded = Vec::new();
-        if self.slide_bytes.is_none() {
-            unrecorded.push("slide_bytes");
-        }
-        if self.precision.is_none() {
-            unrecorded.push("precision");
-        }
-        crate::first_difference(self, now, &unrecorded)
-            .map(|(field, old, new)| format!("{field} was {old}, now {new}"))
     }
 }
 
@@ -132,6 +102,8 @@ pub enum Outcome {
     Done {
         dir: PathBuf,
         patches: usize,
+        /// Tissue patches that could not be read.
+        unreadable: usize,
         seconds: f64,
     },
     Skipped {
@@ -157,6 +129,7 @@ impl SlideReport {
             Outcome::Done {
                 dir,
                 patches,
+                unreadable,
                 seconds,
             } => {
                 // The mask finds tissue by its colour: a grey or fluorescence image may
@@ -167,7 +140,7 @@ impl SlideReport {
                     ""
                 };
                 format!(
-                    "done    {}  {patches} patches in {seconds:.1} s -> {}{none}",
+                    "done    {}  {patches} patches, {unreadable} unreadable, in {seconds:.1} s -> {}{none}",
                     self.name,
                     dir.display()
                 )
@@ -309,9 +282,6 @@ pub fn run_all(slides: &[PathBuf], job: &Job, progress: &dyn Progress) -> Result
                 name,
                 outcome,
             };
-            if let Some(w) = job.classifier.take_warning() {
-                progress.warning(&w);
-            }
             progress.slide_finished(&report.line());
             Ok(report)
         })
@@ -382,18 +352,24 @@ fn run_one(
     }
     ledger.log(EventKind::Start, name)?;
     let t = Instant::now();
-    Ok(match process_slide(path, name, job, ledger, progress) {
-        Ok((dir, summary)) => {
+    let (outcome, process) = child::supervise((job.child)(path, name), path, name, progress);
+    Ok(match outcome {
+        Ok(finished) => {
             ledger.clear_failure(name)?;
-            ledger.log(EventKind::Done, name)?;
+            ledger.log_run(EventKind::Done, name, Some(finished.unreadable), process)?;
             Outcome::Done {
-                dir,
-                patches: summary.patches.classified,
+                dir: finished.dir,
+                patches: finished.patches,
+                unreadable: finished.unreadable,
                 seconds: t.elapsed().as_secs_f64(),
             }
         }
-        Err(e) => {
-            let error = e.to_string();
+        Err(error) => {
+            // A child that crashed left its staging folder behind.
+            let staged = ledger.staging().join(name);
+            if staged.exists() {
+                std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+            }
             ledger.record_failure(
                 name,
                 &Failure {
@@ -402,91 +378,69 @@ fn run_one(
                     worker: Worker::now(),
                 },
             )?;
-            ledger.log(EventKind::Failed, name)?;
+            ledger.log_run(EventKind::Failed, name, None, process)?;
             Outcome::Failed { error }
         }
     })
 }
 
-#[derive(Debug, Serialize)]
-pub struct Summary {
-    pub histomap_version: String,
-    pub job: JobKey,
-    pub slide: SlideInfo,
-    pub pipeline: PipelineRef,
-    pub model: ModelRef,
-    pub plan: ReadPlan,
-    pub tissue: TissueSummary,
-    pub patches: PatchCounts,
-    pub classes: Vec<ClassSummary>,
-    /// Class maps are this many pixels per grid cell.
-    pub map_scale: u32,
-    pub stream: StreamStats,
-    pub timings: Timings,
-    pub outputs: Vec<String>,
+/// The child's side of [`child::supervise`]: processes one slide into its folder (the
+/// batch that started the child holds the slide's lock) and reports how it ended.
+/// True when the slide finished.
+pub fn serve_child(path: &Path, name: &str, job: &Job) -> bool {
+    let ledger = Ledger::at(&job.out);
+    let outcome = process_slide(path, name, job, &ledger, &child::Reporter)
+        .map(|(dir, summary)| Finished {
+            dir,
+            patches: summary.patches.classified,
+            unreadable: summary.patches.unreadable,
+        })
+        .map_err(|e| e.to_string());
+    if let Some(w) = job.classifier.take_warning() {
+        child::Reporter.warning(&w);
+    }
+    child::report(&outcome);
+    outcome.is_ok()
 }
 
-#[derive(Debug, Serialize)]
-pub struct PipelineRef {
-    pub name: String,
-    pub file: PathBuf,
+/// A slide file's size and modification time, to tell whether it changed while read.
+#[derive(Debug, PartialEq)]
+struct FileState {
+    bytes: u64,
+    modified: Option<std::time::SystemTime>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ModelRef {
-    pub dir: PathBuf,
-    pub architecture: Architecture,
-    pub trained: bool,
-    /// Probabilities are the mean over the 8 dihedral views of each patch.
-    pub tta_d4: bool,
-    /// The arithmetic the classifier ran in: `f32`, `int8-avx2`, ...
-    pub precision: String,
+impl FileState {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            bytes: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    fn unchanged(&self, path: &Path) -> Result<()> {
+        match Self::of(path) {
+            Ok(now) if now == *self => Ok(()),
+            Ok(now) => Err(Error::slide(
+                path,
+                format!(
+                    "the slide file changed while it was being read ({} bytes before, {} now); \
+                     results discarded: rerun once the file is complete",
+                    self.bytes, now.bytes
+                ),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::slide(
+                path,
+                "the slide file vanished while it was being read; results discarded",
+            )),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
 }
 
-#[derive(Debug, Serialize)]
-pub struct TissueSummary {
-    pub saturation_threshold: u8,
-    pub slide_fraction: f32,
-    pub area_mm2: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PatchCounts {
-    pub grid: usize,
-    pub classified: usize,
-    pub background: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ClassSummary {
-    pub name: String,
-    #[serde(with = "crate::pipeline::hex_color")]
-    pub color: [u8; 3],
-    /// Grid cells whose winning class this is.
-    pub cells: usize,
-    pub area_mm2: f64,
-    pub fraction_of_tissue: f64,
-    pub mean_probability: f64,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct Timings {
-    pub open_s: f64,
-    pub mask_s: f64,
-    pub stream_s: f64,
-    pub write_s: f64,
-    pub total_s: f64,
-    pub patches_per_s: f64,
-}
-
-/// The cells whose patch is at least `min_tissue` tissue (and not empty), with their
-/// tissue fractions, in grid order.
-pub fn tissue_cells(grid: &Grid, mask: &TissueMask, min_tissue: f32) -> (Vec<Cell>, Vec<f32>) {
-    grid.cells()
-        .map(|c| (c, mask.fraction(grid.rect(c))))
-        .filter(|&(_, f)| f > 0.0 && f >= min_tissue)
-        .unzip()
-}
+// benches/stream.rs selects its patches as a run does.
+pub use crate::map::select::tissue_cells;
 
 /// Processes one slide into `OUT/<name>/`; the folder appears only when complete. The
 /// caller holds the slide's lock.
@@ -499,6 +453,7 @@ pub fn process_slide(
 ) -> Result<(PathBuf, Summary)> {
     let t0 = Instant::now();
     let mut timings = Timings::default();
+    let before = FileState::of(path).map_err(|e| Error::io(path, e))?;
     let slide = slide::open(path)?;
     let info = slide.info();
     let p = &job.pipeline;
@@ -508,30 +463,72 @@ pub fn process_slide(
     let t = Instant::now();
     let thumb = slide::thumbnail(slide.as_ref(), THUMBNAIL_SIDE)?;
     let mask = TissueMask::from_thumbnail(&thumb, p.min_saturation);
-    let (cells, tissue) = tissue_cells(&plan.grid, &mask, p.min_tissue);
+    let tolerance = Tolerance {
+        max_share: job.max_unreadable,
+    };
+    let selection = select(slide.as_ref(), &plan, &mask, p.min_tissue, tolerance);
+    let mut unreadable = selection.unreadable;
+    let candidates = selection.cells.len() + unreadable.len();
+    let check = |unreadable: &[Unreadable], complete| {
+        tolerance.check(slide.as_ref(), &plan.grid, unreadable, candidates, complete)
+    };
+    check(
+        &unreadable,
+        unreadable.len() <= tolerance.allowed(candidates),
+    )?;
     timings.mask_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    progress.slide_started(name, cells.len() as u64);
-    let rects: Vec<_> = cells.iter().map(|&c| plan.grid.rect(c)).collect();
-    let (probs, stats) = stream::run(
-        slide.as_ref(),
-        &plan,
-        &job.classifier.card.normalization,
-        &rects,
-        Some(&job.classifier),
-        &job.stream,
-        progress,
-    )?;
+    progress.slide_started(name, selection.cells.len() as u64);
+    let rects: Vec<_> = selection.cells.iter().map(|&c| plan.grid.rect(c)).collect();
+    let stream = Stream {
+        slide: slide.as_ref(),
+        plan: &plan,
+        normalization: &job.classifier.card.normalization,
+        classifier: Some(&job.classifier),
+        opts: job.stream,
+    };
+    let tolerate = tolerance
+        .allowed(candidates)
+        .saturating_sub(unreadable.len());
+    let streamed = stream.run(&rects, tolerate, progress)?;
+    let stats = streamed.stats;
+    let complete = streamed.unreadable.len() <= tolerate;
+    let failed: HashMap<usize, String> = streamed
+        .unreadable
+        .into_iter()
+        .map(|(i, e)| (i, e.reason()))
+        .collect();
+    let classes = job.classifier.num_classes();
+    let mut predictions = Predictions {
+        classes,
+        cells: Vec::with_capacity(rects.len() - failed.len()),
+        tissue: Vec::with_capacity(rects.len() - failed.len()),
+        probs: Vec::with_capacity((rects.len() - failed.len()) * classes),
+        unreadable: Vec::new(),
+    };
+    for (i, (&cell, &tissue)) in selection.cells.iter().zip(&selection.tissue).enumerate() {
+        match failed.get(&i) {
+            Some(error) => unreadable.push(Unreadable {
+                cell,
+                tissue,
+                error: error.clone(),
+            }),
+            None => {
+                predictions.cells.push(cell);
+                predictions.tissue.push(tissue);
+                predictions
+                    .probs
+                    .extend_from_slice(&streamed.probs[i * classes..(i + 1) * classes]);
+            }
+        }
+    }
+    unreadable.sort_by_key(|u| (u.cell.row, u.cell.col));
+    check(&unreadable, complete)?;
+    predictions.unreadable = unreadable;
     timings.stream_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let predictions = Predictions {
-        classes: job.classifier.num_classes(),
-        cells,
-        tissue,
-        probs,
-    };
     let heatmap = Heatmap::assemble(&plan.grid, &predictions);
     let card = &job.classifier.card;
     let caption = format!(
@@ -564,83 +561,27 @@ pub fn process_slide(
     timings.patches_per_s = predictions.len() as f64 / timings.total_s.max(1e-9);
     outputs.push(SUMMARY.into());
 
-    let summary = summarise(&result, &mask, job, stats, timings, outputs);
+    let made = Made {
+        job: job.key(path, info.mpp.is_some()),
+        pipeline: PipelineRef {
+            name: p.name.clone(),
+            file: p.source.clone(),
+        },
+        model: ModelRef {
+            dir: job.classifier.dir.clone(),
+            architecture: card.architecture,
+            trained: card.trained,
+            tta_d4: job.classifier.tta,
+            precision: job.classifier.precision_used(),
+        },
+    };
+    let summary = summarise(&result, &mask, made, stats, timings, outputs);
+    // Results of a file that changed under the readers mix two files: never commit them.
+    before.unchanged(path)?;
     let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
     write_atomic(&staging.dir().join(SUMMARY), &json)?;
     let dir = staging.commit()?;
     Ok((dir, summary))
-}
-
-fn summarise(
-    r: &SlideResult,
-    mask: &TissueMask,
-    job: &Job,
-    stream: StreamStats,
-    timings: Timings,
-    outputs: Vec<String>,
-) -> Summary {
-    let grid = &r.plan.grid;
-    let cell_mm2 = f64::from(grid.stride).powi(2) * r.um2_per_px() / 1e6;
-    let mut cells_per_class = vec![0usize; r.classes.len()];
-    for &k in r.heatmap.labels().iter().flatten() {
-        cells_per_class[k] += 1;
-    }
-    let tissue_count = cells_per_class.iter().sum::<usize>().max(1);
-    let mut mean = vec![0f64; r.classes.len()];
-    for i in 0..r.predictions.len() {
-        for (m, &v) in mean.iter_mut().zip(r.predictions.probs(i)) {
-            *m += f64::from(v);
-        }
-    }
-    let classes = r
-        .classes
-        .iter()
-        .enumerate()
-        .map(|(k, c)| {
-            let cells = cells_per_class[k];
-            ClassSummary {
-                name: c.name.clone(),
-                color: c.color,
-                cells,
-                area_mm2: cells as f64 * cell_mm2,
-                fraction_of_tissue: cells as f64 / tissue_count as f64,
-                mean_probability: mean[k] / r.predictions.len().max(1) as f64,
-            }
-        })
-        .collect();
-    let slide_mm2 = r.info.size.area() as f64 * r.um2_per_px() / 1e6;
-    Summary {
-        histomap_version: env!("CARGO_PKG_VERSION").into(),
-        job: job.key(&r.info.path, r.info.mpp.is_some()),
-        slide: r.info.clone(),
-        pipeline: PipelineRef {
-            name: job.pipeline.name.clone(),
-            file: job.pipeline.source.clone(),
-        },
-        model: ModelRef {
-            dir: job.classifier.dir.clone(),
-            architecture: job.classifier.card.architecture,
-            trained: job.classifier.card.trained,
-            tta_d4: job.classifier.tta,
-            precision: job.classifier.precision_used(),
-        },
-        plan: *r.plan,
-        tissue: TissueSummary {
-            saturation_threshold: mask.threshold,
-            slide_fraction: mask.total_fraction(),
-            area_mm2: f64::from(mask.total_fraction()) * slide_mm2,
-        },
-        patches: PatchCounts {
-            grid: grid.len(),
-            classified: r.predictions.len(),
-            background: grid.len() - r.predictions.len(),
-        },
-        classes,
-        map_scale: sink::map_scale(r.heatmap.cols, r.heatmap.rows),
-        stream,
-        timings,
-        outputs,
-    }
 }
 
 #[cfg(test)]

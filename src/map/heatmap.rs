@@ -9,13 +9,35 @@
 use crate::map::geom::Cell;
 use crate::map::grid::Grid;
 
-/// Classified patches: cells, tissue fractions and probabilities (row-major).
+/// Classified patches: cells, tissue fractions and probabilities (row-major); and the
+/// tissue patches that could not be read, which no map shows.
 #[derive(Debug, Clone)]
 pub struct Predictions {
     pub classes: usize,
     pub cells: Vec<Cell>,
     pub tissue: Vec<f32>,
     pub probs: Vec<f32>,
+    /// In grid order.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A tissue patch that could not be read.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub cell: Cell,
+    /// Its tissue fraction as far as the mask could tell.
+    pub tissue: f32,
+    /// Why, without the slide's name.
+    pub error: String,
+}
+
+/// A row of the per-patch outputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Row {
+    /// Index into the classified patches.
+    Classified(usize),
+    /// Index into [`Predictions::unreadable`].
+    Unreadable(usize),
 }
 
 impl Predictions {
@@ -29,6 +51,28 @@ impl Predictions {
 
     pub fn probs(&self, i: usize) -> &[f32] {
         &self.probs[i * self.classes..(i + 1) * self.classes]
+    }
+
+    /// Classified and unreadable patches together, in grid order, for the per-patch
+    /// outputs.
+    pub fn rows(&self) -> Vec<Row> {
+        let key = |c: &Cell| (c.row, c.col);
+        let (mut i, mut j) = (0, 0);
+        let mut rows = Vec::with_capacity(self.cells.len() + self.unreadable.len());
+        while i < self.cells.len() || j < self.unreadable.len() {
+            let take_classified = match (self.cells.get(i), self.unreadable.get(j)) {
+                (Some(c), Some(u)) => key(c) < key(&u.cell),
+                (c, _) => c.is_some(),
+            };
+            if take_classified {
+                rows.push(Row::Classified(i));
+                i += 1;
+            } else {
+                rows.push(Row::Unreadable(j));
+                j += 1;
+            }
+        }
+        rows
     }
 }
 
@@ -126,6 +170,7 @@ mod tests {
             cells: cells.iter().map(|&(col, row)| Cell { col, row }).collect(),
             tissue: vec![1.0; cells.len()],
             probs: probs.iter().flatten().copied().collect(),
+            unreadable: Vec::new(),
         }
     }
 
@@ -168,5 +213,29 @@ mod tests {
     fn argmax_prefers_first_on_ties() {
         assert_eq!(argmax(&[0.5, 0.5]).0, 0);
         assert_eq!(argmax(&[0.1, 0.7, 0.2]), (1, 0.7));
+    }
+
+    #[test]
+    fn rows_merge_unreadable_patches_in_grid_order() {
+        let mut p = preds(&[(0, 0), (2, 1)], &[[0.9, 0.1], [0.2, 0.8]]);
+        p.unreadable = [(1, 0), (0, 1), (3, 1)]
+            .map(|(col, row)| Unreadable {
+                cell: Cell { col, row },
+                tissue: 0.5,
+                error: "corrupt".into(),
+            })
+            .to_vec();
+        assert_eq!(
+            p.rows(),
+            [
+                Row::Classified(0),
+                Row::Unreadable(0),
+                Row::Unreadable(1),
+                Row::Classified(1),
+                Row::Unreadable(2)
+            ]
+        );
+        let h = Heatmap::assemble(&Grid::new(Size::new(400, 200), 100, 100), &p);
+        assert_eq!(h.get(Cell { col: 1, row: 0 }), None, "no map shows them");
     }
 }

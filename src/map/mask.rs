@@ -5,6 +5,10 @@
 //! is white or grey. The threshold is Otsu's on the saturation histogram, never below
 //! a floor, so a slide that is all glass does not turn its faint noise into "tissue".
 //! Very dark pixels (pen, slide edges, fluorescence background) are not tissue.
+//! Pixels of the thumbnail that could not be read are *unknown*: they count as neither
+//! tissue nor glass, take no part in the threshold, and are counted on their own.
+
+use image::{Rgb, RgbImage};
 
 use crate::map::geom::{L0Rect, Size};
 use crate::map::slide::Thumbnail;
@@ -18,6 +22,8 @@ pub struct TissueMask {
     downsample: f64,
     /// Summed-area table of tissue pixels, (w + 1) × (h + 1).
     integral: Vec<u32>,
+    /// The same of unknown pixels.
+    unknown: Vec<u32>,
     /// Saturation threshold that was applied.
     pub threshold: u8,
 }
@@ -25,36 +31,32 @@ pub struct TissueMask {
 impl TissueMask {
     pub fn from_thumbnail(thumb: &Thumbnail, min_saturation: u8) -> Self {
         let img = &thumb.image;
-        let saturation: Vec<u8> = img
-            .pixels()
-            .map(|p| {
-                let max = p.0.iter().copied().max().unwrap_or(0);
-                let min = p.0.iter().copied().min().unwrap_or(0);
-                if max < MIN_BRIGHTNESS {
-                    0
-                } else {
-                    ((u32::from(max - min) * 255) / u32::from(max)) as u8
-                }
-            })
-            .collect();
+        let known = |i: usize| !thumb.unknown.get(i).copied().unwrap_or(false);
+        let saturation: Vec<u8> = img.pixels().map(saturation).collect();
         let mut hist = [0u64; 256];
-        for &s in &saturation {
-            hist[s as usize] += 1;
+        for (i, &s) in saturation.iter().enumerate() {
+            if known(i) {
+                hist[s as usize] += 1;
+            }
         }
         let threshold = otsu(&hist).max(min_saturation);
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let mut integral = vec![0u32; (w + 1) * (h + 1)];
-        for y in 0..h {
-            let mut row = 0u32;
-            for x in 0..w {
-                row += u32::from(saturation[y * w + x] >= threshold);
-                integral[(y + 1) * (w + 1) + x + 1] = integral[y * (w + 1) + x + 1] + row;
+        let summed = |counts: &dyn Fn(usize) -> bool| {
+            let mut integral = vec![0u32; (w + 1) * (h + 1)];
+            for y in 0..h {
+                let mut row = 0u32;
+                for x in 0..w {
+                    row += u32::from(counts(y * w + x));
+                    integral[(y + 1) * (w + 1) + x + 1] = integral[y * (w + 1) + x + 1] + row;
+                }
             }
-        }
+            integral
+        };
         Self {
             size: Size::new(w as u32, h as u32),
             downsample: thumb.downsample,
-            integral,
+            integral: summed(&|i| known(i) && saturation[i] >= threshold),
+            unknown: summed(&|i| !known(i)),
             threshold,
         }
     }
@@ -66,6 +68,25 @@ impl TissueMask {
     /// Fraction of mask pixels whose centre lies in `rect` that are tissue. A rectangle
     /// smaller than a mask pixel takes the pixel under its centre.
     pub fn fraction(&self, rect: L0Rect) -> f32 {
+        self.share(&self.integral, rect)
+    }
+
+    /// Fraction of mask pixels whose centre lies in `rect` that could not be read.
+    pub fn unknown_fraction(&self, rect: L0Rect) -> f32 {
+        self.share(&self.unknown, rect)
+    }
+
+    /// Fraction of the pixels of `patch`, read from the slide, that are tissue by this
+    /// mask's threshold: for a patch under an unknown part of the mask.
+    pub fn fraction_of(&self, patch: &RgbImage) -> f32 {
+        let n = patch
+            .pixels()
+            .filter(|p| saturation(p) >= self.threshold)
+            .count();
+        n as f32 / (patch.width() * patch.height()).max(1) as f32
+    }
+
+    fn share(&self, integral: &[u32], rect: L0Rect) -> f32 {
         let span = |start: u32, len: u32, limit: u32| {
             let a = (f64::from(start) / self.downsample - 0.5).ceil().max(0.0) as u32;
             let b = (f64::from(start + len) / self.downsample - 0.5)
@@ -86,7 +107,7 @@ impl TissueMask {
             return 0.0;
         }
         let stride = self.size.w as usize + 1;
-        let at = |x: u32, y: u32| i64::from(self.integral[y as usize * stride + x as usize]);
+        let at = |x: u32, y: u32| i64::from(integral[y as usize * stride + x as usize]);
         let count = at(x1, y1) - at(x0, y1) - at(x1, y0) + at(x0, y0);
         count as f32 / ((x1 - x0) * (y1 - y0)) as f32
     }
@@ -95,6 +116,23 @@ impl TissueMask {
     pub fn total_fraction(&self) -> f32 {
         let n = self.size.area().max(1) as f32;
         *self.integral.last().unwrap_or(&0) as f32 / n
+    }
+
+    /// Fraction of the whole slide that could not be read.
+    pub fn unknown_total(&self) -> f32 {
+        let n = self.size.area().max(1) as f32;
+        *self.unknown.last().unwrap_or(&0) as f32 / n
+    }
+}
+
+/// Colour saturation, 0 for pixels too dark to be tissue.
+fn saturation(p: &Rgb<u8>) -> u8 {
+    let max = p.0.iter().copied().max().unwrap_or(0);
+    let min = p.0.iter().copied().min().unwrap_or(0);
+    if max < MIN_BRIGHTNESS {
+        0
+    } else {
+        ((u32::from(max - min) * 255) / u32::from(max)) as u8
     }
 }
 
@@ -133,7 +171,6 @@ pub fn otsu(hist: &[u64; 256]) -> u8 {
 mod tests {
     use super::*;
     use crate::map::geom::L0Point;
-    use image::{Rgb, RgbImage};
 
     fn rect(x: u32, y: u32, w: u32, h: u32) -> L0Rect {
         L0Rect {
@@ -165,6 +202,7 @@ mod tests {
             &Thumbnail {
                 image: img,
                 downsample: 4.0,
+                unknown: Vec::new(),
             },
             20,
         );
@@ -187,9 +225,36 @@ mod tests {
             &Thumbnail {
                 image: img,
                 downsample: 1.0,
+                unknown: Vec::new(),
             },
             20,
         );
         assert_eq!(mask.total_fraction(), 0.0);
+    }
+
+    #[test]
+    fn unknown_pixels_are_neither_tissue_nor_glass() {
+        // Left half tissue, right half unreadable: the threshold comes from the readable
+        // half alone, and the unreadable half is counted on its own.
+        let img = RgbImage::from_fn(20, 10, |x, _| {
+            if x < 10 {
+                Rgb([200, 100, 170])
+            } else {
+                Rgb([128, 128, 128])
+            }
+        });
+        let unknown = (0..200).map(|i| i % 20 >= 10).collect();
+        let thumb = Thumbnail {
+            image: img,
+            downsample: 4.0,
+            unknown,
+        };
+        let mask = TissueMask::from_thumbnail(&thumb, 20);
+        assert_eq!(mask.fraction(rect(0, 0, 40, 40)), 1.0);
+        assert_eq!(mask.fraction(rect(40, 0, 40, 40)), 0.0);
+        assert_eq!(mask.unknown_fraction(rect(20, 0, 40, 40)), 0.5);
+        assert!((mask.unknown_total() - 0.5).abs() < 1e-6);
+        let pink = RgbImage::from_pixel(4, 4, Rgb([200, 100, 170]));
+        assert_eq!(mask.fraction_of(&pink), 1.0);
     }
 }

@@ -6,6 +6,7 @@
 //! | [`slide`] | a path | a [`slide::SlideSource`] reading RGB regions on demand |
 //! | [`mask`] | a thumbnail | tissue fraction of any level-0 rectangle |
 //! | [`grid`] | slide size, MPPs, patch size, stride | patch rectangles and the level to read them from |
+//! | [`select`] | the grid, the mask, the slide | the tissue patches to classify, and those unreadable |
 //! | [`preprocess`] | an RGB patch | the model's normalised input |
 //! | [`stream`] | a slide and patch rectangles | class probabilities, reading overlapped with inference |
 //! | [`heatmap`] | per-patch probabilities | a per-cell, per-class map |
@@ -20,5 +21,6 @@ pub mod heatmap;
 pub mod mask;
 pub mod preprocess;
 pub mod regions;
+pub mod select;
 pub mod slide;
 pub mod stream;

@@ -10,6 +10,10 @@
 //!
 //! A batch always holds the same patches whatever the thread count and results are
 //! stored by patch index, so outputs do not depend on `--threads`.
+//!
+//! A patch that cannot be read is recorded and its place in the batch left zero, so
+//! every other patch is classified in the same batch, at the same position, as it
+//! would be on an intact slide. Past a given number of such patches the stream stops.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -57,11 +61,25 @@ struct Batch {
     first: usize,
     len: usize,
     pixels: Vec<f32>,
+    /// Patches of the batch that could not be read, by index among all patches.
+    unreadable: Vec<(usize, Error)>,
+}
+
+/// What a stream that tolerates unreadable patches returns.
+pub struct Streamed {
+    /// Row-major, `patches.len() × classes`; the rows of unreadable patches are
+    /// meaningless.
+    pub probs: Vec<f32>,
+    /// Patches that could not be read, by index, in order. When there are more than
+    /// the stream tolerated it stopped early, and more may be unreadable.
+    pub unreadable: Vec<(usize, Error)>,
+    pub stats: StreamStats,
 }
 
 /// Classifies `patches` (level-0 rectangles of the plan's grid). Returns probabilities
 /// row-major, `patches.len() × classes`; empty when `classifier` is `None` (the stream
-/// then only reads, which measures the reading side alone).
+/// then only reads, which measures the reading side alone). Any unreadable patch is
+/// an error.
 pub fn run(
     slide: &dyn SlideSource,
     plan: &ReadPlan,
@@ -71,101 +89,166 @@ pub fn run(
     opts: &StreamOptions,
     progress: &dyn Progress,
 ) -> Result<(Vec<f32>, StreamStats)> {
-    let start = Instant::now();
-    let opts = StreamOptions {
-        batch_size: opts.batch_size.max(1),
-        readers: opts.readers.max(1),
-        capacity: opts.capacity.max(1),
+    let job = Stream {
+        slide,
+        plan,
+        normalization,
+        classifier,
+        opts: *opts,
     };
-    let n_batches = patches.len().div_ceil(opts.batch_size);
-    let classes = classifier.map_or(0, Classifier::num_classes);
-    let mut probs = vec![0f32; patches.len() * classes];
-    let mut stats = StreamStats {
-        patches: patches.len(),
-        batches: n_batches,
-        ..Default::default()
-    };
-    if patches.is_empty() {
-        return Ok((probs, stats));
+    let out = job.run(patches, 0, progress)?;
+    match out.unreadable.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok((out.probs, out.stats)),
     }
+}
 
-    let normalizer = Normalizer::new(normalization);
-    let side = plan.input_size as usize;
-    let patch_len = 3 * side * side;
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let in_flight = AtomicUsize::new(0);
-    let max_in_flight = AtomicUsize::new(0);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.readers)
-        .thread_name(|i| format!("histomap-read-{i}"))
-        .build()
-        .map_err(|e| Error::Usage(format!("cannot start reader threads: {e}")))?;
-    let (tx, rx) = bounded::<Result<Batch>>(opts.capacity);
+/// A stream's settings, for [`Stream::run`].
+pub struct Stream<'a> {
+    pub slide: &'a dyn SlideSource,
+    pub plan: &'a ReadPlan,
+    pub normalization: &'a Normalization,
+    pub classifier: Option<&'a Classifier>,
+    pub opts: StreamOptions,
+}
 
-    let read_batch = |b: usize| -> Result<Batch> {
-        let first = b * opts.batch_size;
-        let len = opts.batch_size.min(patches.len() - first);
-        let mut pixels = vec![0f32; len * patch_len];
-        for (i, rect) in patches[first..first + len].iter().enumerate() {
-            let read = Size::new(plan.read_size, plan.read_size);
-            let patch = slide.read_region(rect.origin, plan.level, read)?;
-            normalizer.write_chw(
-                &patch,
-                plan.input_size,
-                &mut pixels[i * patch_len..(i + 1) * patch_len],
-            );
-            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            max_in_flight.fetch_max(now, Ordering::SeqCst);
-        }
-        Ok(Batch { first, len, pixels })
-    };
-
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(|| {
-            pool.scope(|ps| {
-                for _ in 0..opts.readers {
-                    let tx = tx.clone();
-                    let (next, stop, read_batch) = (&next, &stop, &read_batch);
-                    ps.spawn(move |_| loop {
-                        let b = next.fetch_add(1, Ordering::SeqCst);
-                        if b >= n_batches || stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let batch = read_batch(b);
-                        let failed = batch.is_err();
-                        if tx.send(batch).is_err() || failed {
-                            stop.store(true, Ordering::SeqCst);
-                            break;
-                        }
-                    });
-                }
+impl Stream<'_> {
+    /// Classifies `patches` as [`run`] does, but an unreadable patch is recorded and
+    /// the stream goes on, until more than `tolerate` patches were unreadable.
+    pub fn run(
+        &self,
+        patches: &[L0Rect],
+        tolerate: usize,
+        progress: &dyn Progress,
+    ) -> Result<Streamed> {
+        let Stream {
+            slide,
+            plan,
+            normalization,
+            classifier,
+            opts,
+        } = *self;
+        let start = Instant::now();
+        let opts = StreamOptions {
+            batch_size: opts.batch_size.max(1),
+            readers: opts.readers.max(1),
+            capacity: opts.capacity.max(1),
+        };
+        let n_batches = patches.len().div_ceil(opts.batch_size);
+        let classes = classifier.map_or(0, Classifier::num_classes);
+        let mut probs = vec![0f32; patches.len() * classes];
+        let mut stats = StreamStats {
+            patches: patches.len(),
+            batches: n_batches,
+            ..Default::default()
+        };
+        let mut unreadable = Vec::new();
+        if patches.is_empty() {
+            return Ok(Streamed {
+                probs,
+                unreadable,
+                stats,
             });
-            drop(tx);
-        });
+        }
 
-        let result = (|| {
-            for batch in rx.iter() {
-                let batch = batch?;
-                if let Some(model) = classifier {
-                    let t = Instant::now();
-                    let p = model.predict(batch.pixels, batch.len)?;
-                    stats.classify_s += t.elapsed().as_secs_f64();
-                    probs[batch.first * classes..(batch.first + batch.len) * classes]
-                        .copy_from_slice(&p);
+        let normalizer = Normalizer::new(normalization);
+        let side = plan.input_size as usize;
+        let patch_len = 3 * side * side;
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let failures = AtomicUsize::new(0);
+        let in_flight = AtomicUsize::new(0);
+        let max_in_flight = AtomicUsize::new(0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.readers)
+            .thread_name(|i| format!("histomap-read-{i}"))
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot start reader threads: {e}")))?;
+        let (tx, rx) = bounded::<Batch>(opts.capacity);
+
+        let read_batch = |b: usize| -> Batch {
+            let first = b * opts.batch_size;
+            let len = opts.batch_size.min(patches.len() - first);
+            let mut pixels = vec![0f32; len * patch_len];
+            let mut unreadable = Vec::new();
+            for (i, rect) in patches[first..first + len].iter().enumerate() {
+                let read = Size::new(plan.read_size, plan.read_size);
+                match slide.read_region(rect.origin, plan.level, read) {
+                    Ok(patch) => normalizer.write_chw(
+                        &patch,
+                        plan.input_size,
+                        &mut pixels[i * patch_len..(i + 1) * patch_len],
+                    ),
+                    Err(e) => {
+                        unreadable.push((first + i, e));
+                        if failures.fetch_add(1, Ordering::SeqCst) >= tolerate {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
                 }
-                in_flight.fetch_sub(batch.len, Ordering::SeqCst);
-                progress.patches_done(batch.len as u64);
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max_in_flight.fetch_max(now, Ordering::SeqCst);
             }
-            Ok(())
-        })();
-        // On failure, tell readers to stop and drain so none stays blocked on send.
-        stop.store(true, Ordering::SeqCst);
-        for _ in rx.iter() {}
-        result
-    })?;
+            Batch {
+                first,
+                len,
+                pixels,
+                unreadable,
+            }
+        };
 
-    stats.max_in_flight = max_in_flight.load(Ordering::SeqCst);
-    stats.wall_s = start.elapsed().as_secs_f64();
-    Ok((probs, stats))
+        std::thread::scope(|scope| -> Result<()> {
+            scope.spawn(|| {
+                pool.scope(|ps| {
+                    for _ in 0..opts.readers {
+                        let tx = tx.clone();
+                        let (next, stop, read_batch) = (&next, &stop, &read_batch);
+                        ps.spawn(move |_| loop {
+                            let b = next.fetch_add(1, Ordering::SeqCst);
+                            if b >= n_batches || stop.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            if tx.send(read_batch(b)).is_err() {
+                                stop.store(true, Ordering::SeqCst);
+                                break;
+                            }
+                        });
+                    }
+                });
+                drop(tx);
+            });
+
+            let result = (|| {
+                for mut batch in rx.iter() {
+                    unreadable.append(&mut batch.unreadable);
+                    if unreadable.len() > tolerate {
+                        return Ok(());
+                    }
+                    if let Some(model) = classifier {
+                        let t = Instant::now();
+                        let p = model.predict(batch.pixels, batch.len)?;
+                        stats.classify_s += t.elapsed().as_secs_f64();
+                        probs[batch.first * classes..(batch.first + batch.len) * classes]
+                            .copy_from_slice(&p);
+                    }
+                    in_flight.fetch_sub(batch.len, Ordering::SeqCst);
+                    progress.patches_done(batch.len as u64);
+                }
+                Ok(())
+            })();
+            // On failure, tell readers to stop and drain so none stays blocked on send.
+            stop.store(true, Ordering::SeqCst);
+            for _ in rx.iter() {}
+            result
+        })?;
+
+        stats.max_in_flight = max_in_flight.load(Ordering::SeqCst);
+        stats.wall_s = start.elapsed().as_secs_f64();
+        unreadable.sort_by_key(|&(i, _)| i);
+        Ok(Streamed {
+            probs,
+            unreadable,
+            stats,
+        })
+    }
 }

@@ -1,11 +1,13 @@
-//! `predictions.csv`: one row per classified patch, level-0 coordinates.
+//! `predictions.csv`: one row per tissue patch, level-0 coordinates. `status` is `ok`
+//! for a classified patch and `unreadable` for one that could not be read, whose
+//! probabilities and class are empty.
 
 use std::io::Write;
 use std::path::Path;
 
 use super::{Sink, SlideResult};
 use crate::error::{Error, Result};
-use crate::map::heatmap::argmax;
+use crate::map::heatmap::{argmax, Row};
 use crate::output::OutFile;
 
 pub struct PredictionsCsv;
@@ -20,25 +22,37 @@ impl Sink for PredictionsCsv {
         for c in r.classes {
             header.push_str(&format!(",{}", quote(&format!("prob_{}", c.name))));
         }
-        header.push_str(",class\n");
+        header.push_str(",class,status\n");
         f.write(header.as_bytes())?;
         let grid = &r.plan.grid;
-        for (i, &cell) in r.predictions.cells.iter().enumerate() {
+        let preds = r.predictions;
+        for row in preds.rows() {
+            let (cell, tissue) = match row {
+                Row::Classified(i) => (preds.cells[i], preds.tissue[i]),
+                Row::Unreadable(j) => (preds.unreadable[j].cell, preds.unreadable[j].tissue),
+            };
             let rect = grid.rect(cell);
-            let p = r.predictions.probs(i);
             let w = f.writer();
-            let row = (|| -> std::io::Result<()> {
+            let line = (|| -> std::io::Result<()> {
                 write!(
                     w,
-                    "{},{},{},{},{:.4}",
-                    rect.origin.x, rect.origin.y, rect.size.w, rect.size.h, r.predictions.tissue[i]
+                    "{},{},{},{},{tissue:.4}",
+                    rect.origin.x, rect.origin.y, rect.size.w, rect.size.h
                 )?;
-                for v in p {
-                    write!(w, ",{v:.6}")?;
+                match row {
+                    Row::Classified(i) => {
+                        let p = preds.probs(i);
+                        for v in p {
+                            write!(w, ",{v:.6}")?;
+                        }
+                        writeln!(w, ",{},ok", quote(&r.classes[argmax(p).0].name))
+                    }
+                    Row::Unreadable(_) => {
+                        writeln!(w, "{},unreadable", ",".repeat(r.classes.len() + 1))
+                    }
                 }
-                writeln!(w, ",{}", quote(&r.classes[argmax(p).0].name))
             })();
-            row.map_err(|e| Error::io(&path, e))?;
+            line.map_err(|e| Error::io(&path, e))?;
         }
         f.finish()?;
         Ok(vec![FILE.into()])

@@ -1,8 +1,9 @@
 //! GeoJSON for QuPath (File › Import objects from file), level-0 pixel coordinates.
 //!
 //! `tiles.geojson`: one `tile` object per classified patch, with `classification`
-//! (name and colour) and `measurements` (per-class probability, tissue fraction),
-//! followed by the class regions. `regions.geojson`: only the regions, one
+//! (name and colour) and `measurements` (per-class probability, tissue fraction), one
+//! per patch that could not be read, classified `Unreadable` with the reason in its
+//! properties, followed by the class regions. `regions.geojson`: only the regions, one
 //! `annotation` per class whose geometry dissolves all cells of that class, which is
 //! what a pathologist looks at first.
 
@@ -13,7 +14,7 @@ use serde_json::json;
 
 use super::{Sink, SlideResult};
 use crate::error::{Error, Result};
-use crate::map::heatmap::argmax;
+use crate::map::heatmap::{argmax, Row};
 use crate::map::regions::dissolve;
 use crate::output::OutFile;
 use crate::pipeline::Class;
@@ -31,26 +32,38 @@ impl Sink for GeoJson {
         let mut file = OutFile::create(&path)?;
         let mut w = FeatureWriter::from_writer(file.writer());
         let grid = &r.plan.grid;
-        for (i, &cell) in r.predictions.cells.iter().enumerate() {
+        let preds = r.predictions;
+        for row in preds.rows() {
+            let mut props = JsonObject::new();
+            props.insert("objectType".into(), json!("tile"));
+            let mut measurements = JsonObject::new();
+            let (cell, tissue) = match row {
+                Row::Classified(i) => {
+                    let p = preds.probs(i);
+                    for (c, v) in r.classes.iter().zip(p) {
+                        measurements.insert(format!("prob {}", c.name), json!(round6(*v)));
+                    }
+                    props.insert(
+                        "classification".into(),
+                        classification(&r.classes[argmax(p).0]),
+                    );
+                    (preds.cells[i], preds.tissue[i])
+                }
+                Row::Unreadable(j) => {
+                    let u = &preds.unreadable[j];
+                    // Grey, and a name no pipeline's class has.
+                    let grey = json!({ "name": "Unreadable", "color": [128, 128, 128] });
+                    props.insert("classification".into(), grey);
+                    props.insert("status".into(), json!("unreadable"));
+                    props.insert("error".into(), json!(u.error));
+                    (u.cell, u.tissue)
+                }
+            };
+            measurements.insert("tissue fraction".into(), json!(round6(tissue)));
+            props.insert("measurements".into(), measurements.into());
             let rect = grid.rect(cell);
             let (x0, y0) = (f64::from(rect.origin.x), f64::from(rect.origin.y));
             let (x1, y1) = (f64::from(rect.right()), f64::from(rect.bottom()));
-            let p = r.predictions.probs(i);
-            let mut measurements = JsonObject::new();
-            for (c, v) in r.classes.iter().zip(p) {
-                measurements.insert(format!("prob {}", c.name), json!(round6(*v)));
-            }
-            measurements.insert(
-                "tissue fraction".into(),
-                json!(round6(r.predictions.tissue[i])),
-            );
-            let mut props = JsonObject::new();
-            props.insert("objectType".into(), json!("tile"));
-            props.insert(
-                "classification".into(),
-                classification(&r.classes[argmax(p).0]),
-            );
-            props.insert("measurements".into(), measurements.into());
             let ring = vec![[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]];
             let feature = Feature {
                 geometry: Some(Geometry::new(Value::new_polygon([ring]))),

@@ -109,11 +109,24 @@ pub struct Thumbnail {
     pub image: RgbImage,
     /// Level-0 pixels per thumbnail pixel.
     pub downsample: f64,
+    /// Row-major, one per pixel: the part of the slide under it could not be read, so
+    /// the pixel is neither tissue nor glass (it is drawn grey).
+    pub unknown: Vec<bool>,
 }
+
+/// Smallest piece, in level pixels per side, that a failed thumbnail read is split into
+/// to find the readable parts around a damaged tile.
+const MIN_PIECE: u32 = 128;
+/// Failed reads after which a thumbnail stops splitting: a slide damaged throughout is
+/// marked unknown in coarser pieces rather than probed for minutes (every failed
+/// OpenSlide read reopens the slide).
+const MAX_FAILED_READS: usize = 128;
 
 /// Builds a thumbnail whose longer side is at most `max_side`, reading the smallest
 /// level that is still large enough in pieces of about 16 MiB, so memory stays bounded
-/// even for a single-level gigapixel image (or a header that claims one).
+/// even for a single-level gigapixel image (or a header that claims one). A piece that
+/// cannot be read is split in four until the readable parts are found; what stays
+/// unreadable is marked unknown. Fails only when no piece at all can be read.
 pub fn thumbnail(slide: &dyn SlideSource, max_side: u32) -> Result<Thumbnail> {
     let info = slide.info();
     let levels = &info.levels;
@@ -123,50 +136,126 @@ pub fn thumbnail(slide: &dyn SlideSource, max_side: u32) -> Result<Thumbnail> {
         .unwrap_or(0);
     let lsize = levels[level].size;
     let factor = lsize.w.max(lsize.h).div_ceil(max_side).max(1);
-    let out = Size::new(lsize.w.div_ceil(factor), lsize.h.div_ceil(factor));
-    let mut sums = vec![0u32; out.w as usize * out.h as usize * 3];
-    let mut counts = vec![0u32; out.w as usize * out.h as usize];
+    let mut t = ThumbnailBuilder {
+        slide,
+        level,
+        lsize,
+        factor,
+        out: Size::new(lsize.w.div_ceil(factor), lsize.h.div_ceil(factor)),
+        sums: Vec::new(),
+        counts: Vec::new(),
+        unknown: Vec::new(),
+        first_error: None,
+        failed_reads: 0,
+    };
+    let pixels = t.out.area() as usize;
+    (t.sums, t.counts, t.unknown) = (vec![0; pixels * 3], vec![0; pixels], vec![false; pixels]);
 
     // Pieces of whole output pixels, about 16 MiB of level pixels each: bands of rows,
     // cut across too where a band of a very wide level would be larger.
     const PIECE_BYTES: u64 = 16 << 20;
-    let whole = |n: u64| (n / u64::from(factor)).max(1) as u32 * factor;
-    let band_rows = whole(PIECE_BYTES / (u64::from(lsize.w) * 3));
-    let piece_cols = whole(PIECE_BYTES / (u64::from(band_rows) * 3)).min(lsize.w);
-    let ds = levels[level].downsample;
-    let at = |v: u32| (f64::from(v) * ds).round() as u32;
-    for y in (0..lsize.h).step_by(band_rows as usize) {
-        let h = band_rows.min(lsize.h - y);
-        for x0 in (0..lsize.w).step_by(piece_cols as usize) {
-            let w = piece_cols.min(lsize.w - x0);
-            let origin = L0Point {
-                x: at(x0),
-                y: at(y),
-            };
-            let piece = slide.read_region(origin, level, Size::new(w, h))?;
-            for (py, row) in piece.rows().enumerate() {
-                let base = ((y + py as u32) / factor) as usize * out.w as usize;
-                for (px_x, px) in row.enumerate() {
-                    let i = base + (x0 as usize + px_x) / factor as usize;
-                    counts[i] += 1;
-                    for c in 0..3 {
-                        sums[i * 3 + c] += u32::from(px[c]);
+    let whole = |n: u64| (n / u64::from(factor)).max(1) as u32;
+    let band = whole(PIECE_BYTES / (u64::from(lsize.w) * 3));
+    let across = whole(PIECE_BYTES / (u64::from(band * factor) * 3)).min(t.out.w);
+    for oy in (0..t.out.h).step_by(band as usize) {
+        for ox in (0..t.out.w).step_by(across as usize) {
+            t.piece(ox, oy, across.min(t.out.w - ox), band.min(t.out.h - oy));
+        }
+    }
+    if let Some(e) = t
+        .first_error
+        .take()
+        .filter(|_| t.unknown.iter().all(|&u| u))
+    {
+        return Err(e);
+    }
+    let mut image = RgbImage::new(t.out.w, t.out.h);
+    for (i, px) in image.pixels_mut().enumerate() {
+        if t.unknown[i] {
+            *px = image::Rgb([128, 128, 128]);
+            continue;
+        }
+        let n = t.counts[i].max(1);
+        for c in 0..3 {
+            px[c] = ((t.sums[i * 3 + c] + n / 2) / n) as u8;
+        }
+    }
+    Ok(Thumbnail {
+        image,
+        downsample: levels[level].downsample * f64::from(factor),
+        unknown: t.unknown,
+    })
+}
+
+/// The sums a thumbnail is averaged from, filled piece by piece.
+struct ThumbnailBuilder<'a> {
+    slide: &'a dyn SlideSource,
+    level: usize,
+    lsize: Size,
+    /// Level pixels per thumbnail pixel, per side.
+    factor: u32,
+    out: Size,
+    sums: Vec<u32>,
+    counts: Vec<u32>,
+    unknown: Vec<bool>,
+    first_error: Option<Error>,
+    failed_reads: usize,
+}
+
+impl ThumbnailBuilder<'_> {
+    /// Reads the thumbnail pixels `[ox, ox + ow) × [oy, oy + oh)`, splitting on failure.
+    fn piece(&mut self, ox: u32, oy: u32, ow: u32, oh: u32) {
+        let f = self.factor;
+        let (x0, y0) = (ox * f, oy * f);
+        let w = (ow * f).min(self.lsize.w - x0);
+        let h = (oh * f).min(self.lsize.h - y0);
+        let ds = self.slide.info().levels[self.level].downsample;
+        let at = |v: u32| (f64::from(v) * ds).round() as u32;
+        let origin = L0Point {
+            x: at(x0),
+            y: at(y0),
+        };
+        match self.slide.read_region(origin, self.level, Size::new(w, h)) {
+            Ok(piece) => {
+                for (py, row) in piece.rows().enumerate() {
+                    let base = ((y0 + py as u32) / f) as usize * self.out.w as usize;
+                    for (px_x, px) in row.enumerate() {
+                        let i = base + (x0 as usize + px_x) / f as usize;
+                        self.counts[i] += 1;
+                        for c in 0..3 {
+                            self.sums[i * 3 + c] += u32::from(px[c]);
+                        }
+                    }
+                }
+            }
+            Err(e)
+                if w.max(h) <= MIN_PIECE
+                    || ow.max(oh) == 1
+                    || self.failed_reads >= MAX_FAILED_READS =>
+            {
+                self.failed_reads += 1;
+                self.first_error.get_or_insert(e);
+                for y in oy..oy + oh {
+                    let row = y as usize * self.out.w as usize;
+                    self.unknown[row + ox as usize..row + (ox + ow) as usize].fill(true);
+                }
+            }
+            Err(_) => {
+                self.failed_reads += 1;
+                let (hw, hh) = (ow.div_ceil(2), oh.div_ceil(2));
+                for (dx, dy, qw, qh) in [
+                    (0, 0, hw, hh),
+                    (hw, 0, ow - hw, hh),
+                    (0, hh, hw, oh - hh),
+                    (hw, hh, ow - hw, oh - hh),
+                ] {
+                    if qw > 0 && qh > 0 {
+                        self.piece(ox + dx, oy + dy, qw, qh);
                     }
                 }
             }
         }
     }
-    let mut image = RgbImage::new(out.w, out.h);
-    for (i, px) in image.pixels_mut().enumerate() {
-        let n = counts[i].max(1);
-        for c in 0..3 {
-            px[c] = ((sums[i * 3 + c] + n / 2) / n) as u8;
-        }
-    }
-    Ok(Thumbnail {
-        image,
-        downsample: ds * f64::from(factor),
-    })
 }
 
 /// Chooses the level to read a patch from: the most downsampled level that still has

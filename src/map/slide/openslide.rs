@@ -1,7 +1,14 @@
 //! OpenSlide backend: every format the system libopenslide opens. OpenSlide handles
 //! are thread-safe, so one handle serves all reader threads.
+//!
+//! After any error OpenSlide 3.4 refuses every later read on that handle, so one
+//! corrupt tile would cost the whole slide. A failed read therefore replaces the shared
+//! handle with a freshly opened one, and is retried once on a handle of its own (where
+//! no other thread's failure can reach it); a region that fails there too is reported
+//! unreadable, and the slide goes on.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use image::RgbImage;
 use openslide_rs::{Address, OpenSlide, Region};
@@ -11,7 +18,9 @@ use crate::error::{Error, Result};
 use crate::map::geom::{L0Point, Size};
 
 pub struct OpenSlideSource {
-    slide: OpenSlide,
+    /// The handle in use and how many times it has been replaced, so that threads
+    /// that saw the same failure reopen it once between them.
+    handle: RwLock<(u64, Arc<OpenSlide>)>,
     info: SlideInfo,
 }
 
@@ -65,7 +74,24 @@ impl OpenSlideSource {
             mpp,
             objective_power: number("openslide.objective-power"),
         };
-        Ok(Some(Self { slide, info }))
+        Ok(Some(Self {
+            handle: RwLock::new((0, Arc::new(slide))),
+            info,
+        }))
+    }
+
+    fn current(&self) -> (u64, Arc<OpenSlide>) {
+        let h = self.handle.read().expect("handle lock");
+        (h.0, h.1.clone())
+    }
+
+    /// Replaces handle `generation` with a new one, unless another thread already did.
+    fn reopen(&self, generation: u64) -> Result<()> {
+        let mut h = self.handle.write().expect("handle lock");
+        if h.0 == generation {
+            *h = (generation + 1, Arc::new(reopened(&self.info.path)?));
+        }
+        Ok(())
     }
 }
 
@@ -86,14 +112,33 @@ impl SlideSource for OpenSlideSource {
                 h: size.h,
             },
         };
-        let argb = self.slide.read_region(&region).map_err(|e| {
-            Error::slide(
-                &self.info.path,
-                format!("reading {size} at {origin}, level {level}: {e}"),
-            )
-        })?;
+        let path = &self.info.path;
+        let read = |slide: &OpenSlide| {
+            slide.read_region(&region).map_err(|e| {
+                Error::slide(
+                    path,
+                    format!("reading {size} at {origin}, level {level}: {e}"),
+                )
+            })
+        };
+        let (generation, shared) = self.current();
+        let argb = match read(&shared) {
+            Ok(argb) => argb,
+            Err(_) => {
+                // The error may be another thread's, on the shared handle: retry on a
+                // handle of this read's own, so only this region's bytes decide.
+                self.reopen(generation)?;
+                read(&reopened(path)?)?
+            }
+        };
         Ok(argb_to_rgb(&argb, size))
     }
+}
+
+/// A new handle on a slide whose handle a read error spoiled.
+fn reopened(path: &Path) -> Result<OpenSlide> {
+    OpenSlide::new(path)
+        .map_err(|e| Error::slide(path, format!("reopening after a read error: {e}")))
 }
 
 /// Converts OpenSlide's premultiplied native-endian ARGB to RGB on white, the colour

@@ -271,12 +271,23 @@ impl TiffChunks {
         if let Some(hit) = self.cache.lock().expect("cache lock").map.get(&index) {
             return Ok(hit.clone());
         }
-        let mut dec = match self.decoders.lock().expect("decoder lock").pop() {
+        let idle = self.decoders.lock().expect("decoder lock").pop();
+        let mut dec = match idle {
             Some(d) => d,
             None => Self::decoder(path)?,
         };
-        let decoded = self.decode(&mut dec, index);
-        self.decoders.lock().expect("decoder lock").push(dec);
+        // A decoder that failed may be left mid-chunk: retry once on a fresh one, and
+        // keep only a decoder whose last read succeeded.
+        let decoded = match self.decode(&mut dec, index) {
+            Err(_) => {
+                dec = Self::decoder(path)?;
+                self.decode(&mut dec, index)
+            }
+            ok => ok,
+        };
+        if decoded.is_ok() {
+            self.decoders.lock().expect("decoder lock").push(dec);
+        }
         let img = Arc::new(decoded?);
 
         let mut cache = self.cache.lock().expect("cache lock");

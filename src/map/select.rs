@@ -1,0 +1,146 @@
+//! Which patches to classify. In: the grid, the tissue mask and the slide. Out: the
+//! tissue patches with their tissue fractions, and the ones that could not be read.
+//!
+//! A cell is a tissue patch when the mask says at least `min_tissue` of it is tissue.
+//! Where parts of the mask could not be read (unknown), a cell whose tissue and unknown
+//! shares together reach `min_tissue` is read and judged by its own pixels: a patch the
+//! mask could not see is neither assumed to be tissue nor dropped as glass.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::map::geom::{Cell, Size};
+use crate::map::grid::{Grid, ReadPlan};
+use crate::map::heatmap::Unreadable;
+use crate::map::mask::TissueMask;
+use crate::map::slide::SlideSource;
+
+/// The cells whose patch is at least `min_tissue` tissue (and not empty), with their
+/// tissue fractions, in grid order.
+pub fn tissue_cells(grid: &Grid, mask: &TissueMask, min_tissue: f32) -> (Vec<Cell>, Vec<f32>) {
+    grid.cells()
+        .map(|c| (c, mask.fraction(grid.rect(c))))
+        .filter(|&(_, f)| f > 0.0 && f >= min_tissue)
+        .unzip()
+}
+
+/// The patches to classify.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// In grid order.
+    pub cells: Vec<Cell>,
+    pub tissue: Vec<f32>,
+    /// Patches under unknown parts of the mask that could not be read either.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// How many unreadable patches a slide may have: at most this share of its tissue
+/// patches (those classified and those that could not be read).
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerance {
+    pub max_share: f64,
+}
+
+impl Tolerance {
+    /// Unreadable patches allowed among `patches`.
+    pub fn allowed(&self, patches: usize) -> usize {
+        (self.max_share * patches as f64).floor() as usize
+    }
+
+    /// An error when `unreadable` of `patches` tissue patches is too many.
+    /// `complete` is false when reading stopped early, so more may be unreadable.
+    pub fn check(
+        &self,
+        slide: &dyn SlideSource,
+        grid: &Grid,
+        unreadable: &[Unreadable],
+        patches: usize,
+        complete: bool,
+    ) -> Result<()> {
+        let Some(first) = unreadable.first() else {
+            return Ok(());
+        };
+        if unreadable.len() <= self.allowed(patches) {
+            return Ok(());
+        }
+        let r = grid.rect(first.cell);
+        Err(Error::slide(
+            slide.path(),
+            format!(
+                "{}{} of {patches} tissue patches are unreadable, more than --max-unreadable {} \
+                 allows; the first at level-0 x {} y {} ({}×{} px): {}",
+                if complete { "" } else { "at least " },
+                unreadable.len(),
+                self.max_share,
+                r.origin.x,
+                r.origin.y,
+                r.size.w,
+                r.size.h,
+                first.error
+            ),
+        ))
+    }
+}
+
+/// The tissue patches of `plan`'s grid. Patches under unknown parts of the mask are
+/// read (in parallel) and kept when their own pixels are tissue enough; judging stops
+/// once more than `tolerance` allows of all candidates could not be read.
+pub fn select(
+    slide: &dyn SlideSource,
+    plan: &ReadPlan,
+    mask: &TissueMask,
+    min_tissue: f32,
+    tolerance: Tolerance,
+) -> Selection {
+    let grid = &plan.grid;
+    let mut doubtful = Vec::new();
+    let mut chosen = Vec::new();
+    for c in grid.cells() {
+        let rect = grid.rect(c);
+        let t = mask.fraction(rect);
+        if t > 0.0 && t >= min_tissue {
+            chosen.push((c, t));
+            continue;
+        }
+        let u = mask.unknown_fraction(rect);
+        if u > 0.0 && t + u >= min_tissue {
+            doubtful.push((c, t));
+        }
+    }
+    let allowed = tolerance.allowed(chosen.len() + doubtful.len());
+    let failures = AtomicUsize::new(0);
+    let read = Size::new(plan.read_size, plan.read_size);
+    let judged: Vec<(Cell, std::result::Result<f32, Unreadable>)> = doubtful
+        .par_iter()
+        .filter_map(|&(cell, t)| {
+            if failures.load(Ordering::SeqCst) > allowed {
+                return None;
+            }
+            let verdict = match slide.read_region(grid.rect(cell).origin, plan.level, read) {
+                Ok(patch) => Ok(mask.fraction_of(&patch)),
+                Err(e) => {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    Err(Unreadable {
+                        cell,
+                        tissue: t,
+                        error: e.reason(),
+                    })
+                }
+            };
+            Some((cell, verdict))
+        })
+        .collect();
+    let mut selection = Selection::default();
+    for (cell, verdict) in judged {
+        match verdict {
+            Ok(f) if f > 0.0 && f >= min_tissue => chosen.push((cell, f)),
+            Ok(_) => {}
+            Err(u) => selection.unreadable.push(u),
+        }
+    }
+    chosen.sort_by_key(|&(c, _)| (c.row, c.col));
+    (selection.cells, selection.tissue) = chosen.into_iter().unzip();
+    selection
+}
