@@ -242,7 +242,7 @@ fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
         .unwrap();
     // Larger logits, so that what int8 loses moves probabilities.
     let fc = weights.get_mut("fc.weight").unwrap();
-    *fc = (&*fc * 1e3).unwrap();
+    *fc = (&*fc * 1e5).unwrap();
     candle_core::safetensors::save(&weights, model.join("model.safetensors")).unwrap();
 
     let out = work.path().join("out");
