@@ -216,10 +216,13 @@ fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
 
 #[test]
 fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
-    // A model with an outlier channel: the first convolution's channel 0 is 10⁴
-    // everywhere, and the next layer ignores it. f32 loses nothing; int8, which
-    // quantises each activation tensor with one scale, rounds every other channel to
-    // zero. `auto` must notice on the first patches, say so, and run in f32.
+    // A SmallCnn built by hand around an outlier: the first convolution outputs 10⁴ in
+    // channel 0 and 1 in channel 1, everywhere; each later convolution sums channel 1
+    // (then 0) over its 3 × 3 window; the head reads that channel as class 0's logit.
+    // f32 gives class 0 a logit in the hundreds (probability 1); int8, which quantises
+    // each activation tensor with one scale, rounds channel 1 to zero next to the
+    // outlier, so every logit is 0 (probability 1/8). `auto` must notice on the first
+    // patches, say so, and run in f32. Nothing depends on the patches or on chance.
     let work = tempfile::tempdir().unwrap();
     let model = work.path().join("model");
     let source = common::model("kather8", histomap::model::Architecture::Smallcnn);
@@ -228,21 +231,27 @@ fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
     let dev = candle_core::Device::Cpu;
     let mut weights =
         candle_core::safetensors::load(source.join("model.safetensors"), &dev).unwrap();
-    // 32 values: `v0` for channel 0, `rest` for the others.
-    let channel0 = |v0: f32, rest: f32| {
-        let mut x = vec![rest; 32];
-        x[0] = v0;
-        candle_core::Tensor::new(x, &dev).unwrap()
+    for (name, t) in weights.iter_mut() {
+        // BatchNorm as the identity; everything else zero until set below.
+        let identity = name.ends_with(".1.weight") || name.ends_with("running_var");
+        let fill = if identity { 1f32 } else { 0.0 };
+        *t = candle_core::Tensor::full(fill, t.shape(), &dev).unwrap();
+    }
+    let mut set = |name: &str, entries: &[(usize, f32)]| {
+        let t = &weights[name];
+        let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for &(i, x) in entries {
+            v[i] = x;
+        }
+        let t = candle_core::Tensor::from_vec(v, t.shape(), &dev).unwrap();
+        weights.insert(name.into(), t);
     };
-    let b = weights.get_mut("features.0.0.bias").unwrap();
-    *b = (&*b + channel0(1e4, 0.0)).unwrap();
-    let w = weights.get_mut("features.1.0.weight").unwrap();
-    *w = w
-        .broadcast_mul(&channel0(0.0, 1.0).reshape((1, 32, 1, 1)).unwrap())
-        .unwrap();
-    // Larger logits, so that what int8 loses moves probabilities.
-    let fc = weights.get_mut("fc.weight").unwrap();
-    *fc = (&*fc * 1e5).unwrap();
+    let window = |first: usize| (first..first + 9).map(|i| (i, 1.0)).collect::<Vec<_>>();
+    set("features.0.0.bias", &[(0, 1e4), (1, 1.0)]);
+    set("features.1.0.weight", &window(9)); // output 0 from input channel 1
+    set("features.2.0.weight", &window(0));
+    set("features.3.0.weight", &window(0));
+    set("fc.weight", &[(0, 1.0)]);
     candle_core::safetensors::save(&weights, model.join("model.safetensors")).unwrap();
 
     let out = work.path().join("out");
