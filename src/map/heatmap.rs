@@ -53,6 +53,14 @@ impl Predictions {
         &self.probs[i * self.classes..(i + 1) * self.classes]
     }
 
+    /// The cell and tissue fraction of a row, classified or not.
+    pub fn place(&self, row: Row) -> (Cell, f32) {
+        match row {
+            Row::Classified(i) => (self.cells[i], self.tissue[i]),
+            Row::Unreadable(j) => (self.unreadable[j].cell, self.unreadable[j].tissue),
+        }
+    }
+
     /// Classified and unreadable patches together, in grid order, for the per-patch
     /// outputs.
     pub fn rows(&self) -> Vec<Row> {

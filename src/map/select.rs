@@ -22,8 +22,13 @@ use crate::map::slide::SlideSource;
 pub fn tissue_cells(grid: &Grid, mask: &TissueMask, min_tissue: f32) -> (Vec<Cell>, Vec<f32>) {
     grid.cells()
         .map(|c| (c, mask.fraction(grid.rect(c))))
-        .filter(|&(_, f)| f > 0.0 && f >= min_tissue)
+        .filter(|&(_, f)| is_tissue(f, min_tissue))
         .unzip()
+}
+
+/// Whether a patch with tissue fraction `f` is classified: some tissue, and enough.
+fn is_tissue(f: f32, min_tissue: f32) -> bool {
+    f > 0.0 && f >= min_tissue
 }
 
 /// The patches to classify.
@@ -100,7 +105,7 @@ pub fn select(
     for c in grid.cells() {
         let rect = grid.rect(c);
         let t = mask.fraction(rect);
-        if t > 0.0 && t >= min_tissue {
+        if is_tissue(t, min_tissue) {
             chosen.push((c, t));
             continue;
         }
@@ -135,7 +140,7 @@ pub fn select(
     let mut selection = Selection::default();
     for (cell, verdict) in judged {
         match verdict {
-            Ok(f) if f > 0.0 && f >= min_tissue => chosen.push((cell, f)),
+            Ok(f) if is_tissue(f, min_tissue) => chosen.push((cell, f)),
             Ok(_) => {}
             Err(u) => selection.unreadable.push(u),
         }

@@ -166,13 +166,13 @@ impl Stream<'_> {
             .map_err(|e| Error::Usage(format!("cannot start reader threads: {e}")))?;
         let (tx, rx) = bounded::<Batch>(opts.capacity);
 
+        let read = Size::new(plan.read_size, plan.read_size);
         let read_batch = |b: usize| -> Batch {
             let first = b * opts.batch_size;
             let len = opts.batch_size.min(patches.len() - first);
             let mut pixels = vec![0f32; len * patch_len];
             let mut unreadable = Vec::new();
             for (i, rect) in patches[first..first + len].iter().enumerate() {
-                let read = Size::new(plan.read_size, plan.read_size);
                 match slide.read_region(rect.origin, plan.level, read) {
                     Ok(patch) => normalizer.write_chw(
                         &patch,

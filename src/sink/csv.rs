@@ -27,10 +27,7 @@ impl Sink for PredictionsCsv {
         let grid = &r.plan.grid;
         let preds = r.predictions;
         for row in preds.rows() {
-            let (cell, tissue) = match row {
-                Row::Classified(i) => (preds.cells[i], preds.tissue[i]),
-                Row::Unreadable(j) => (preds.unreadable[j].cell, preds.unreadable[j].tissue),
-            };
+            let (cell, tissue) = preds.place(row);
             let rect = grid.rect(cell);
             let w = f.writer();
             let line = (|| -> std::io::Result<()> {

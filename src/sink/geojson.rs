@@ -37,7 +37,7 @@ impl Sink for GeoJson {
             let mut props = JsonObject::new();
             props.insert("objectType".into(), json!("tile"));
             let mut measurements = JsonObject::new();
-            let (cell, tissue) = match row {
+            match row {
                 Row::Classified(i) => {
                     let p = preds.probs(i);
                     for (c, v) in r.classes.iter().zip(p) {
@@ -47,7 +47,6 @@ impl Sink for GeoJson {
                         "classification".into(),
                         classification(&r.classes[argmax(p).0]),
                     );
-                    (preds.cells[i], preds.tissue[i])
                 }
                 Row::Unreadable(j) => {
                     let u = &preds.unreadable[j];
@@ -56,9 +55,9 @@ impl Sink for GeoJson {
                     props.insert("classification".into(), grey);
                     props.insert("status".into(), json!("unreadable"));
                     props.insert("error".into(), json!(u.error));
-                    (u.cell, u.tissue)
                 }
-            };
+            }
+            let (cell, tissue) = preds.place(row);
             measurements.insert("tissue fraction".into(), json!(round6(tissue)));
             props.insert("measurements".into(), measurements.into());
             let rect = grid.rect(cell);

@@ -136,20 +136,20 @@ pub fn thumbnail(slide: &dyn SlideSource, max_side: u32) -> Result<Thumbnail> {
         .unwrap_or(0);
     let lsize = levels[level].size;
     let factor = lsize.w.max(lsize.h).div_ceil(max_side).max(1);
+    let out = Size::new(lsize.w.div_ceil(factor), lsize.h.div_ceil(factor));
+    let pixels = out.area() as usize;
     let mut t = ThumbnailBuilder {
         slide,
         level,
         lsize,
         factor,
-        out: Size::new(lsize.w.div_ceil(factor), lsize.h.div_ceil(factor)),
-        sums: Vec::new(),
-        counts: Vec::new(),
-        unknown: Vec::new(),
+        out,
+        sums: vec![0; pixels * 3],
+        counts: vec![0; pixels],
+        unknown: vec![false; pixels],
         first_error: None,
         failed_reads: 0,
     };
-    let pixels = t.out.area() as usize;
-    (t.sums, t.counts, t.unknown) = (vec![0; pixels * 3], vec![0; pixels], vec![false; pixels]);
 
     // Pieces of whole output pixels, about 16 MiB of level pixels each: bands of rows,
     // cut across too where a band of a very wide level would be larger.
