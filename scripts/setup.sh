@@ -2,17 +2,45 @@
 # Installs what a fresh Debian machine lacks and builds histomap in release mode.
 #   system packages: OpenSlide 3.4.1 (libopenslide-dev), libclang (openslide-rs's
 #   bindgen), vips (generates the test slides), GNU time (memory figures); for the
-#   tests also Slurm and munge (scripts/slurm-test.sh) and Chromium (the report is
-#   rendered in a real browser)
-# usage: scripts/setup.sh [--test]
+#   tests also Slurm and munge (scripts/slurm-test.sh) and Chromium (the report and the
+#   viewer are rendered in a real browser)
+#   --cuda: also Debian's CUDA toolkit 11.8 (nvidia-cuda-toolkit, from bookworm's
+#   contrib and non-free components, which this adds to apt's sources) and a second
+#   build with `--features cuda` in target/cuda/release/histomap. No GPU is needed to
+#   build it; the kernels are compiled as PTX for compute capability 8.0
+#   (CUDA_COMPUTE_CAP overrides), which newer GPUs' drivers compile on load.
+# usage: scripts/setup.sh [--test] [--cuda]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+test=0 cuda=0
+for arg; do
+  case $arg in
+    --test) test=1 ;;
+    --cuda) cuda=1 ;;
+    *) echo "usage: scripts/setup.sh [--test] [--cuda]" >&2; exit 2 ;;
+  esac
+done
+sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
 pkgs=(libopenslide-dev libclang-dev pkg-config libvips-tools time)
-[[ ${1:-} == --test ]] && pkgs+=(slurm-wlm munge chromium)
+(( test )) && pkgs+=(slurm-wlm munge chromium)
+if (( cuda )); then
+  pkgs+=(nvidia-cuda-toolkit)
+  # nvidia-cuda-toolkit lives in contrib and non-free: the same mirrors and keys as
+  # the machine's main component, with those components instead.
+  sources=/etc/apt/sources.list.d/histomap-cuda.sources
+  if ! dpkg -s nvidia-cuda-toolkit >/dev/null 2>&1 && [[ ! -f $sources ]]; then
+    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+      sed 's/^Components:.*/Components: contrib non-free/' /etc/apt/sources.list.d/debian.sources |
+        $sudo tee "$sources" >/dev/null
+    else
+      echo "deb http://deb.debian.org/debian bookworm contrib non-free" |
+        $sudo tee /etc/apt/sources.list.d/histomap-cuda.list >/dev/null
+    fi
+  fi
+fi
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if (( ${#missing[@]} )); then
-  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
   echo "setup: installing ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -20,3 +48,9 @@ fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 2; }
 cargo build --release --locked
 echo "setup: built $(pwd)/target/release/histomap" >&2
+if (( cuda )); then
+  # Its own target folder, so the CPU build above is not rebuilt each time.
+  CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80} cargo build --release --locked --features cuda \
+    --target-dir target/cuda
+  echo "setup: built $(pwd)/target/cuda/release/histomap (--features cuda)" >&2
+fi

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use candle_core::Device;
+use histomap::model::DeviceChoice;
+
 /// Test-time augmentation (`--tta`).
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tta {
@@ -68,6 +71,16 @@ pub fn finite(s: &str, ok: impl Fn(f64) -> bool, want: &str) -> Result<f64, Stri
 pub fn shown(paths: &[PathBuf]) -> String {
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     names.join(", ")
+}
+
+/// The device `--device` names; where `auto` falls back to the CPU in a CUDA build,
+/// says so once.
+pub fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
+    let (device, fallback) = choice.device()?;
+    if let Some(line) = fallback {
+        eprintln!("histomap: warning: {line}");
+    }
+    Ok(device)
 }
 
 pub fn all_cores() -> usize {

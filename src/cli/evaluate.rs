@@ -73,7 +73,7 @@ pub fn run(a: EvaluateArgs) -> anyhow::Result<ExitCode> {
         &data,
         &out,
         &opts,
-        &device.device()?,
+        &super::args::device(device)?,
         &EvalBar::new(quiet),
     )?;
     if let Some(w) = &e.precision_warning {

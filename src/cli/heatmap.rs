@@ -87,7 +87,7 @@ impl HeatmapArgs {
         for i in &self.inputs {
             v.push(absolute(i)?);
         }
-        v.extend(self.settings_argv()?);
+        v.extend(self.settings_argv(self.device)?);
         if self.force {
             v.push("--force".into());
         }
@@ -96,12 +96,15 @@ impl HeatmapArgs {
 
     /// The command that runs `slide` alone under `name` in a child process, with these
     /// settings and `threads` threads.
+    /// `device` is where this process found the model runs, so that children neither
+    /// look for a GPU again nor repeat `auto`'s fallback warning.
     fn child_command(
         &self,
         threads: usize,
+        device: DeviceChoice,
     ) -> anyhow::Result<impl Fn(&Path, &str) -> std::process::Command> {
         let exe = std::env::current_exe().context("finding the histomap executable")?;
-        let settings = self.settings_argv()?;
+        let settings = self.settings_argv(device)?;
         Ok(move |slide: &Path, name: &str| {
             let mut cmd = std::process::Command::new(&exe);
             cmd.arg("heatmap").arg(slide).args(&settings).args([
@@ -116,8 +119,8 @@ impl HeatmapArgs {
     }
 
     /// Every setting but the inputs, --force, --shard, --threads and --quiet, with
-    /// absolute paths.
-    fn settings_argv(&self) -> anyhow::Result<Vec<String>> {
+    /// absolute paths, and `device` for --device.
+    fn settings_argv(&self, device: DeviceChoice) -> anyhow::Result<Vec<String>> {
         let mut v = vec!["--pipeline".into(), absolute(&self.pipeline)?];
         v.extend(["--out".into(), absolute(&self.out)?]);
         if let Some(m) = &self.model {
@@ -132,7 +135,7 @@ impl HeatmapArgs {
         opt("--stride", self.stride.map(|x| x.to_string()));
         opt("--min-tissue", self.min_tissue.map(|x| x.to_string()));
         opt("--batch-size", self.batch_size.map(|x| x.to_string()));
-        let device = self.device.to_possible_value().expect("not skipped");
+        let device = device.to_possible_value().expect("not skipped");
         opt("--device", Some(device.get_name().to_string()));
         let precision = self.precision.to_possible_value().expect("not skipped");
         opt("--precision", Some(precision.get_name().to_string()));
@@ -177,7 +180,12 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         .model
         .clone()
         .unwrap_or_else(|| pipeline.model_path.clone());
-    let device = a.device.device()?;
+    let device = super::args::device(a.device)?;
+    let ran_on = if device.is_cuda() {
+        DeviceChoice::Cuda
+    } else {
+        DeviceChoice::Cpu
+    };
     let mut classifier = Classifier::load(&model_dir, &device)?;
     classifier.card.check_against(&pipeline, &model_dir)?;
     classifier.tta = a.tta == Tta::D4;
@@ -188,7 +196,7 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
             model_dir.display()
         );
     }
-    let child = Box::new(a.child_command(threads)?);
+    let child = Box::new(a.child_command(threads, ran_on)?);
     let slides = run::collect_slides(&a.inputs)?;
     if slides.is_empty() {
         bail!("no slides found in {}", shown(&a.inputs));

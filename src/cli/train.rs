@@ -200,7 +200,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             replace: a.force,
             epochs_this_run: a.epochs_per_run,
         },
-        &a.device.device()?,
+        &super::args::device(a.device)?,
         &bars,
     )?;
     let state = if report.finished {

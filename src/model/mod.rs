@@ -131,14 +131,33 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    pub fn device(self) -> Result<Device> {
+    /// The device to run on and, where `auto` in a CUDA build finds no usable GPU, the
+    /// one line that says it runs on the CPU instead (for the caller to show once).
+    pub fn device(self) -> Result<(Device, Option<String>)> {
+        let cuda_built = candle_core::utils::cuda_is_available();
         match self {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-            DeviceChoice::Cuda if !candle_core::utils::cuda_is_available() => Err(Error::Usage(
-                "--device cuda: this histomap was built without the `cuda` feature".into(),
+            DeviceChoice::Cpu => Ok((Device::Cpu, None)),
+            DeviceChoice::Auto if !cuda_built => Ok((Device::Cpu, None)),
+            DeviceChoice::Auto => Ok(match Device::new_cuda(0) {
+                Ok(gpu) => (gpu, None),
+                Err(e) => (
+                    Device::Cpu,
+                    Some(format!(
+                        "--device auto: no usable CUDA GPU ({e}); running on the CPU"
+                    )),
+                ),
+            }),
+            DeviceChoice::Cuda if !cuda_built => Err(Error::Usage(
+                "--device cuda: this histomap was built without the `cuda` feature \
+                 (scripts/setup.sh --cuda builds one); run with --device cpu"
+                    .into(),
             )),
-            DeviceChoice::Cuda => Ok(Device::new_cuda(0)?),
+            DeviceChoice::Cuda => Device::new_cuda(0).map(|gpu| (gpu, None)).map_err(|e| {
+                Error::Usage(format!(
+                    "--device cuda: no usable CUDA GPU ({e}); run with --device cpu, or \
+                     --device auto to use a GPU only where there is one"
+                ))
+            }),
         }
     }
 }
