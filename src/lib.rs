@@ -1,6 +1,6 @@
 //! histomap: streamed whole-slide tissue maps.
 //!
-//! Four subsystems, each a folder with a module table of its own, and a few shared
+//! Five subsystems, each a folder with a module table of its own, and a few shared
 //! files. `ARCHITECTURE.md` at the repository root is the map.
 //!
 //! | module | what it owns |
@@ -10,6 +10,7 @@
 //! | [`sink`] | a finished slide to files: overlay and class PNGs, GeoJSON, CSV; the figures of reports |
 //! | [`learn`] | tiles to a model folder: datasets, splits, augmentation, training, evaluation, metrics |
 //! | [`cohort`] | many slides to an OUT folder: the batch runner, ledger, shards, Slurm, the report |
+//! | [`view`] | a finished OUT folder in a browser: the zoomable slide viewer and its local server |
 //!
 //! Shared: [`pipeline`] loads the declarative pipeline files; [`progress`] is the only
 //! way the library talks to a user; [`error`] names the file and value behind every
@@ -24,6 +25,7 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;
+pub mod view;
 
 pub use error::{Error, Result};
 

@@ -17,6 +17,7 @@ mod split;
 mod status;
 mod tiles;
 mod train;
+mod view;
 
 /// Streamed whole-slide tissue maps: slide → patches → CNN → per-class heatmaps,
 /// overlay PNG, QuPath GeoJSON, CSV.
@@ -63,6 +64,12 @@ pub enum Command {
     /// (thumbnails with overlays, class areas, sortable table, failed slides) that
     /// opens from disk with no server.
     Report(report::ReportArgs),
+    /// Serve OUT to a browser on this machine: the report, and per finished slide a
+    /// zoomable viewer from the whole slide down to full resolution with the class map
+    /// over the tissue (toggle, opacity, legend, per-class probability layers, the
+    /// probabilities under the cursor). Tiles are cut from the slide files on demand;
+    /// nothing is fetched from a network. Prints the address first.
+    View(view::ViewArgs),
     /// Write a model with RANDOM, UNTRAINED weights for a pipeline's classes. For
     /// testing the plumbing only: its maps mean nothing, and its card says so.
     InitModel(init_model::InitModelArgs),
@@ -79,6 +86,7 @@ impl Command {
             Command::Slurm(a) => slurm::run(a),
             Command::Status(a) => status::run(a),
             Command::Report(a) => report::run(a),
+            Command::View(a) => view::run(a),
             Command::InitModel(a) => init_model::run(a),
         }
     }

@@ -337,7 +337,7 @@ fn arch(v: &serde_json::Value) -> String {
 }
 
 /// Escapes text for HTML content and attribute values.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {
@@ -353,7 +353,7 @@ fn esc(s: &str) -> String {
 }
 
 /// Percent-encodes a relative path for `href` and `src`, keeping its slashes.
-fn url(path: &str) -> String {
+pub(crate) fn url(path: &str) -> String {
     let mut o = String::with_capacity(path.len());
     for b in path.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
@@ -588,7 +588,12 @@ fn index_html(rows: &[Row], classes: &[(String, String)]) -> String {
             );
         }
         h.push_str(&class_bar(s, classes));
-        h.push_str("<div class=\"links\">");
+        // The viewer needs its server (`histomap view OUT`), which serves this page too.
+        let _ = write!(
+            h,
+            "<div class=\"links\"><a href=\".view/{dir}\" title=\"zoomable viewer: open this \
+             page through histomap view OUT\">viewer</a>"
+        );
         for f in s
             .outputs
             .iter()

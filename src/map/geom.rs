@@ -4,10 +4,10 @@
 //!
 //! In: nothing. Out: the value types every other stage passes around.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A width and height in pixels of whatever frame the holder names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Size {
     pub w: u32,
     pub h: u32,

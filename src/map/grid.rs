@@ -13,14 +13,14 @@
 //! regions use them; with stride < patch a core is covered by several patches, whose
 //! probabilities are averaged with weights equal to the covered area.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::map::geom::{Cell, L0Point, L0Rect, Size};
 use crate::map::slide::{best_level, SlideInfo};
 
 /// The patch grid over a slide, in level-0 pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Grid {
     pub slide: Size,
     pub patch: u32,

@@ -7,6 +7,7 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
+use crate::map::geom::Size;
 use crate::pipeline::Normalization;
 
 /// Per-channel lookup tables: `(v / 255 - mean) / std` for every byte value.
@@ -47,17 +48,22 @@ impl Normalizer {
     }
 }
 
-/// Bilinear resize, antialiased when shrinking (as torchvision's `Resize` on PIL images).
+/// Bilinear resize to a square patch.
 fn resize(patch: &RgbImage, size: u32) -> RgbImage {
-    let (w, h) = patch.dimensions();
-    let src = ImageRef::new(w, h, patch.as_raw(), PixelType::U8x3)
+    resize_rgb(patch, Size::new(size, size))
+}
+
+/// Bilinear resize, antialiased when shrinking (as torchvision's `Resize` on PIL images).
+pub fn resize_rgb(image: &RgbImage, to: Size) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let src = ImageRef::new(w, h, image.as_raw(), PixelType::U8x3)
         .expect("buffer matches its dimensions");
-    let mut dst = Image::new(size, size, PixelType::U8x3);
+    let mut dst = Image::new(to.w, to.h, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .expect("same pixel type on both sides");
-    RgbImage::from_raw(size, size, dst.into_vec()).expect("buffer matches size")
+    RgbImage::from_raw(to.w, to.h, dst.into_vec()).expect("buffer matches size")
 }
 
 #[cfg(test)]

@@ -1,0 +1,357 @@
+//! The viewer's HTTP server. In: requests on a loopback socket. Out: OUT's files (the
+//! cohort report at `/`), the viewer page per slide, and the slide's tiles, map and
+//! facts. Two hidden namespaces, which no slide folder's name can take (they never
+//! start with a dot): `/.assets/` for the page's script and style, and
+//! `/.view/<slide>` for the page, `…/info.json`, `…/map.bin` and
+//! `…/tiles/<k>/<col>_<row>.jpg`.
+//!
+//! Memory is bounded by construction: a fixed number of worker threads each serve one
+//! request at a time, tiles and maps live in one byte-capped cache, and at most
+//! [`MAX_OPEN_SLIDES`] slides are open at once. A path that leaves OUT (by `..`, a
+//! hidden folder or a link) is answered 404, like any other path the server does not
+//! serve.
+
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use image::RgbImage;
+use lru::LruCache;
+
+use super::cache::ByteLru;
+use super::catalog::{self, SlideView};
+use super::tiles::TileSource;
+use crate::error::{Error, Result};
+
+/// Slides held open at once, each with its reader's caches and a 3 MiB overview.
+pub const MAX_OPEN_SLIDES: usize = 4;
+const JPEG_QUALITY: u8 = 85;
+
+const VIEWER_HTML: &str = include_str!("assets/viewer.html");
+const VIEWER_JS: &str = include_str!("assets/viewer.js");
+const VIEWER_CSS: &str = include_str!("assets/viewer.css");
+
+pub struct ServerOptions {
+    pub out: PathBuf,
+    pub host: IpAddr,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// The cap of the tile and map cache, in bytes.
+    pub cache_bytes: usize,
+    pub workers: usize,
+}
+
+pub struct Server {
+    http: tiny_http::Server,
+    addr: SocketAddr,
+    workers: usize,
+    state: State,
+}
+
+struct State {
+    /// Canonical, so that a resolved path can be checked against it.
+    out: PathBuf,
+    cache: Mutex<ByteLru<Key, Vec<u8>>>,
+    open: Mutex<LruCache<String, Arc<Opened>>>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum Key {
+    Tile(String, u32, u32, u32),
+    Map(String),
+}
+
+struct Opened {
+    view: SlideView,
+    tiles: TileSource,
+}
+
+/// What a request is answered with.
+enum Reply {
+    Data {
+        status: u16,
+        kind: &'static str,
+        body: Vec<u8>,
+    },
+    File(File, &'static str),
+}
+
+impl Reply {
+    fn ok(kind: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Reply::Data {
+            status: 200,
+            kind,
+            body: body.into(),
+        }
+    }
+
+    fn status(status: u16, text: impl Into<String>) -> Self {
+        Reply::Data {
+            status,
+            kind: "text/plain; charset=utf-8",
+            body: text.into().into_bytes(),
+        }
+    }
+
+    fn not_found() -> Self {
+        Self::status(404, "not found")
+    }
+}
+
+impl Server {
+    /// Binds the socket; serves nothing until [`Server::run`].
+    pub fn bind(opts: ServerOptions) -> Result<Self> {
+        let out = std::fs::canonicalize(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+        if !out.is_dir() {
+            return Err(Error::Output {
+                path: opts.out,
+                msg: "not a folder".into(),
+            });
+        }
+        let http = tiny_http::Server::http(SocketAddr::new(opts.host, opts.port))
+            .map_err(|e| Error::Usage(format!("{}:{}: {e}", opts.host, opts.port)))?;
+        let addr = http.server_addr().to_ip().expect("bound to an IP address");
+        Ok(Self {
+            http,
+            addr,
+            workers: opts.workers.max(1),
+            state: State {
+                out,
+                cache: Mutex::new(ByteLru::new(opts.cache_bytes)),
+                open: Mutex::new(LruCache::new(
+                    std::num::NonZeroUsize::new(MAX_OPEN_SLIDES).expect("not zero"),
+                )),
+            },
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Serves until the process ends, or the socket fails.
+    pub fn run(&self) -> Result<()> {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..self.workers)
+                .map(|_| {
+                    s.spawn(|| loop {
+                        let request = self.http.recv().map_err(|e| {
+                            Error::Usage(format!("{}: the server stopped: {e}", self.addr))
+                        })?;
+                        self.state.answer(request);
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a worker never panics"))
+                .collect::<Result<Vec<()>>>()
+                .map(|_| ())
+        })
+    }
+}
+
+impl State {
+    fn answer(&self, request: tiny_http::Request) {
+        let reply = match request.method() {
+            tiny_http::Method::Get | tiny_http::Method::Head => self.route(request.url()),
+            _ => Reply::status(405, "only GET and HEAD"),
+        };
+        let header = |k: &str, v: &str| {
+            tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("ASCII header")
+        };
+        // The client may have gone; nothing is left to do for it then.
+        let _ = match reply {
+            Reply::Data { status, kind, body } => request.respond(
+                tiny_http::Response::from_data(body)
+                    .with_status_code(status)
+                    .with_header(header("Content-Type", kind))
+                    .with_header(header("X-Content-Type-Options", "nosniff")),
+            ),
+            Reply::File(file, kind) => request.respond(
+                tiny_http::Response::from_file(file)
+                    .with_header(header("Content-Type", kind))
+                    .with_header(header("X-Content-Type-Options", "nosniff")),
+            ),
+        };
+    }
+
+    fn route(&self, url: &str) -> Reply {
+        let path = url.split(['?', '#']).next().unwrap_or_default();
+        let Ok(path) = percent_encoding::percent_decode_str(path).decode_utf8() else {
+            return Reply::not_found();
+        };
+        let Some(path) = path.strip_prefix('/') else {
+            return Reply::not_found();
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            [".assets", "viewer.js"] => Reply::ok("text/javascript; charset=utf-8", VIEWER_JS),
+            [".assets", "viewer.css"] => Reply::ok("text/css; charset=utf-8", VIEWER_CSS),
+            [".view", name] | [".view", name, ""] => match catalog::slide(&self.out, name) {
+                Some(_) => Reply::ok("text/html; charset=utf-8", VIEWER_HTML),
+                None => Reply::not_found(),
+            },
+            [".view", name, "info.json"] => match catalog::slide(&self.out, name) {
+                Some(Ok(view)) => Reply::ok(
+                    "application/json",
+                    serde_json::to_vec(&view).expect("serialisable"),
+                ),
+                Some(Err(e)) => Reply::status(500, e),
+                None => Reply::not_found(),
+            },
+            [".view", name, "map.bin"] => self.map(name),
+            [".view", name, "tiles", k, tile] => {
+                let parsed = tile.strip_suffix(".jpg").and_then(|t| {
+                    let (c, r) = t.split_once('_')?;
+                    Some((k.parse().ok()?, c.parse().ok()?, r.parse().ok()?))
+                });
+                match parsed {
+                    Some((k, c, r)) => self.tile(name, k, c, r),
+                    None => Reply::not_found(),
+                }
+            }
+            [""] => match File::open(self.out.join(crate::cohort::report::INDEX_HTML)) {
+                Ok(f) => Reply::File(f, "text/html; charset=utf-8"),
+                Err(_) => Reply::ok("text/html; charset=utf-8", self.listing()),
+            },
+            _ => self.file(&parts),
+        }
+    }
+
+    /// A file under OUT; never a hidden one (the run's ledger), never one outside.
+    fn file(&self, parts: &[&str]) -> Reply {
+        if !parts.iter().all(|p| catalog::is_folder_name(p)) {
+            return Reply::not_found();
+        }
+        let path: PathBuf = parts.iter().fold(self.out.clone(), |p, c| p.join(c));
+        let Ok(real) = std::fs::canonicalize(&path) else {
+            return Reply::not_found();
+        };
+        if !real.starts_with(&self.out) || !real.is_file() {
+            return Reply::not_found();
+        }
+        match File::open(&real) {
+            Ok(f) => Reply::File(f, content_type(&real)),
+            Err(_) => Reply::not_found(),
+        }
+    }
+
+    /// OUT's finished slides, where OUT has no report.
+    fn listing(&self) -> String {
+        let mut h = String::from(
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <title>histomap</title><link rel=\"icon\" href=\"data:,\"></head><body>\
+             <h1>Finished slides</h1><ul>",
+        );
+        for name in catalog::slides(&self.out) {
+            let e = crate::cohort::report::esc(&name);
+            let u = crate::cohort::report::url(&name);
+            h.push_str(&format!("<li><a href=\".view/{u}\">{e}</a></li>"));
+        }
+        h.push_str("</ul></body></html>\n");
+        h
+    }
+
+    /// The open slide `name`, opening it (and closing the least recently used one)
+    /// if need be; None when OUT has no such finished slide.
+    fn opened(&self, name: &str) -> Option<std::result::Result<Arc<Opened>, String>> {
+        let mut open = self.open.lock().expect("no worker panics");
+        if let Some(o) = open.get(name) {
+            return Some(Ok(o.clone()));
+        }
+        let view = match catalog::slide(&self.out, name)? {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        // Opening reads the overview: done under the lock, so that many requests for a
+        // slide not yet open open it once.
+        Some(match TileSource::open(&view.slide) {
+            Ok(tiles) => {
+                let o = Arc::new(Opened { view, tiles });
+                open.put(name.to_string(), o.clone());
+                Ok(o)
+            }
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    fn cached(&self, key: &Key) -> Option<Arc<Vec<u8>>> {
+        self.cache.lock().expect("no worker panics").get(key)
+    }
+
+    fn keep(&self, key: Key, bytes: Vec<u8>) -> Vec<u8> {
+        let n = bytes.len();
+        let kept = Arc::new(bytes);
+        self.cache
+            .lock()
+            .expect("no worker panics")
+            .put(key, kept.clone(), n);
+        Arc::unwrap_or_clone(kept)
+    }
+
+    fn map(&self, name: &str) -> Reply {
+        let key = Key::Map(name.to_string());
+        if let Some(b) = self.cached(&key) {
+            return Reply::ok("application/octet-stream", b.to_vec());
+        }
+        let view = match catalog::slide(&self.out, name) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Reply::status(500, e),
+            None => return Reply::not_found(),
+        };
+        match catalog::map_bytes(&self.out, &view) {
+            Ok(bytes) => Reply::ok("application/octet-stream", self.keep(key, bytes)),
+            Err(e) => Reply::status(500, e.to_string()),
+        }
+    }
+
+    fn tile(&self, name: &str, k: u32, col: u32, row: u32) -> Reply {
+        let key = Key::Tile(name.to_string(), k, col, row);
+        if let Some(b) = self.cached(&key) {
+            return Reply::ok("image/jpeg", b.to_vec());
+        }
+        let opened = match self.opened(name) {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => return Reply::status(500, e),
+            None => return Reply::not_found(),
+        };
+        let image = match opened.tiles.cut(k, col, row) {
+            Ok(Some(image)) => image,
+            Ok(None) => return Reply::not_found(),
+            // A damaged part of the slide shows grey, as in the overlay.
+            Err(_) => match opened.tiles.pyramid.tile(k, col, row) {
+                Some((_, size)) => RgbImage::from_pixel(size.w, size.h, image::Rgb([128; 3])),
+                None => return Reply::not_found(),
+            },
+        };
+        let mut jpeg = Vec::new();
+        let encoded = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, JPEG_QUALITY)
+            .encode_image(&image);
+        match encoded {
+            Ok(()) => Reply::ok("image/jpeg", self.keep(key, jpeg)),
+            Err(e) => Reply::status(
+                500,
+                format!("{}: tile {k}/{col}_{row}: {e}", opened.view.name),
+            ),
+        }
+    }
+}
+
+fn content_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("json") => "application/json",
+        Some("geojson") => "application/geo+json",
+        Some("csv") => "text/csv; charset=utf-8",
+        Some("txt" | "log" | "jsonl") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}

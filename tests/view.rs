@@ -1,0 +1,260 @@
+//! `histomap view` on real files: the viewer in headless Chromium on the real SVS and
+//! the generated 100,000 × 80,000 pyramid, zoomed to full resolution over tissue; the
+//! server's memory under 500 tile requests; paths outside OUT.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use common::{browser, generated, heatmap_command, root, svs};
+
+/// A finished OUT with the real SVS and the gigapixel pyramid, mapped once per test
+/// process by the shipped Kather model.
+fn out() -> &'static Path {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let out = root().join(format!("target/tmp/view-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        for slide in [svs(), generated().join("gigapixel.tif")] {
+            let model = root().join("models/kather8");
+            let status = heatmap_command("kather8", &model, &out, &slide)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        out
+    })
+}
+
+/// `histomap view OUT --port 0`, stopped on drop.
+struct Viewer {
+    child: Child,
+    addr: String,
+}
+
+impl Viewer {
+    fn start(out: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("histomap"))
+            .args(["view", "--port", "0"])
+            .args(extra)
+            .arg(out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("http://")
+            .and_then(|a| a.strip_suffix('/'))
+            .unwrap_or_else(|| panic!("first line is the address: {line:?}"))
+            .to_string();
+        Self { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET `path` as sent, byte for byte (no client normalises `..` away): status
+    /// and body.
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        s.read_to_end(&mut bytes).unwrap();
+        let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&bytes[..split]).to_string();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, bytes[split + 4..].to_vec())
+    }
+
+    /// Peak resident memory of the server so far, in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The centre of the classified patch with the most tissue: a point the map must
+/// colour and the slide must show as tissue.
+fn tissue_point(dir: &Path) -> (f64, f64) {
+    let mut csv = csv::Reader::from_path(dir.join("predictions.csv")).unwrap();
+    let h = csv.headers().unwrap().clone();
+    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let (x, y, w, t, status) = (
+        col("x"),
+        col("y"),
+        col("w"),
+        col("tissue_fraction"),
+        col("status"),
+    );
+    let best = csv
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| &r[status] == "ok")
+        .max_by(|a, b| {
+            let f = |r: &csv::StringRecord| r[t].parse::<f64>().unwrap();
+            f(a).total_cmp(&f(b))
+        })
+        .unwrap();
+    let n = |i: usize| best[i].parse::<f64>().unwrap();
+    (n(x) + n(w) / 2.0, n(y) + n(w) / 2.0)
+}
+
+fn save(name: &str, png: &[u8]) {
+    let dir = root().join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), png).unwrap();
+}
+
+/// Opens a slide's viewer, waits for the whole slide, then zooms to full resolution on
+/// its most tissue-covered patch: every tile decodes, no console error, and the point
+/// is tissue on the slide and a coloured (classified) cell on the map.
+fn check_viewer(viewer: &Viewer, name: &str) {
+    let (x, y) = tissue_point(&out().join(name));
+    let whole = browser::check_page(
+        &viewer.url(&format!("/.view/{name}")),
+        Some(
+            "(async () => { const v = window.histomapViewer; await v.ready; \
+             const w = v.view; await v.goTo(w.cx, w.cy, w.scale); \
+             return { stats: { ...v.stats }, view: v.view }; })()",
+        ),
+    );
+    save(&format!("viewer-{name}-whole.png"), &whole.screenshot);
+    assert!(
+        whole.errors.is_empty(),
+        "{name}: console errors {:?}",
+        whole.errors
+    );
+    let s = &whole.script_value["stats"];
+    assert!(s["loaded"].as_u64().unwrap() >= 1, "{name}: {s}");
+    assert_eq!(s["failed"], 0, "{name}: {s}");
+
+    let full = browser::check_page(
+        &viewer.url(&format!("/.view/{name}")),
+        Some(&format!(
+            "(async () => {{ const v = window.histomapViewer; await v.ready; \
+             await v.goTo({x}, {y}, 1); \
+             const c = document.getElementById('view'), r = c.getBoundingClientRect(); \
+             c.dispatchEvent(new PointerEvent('pointermove', {{ bubbles: true, \
+               clientX: r.left + c.width / 2, clientY: r.top + c.height / 2 }})); \
+             return {{ stats: {{ ...v.stats }}, view: v.view, probe: v.probe({x}, {y}) }}; }})()"
+        )),
+    );
+    save(&format!("viewer-{name}-full.png"), &full.screenshot);
+    assert!(
+        full.errors.is_empty(),
+        "{name}: console errors {:?}",
+        full.errors
+    );
+    let v = &full.script_value;
+    assert_eq!(v["view"]["level"], 0, "{name}: full resolution: {v}");
+    assert_eq!(v["stats"]["failed"], 0, "{name}: {v}");
+    let p = &v["probe"];
+    assert_eq!(
+        p["state"], "classified",
+        "{name}: the map colours the tissue: {p}"
+    );
+    assert!(p["cls"].is_string(), "{name}: {p}");
+    let rgb: Vec<u64> = p["rgb"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name}: the tile under the point loaded: {p}"))
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    let (lo, hi) = (*rgb.iter().min().unwrap(), *rgb.iter().max().unwrap());
+    assert!(
+        lo < 200 && hi - lo > 25,
+        "{name}: the slide shows tissue (stained, not glass) under the map's cell: {rgb:?}"
+    );
+}
+
+#[test]
+fn viewer_shows_the_map_over_tissue_at_full_resolution() {
+    let viewer = Viewer::start(out(), &[]);
+    check_viewer(&viewer, "cmu_small_region");
+    check_viewer(&viewer, "gigapixel");
+    // The report at / links each slide's viewer.
+    let (status, index) = viewer.get("/");
+    assert_eq!(status, 200);
+    let index = String::from_utf8(index).unwrap();
+    assert!(index.contains("href=\".view/gigapixel\""), "{index}");
+}
+
+#[test]
+fn server_holds_its_memory_cap_and_serves_nothing_outside_out() {
+    let cache_mib = 16;
+    let viewer = Viewer::start(out(), &["--cache-mib", &cache_mib.to_string()]);
+    // 500 different tiles over the pyramid, most at full resolution (where the
+    // gigapixel's tissue is), the rest across the zoom levels.
+    let mut served = 0;
+    let mut bytes = 0;
+    for i in 0..500u32 {
+        let k = if i % 5 == 0 { i % 10 } else { 0 };
+        let span = 256u32 << k;
+        let (cols, rows) = (100_000u32.div_ceil(span), 80_000u32.div_ceil(span));
+        let (c, r) = ((i * 7919) % cols, (i * 104_729) % rows);
+        let (status, body) = viewer.get(&format!("/.view/gigapixel/tiles/{k}/{c}_{r}.jpg"));
+        if k <= 9 {
+            assert_eq!(status, 200, "tile {k}/{c}_{r}");
+            assert!(image::load_from_memory(&body).is_ok());
+            served += 1;
+            bytes += body.len();
+        }
+    }
+    let peak = viewer.peak_rss_mib();
+    eprintln!(
+        "view: {served} tiles ({:.1} MiB of JPEG) with --cache-mib {cache_mib}: peak RSS {peak:.0} MiB",
+        bytes as f64 / (1 << 20) as f64
+    );
+    assert!(peak < 256.0, "peak RSS {peak:.0} MiB");
+
+    for path in [
+        "/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/..%2f..%2fetc/passwd",
+        "/gigapixel/../../etc/passwd",
+        "/.histomap/slides.json",
+        "/.view/..%2f..%2fetc/info.json",
+        "/.view/../../etc/passwd",
+        "/etc/passwd",
+        "/.view/no-such-slide",
+        "/.view/gigapixel/tiles/10/0_0.jpg",
+        "/.view/gigapixel/tiles/0/391_0.jpg",
+        "/.view/gigapixel/tiles/x/0_0.jpg",
+    ] {
+        assert_eq!(viewer.get(path).0, 404, "{path}");
+    }
+    for path in [
+        "/gigapixel/summary.json",
+        "/.assets/viewer.js",
+        "/.view/gigapixel/map.bin",
+    ] {
+        assert_eq!(viewer.get(path).0, 200, "{path}");
+    }
+}
