@@ -92,8 +92,11 @@ impl Normalization {
     };
 }
 
+/// Patches per forward pass when a pipeline does not say.
+pub const DEFAULT_BATCH: usize = 32;
+
 fn default_batch() -> usize {
-    32
+    DEFAULT_BATCH
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -136,24 +139,34 @@ pub struct Class {
     pub color: [u8; 3],
 }
 
+/// Display colours of classes whose pipeline or model gives none (a WSInfer config),
+/// in class order, repeating after eight.
+pub const PALETTE: [[u8; 3]; 8] = [
+    [0x3c, 0xb4, 0x4b],
+    [0xe6, 0x19, 0x4b],
+    [0x43, 0x63, 0xd8],
+    [0xf5, 0x82, 0x31],
+    [0x91, 0x1e, 0xb4],
+    [0x9a, 0x63, 0x24],
+    [0xff, 0xe1, 0x19],
+    [0xa9, 0xa9, 0xa9],
+];
+
 impl Class {
     /// The name made safe for a file name (`prob_<stem>.png`); validation refuses two
     /// classes with the same stem.
     pub fn file_stem(&self) -> String {
-        file_stem(&self.name)
+        self.name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
     }
-}
-
-fn file_stem(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// The validated pipeline the rest of the library runs.
@@ -227,13 +240,42 @@ pub fn plausible_mpp(mpp: f64) -> bool {
     mpp.is_finite() && mpp > 0.01 && mpp < 100.0
 }
 
+/// The largest patch side, of a pipeline or a model: one such patch is 192 MiB of f32
+/// input.
+pub const MAX_PATCH: u32 = 4096;
+
 fn check_patch(size: u32, stride: u32) -> Result<(), String> {
-    if !(8..=4096).contains(&size) {
-        return Err(format!("patch.size = {size} (expected 8..=4096)"));
+    if !(8..=MAX_PATCH).contains(&size) {
+        return Err(format!("patch.size = {size} (expected 8..={MAX_PATCH})"));
     }
     let allowed = strides(size);
     if !allowed.contains(&stride) {
         return Err(format!("patch.stride = {stride} (expected {allowed:?})"));
+    }
+    Ok(())
+}
+
+/// Refuses classes no set of maps could be made for: fewer than two, a name empty or
+/// repeated, two names whose probability maps would overwrite each other.
+pub fn check_classes(classes: &[Class]) -> Result<(), String> {
+    if classes.len() < 2 {
+        return Err(format!(
+            "{} class(es) given; a classifier needs at least 2",
+            classes.len()
+        ));
+    }
+    for (i, c) in classes.iter().enumerate() {
+        let before = &classes[..i];
+        if c.name.trim().is_empty() || before.iter().any(|k| k.name == c.name) {
+            return Err(format!("class name {:?} is empty or repeated", c.name));
+        }
+        let stem = c.file_stem();
+        if let Some(k) = before.iter().find(|k| k.file_stem() == stem) {
+            return Err(format!(
+                "class names {:?} and {:?} both make the file name prob_{stem}.png",
+                k.name, c.name
+            ));
+        }
     }
     Ok(())
 }
@@ -264,24 +306,8 @@ impl PipelineFile {
         if let Some(n) = &self.normalization {
             n.check().map_err(|msg| Error::pipeline(path, msg))?;
         }
-        if self.classes.len() < 2 {
-            return err(format!(
-                "{} class(es) given; a classifier needs at least 2",
-                self.classes.len()
-            ));
-        }
         let mut classes = Vec::with_capacity(self.classes.len());
         for c in self.classes {
-            if c.name.trim().is_empty() || classes.iter().any(|k: &Class| k.name == c.name) {
-                return err(format!("class name {:?} is empty or repeated", c.name));
-            }
-            let stem = file_stem(&c.name);
-            if let Some(k) = classes.iter().find(|k: &&Class| k.file_stem() == stem) {
-                return err(format!(
-                    "class names {:?} and {:?} both make the file name prob_{stem}.png",
-                    k.name, c.name
-                ));
-            }
             let Some(color) = hex_color::parse(&c.color) else {
                 return err(format!(
                     "class {:?}: colour {:?} is not #rrggbb",
@@ -293,6 +319,7 @@ impl PipelineFile {
                 color,
             });
         }
+        check_classes(&classes).map_err(|msg| Error::pipeline(path, msg))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Pipeline {
             name: self.name,

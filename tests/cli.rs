@@ -233,6 +233,128 @@ fn heatmap_on_real_svs_writes_every_output() {
     );
 }
 
+/// A model folder alone is a pipeline: a WSInfer folder's config.json gives the patch
+/// size, MPP, classes and normalisation, and each slide's child process gets the same.
+#[test]
+fn heatmap_runs_a_wsinfer_folder_without_a_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("wsinfer-smallcnn");
+    wsinfer_model(&model);
+    let out = tmp.path().join("out");
+    let run = || {
+        histomap()
+            .args(["heatmap", "-q", "--model"])
+            .arg(&model)
+            .arg("-o")
+            .arg(&out)
+            .arg(svs())
+            .assert()
+            .success()
+    };
+    run();
+    let dir = out.join("cmu_small_region");
+    for f in [
+        "overlay.png",
+        "tiles.geojson",
+        "regions.geojson",
+        "predictions.csv",
+        "summary.json",
+        "prob_other.png",
+        "prob_tumor.png",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let s = summary(&dir);
+    // Without a pipeline file the model folder names the pipeline.
+    let folder = fs::canonicalize(&model).unwrap();
+    assert_eq!(s["pipeline"]["name"], "wsinfer-smallcnn");
+    assert_eq!(s["job"]["pipeline"], folder.to_str().unwrap());
+    assert_eq!(s["job"]["model"], folder.to_str().unwrap());
+    assert_eq!(
+        (&s["job"]["patch_size"], &s["job"]["stride"]),
+        (&96.into(), &96.into())
+    );
+    assert_eq!(s["job"]["mpp"], 0.97);
+    assert_eq!(s["job"]["min_tissue"], 0.5);
+    let classified = s["patches"]["classified"].as_u64().unwrap() as usize;
+    assert!(classified > 20, "the real SVS is about a third tissue");
+    let (tiles, _) = check_geojson(
+        &dir.join("tiles.geojson"),
+        2220.0,
+        2967.0,
+        &["other", "tumor"],
+    );
+    assert_eq!(tiles, classified);
+    // A rerun finds the same job and skips the slide.
+    let marker = dir.join("summary.json");
+    let before = fs::metadata(&marker).unwrap().modified().unwrap();
+    run();
+    assert_eq!(fs::metadata(&marker).unwrap().modified().unwrap(), before);
+}
+
+#[test]
+fn info_shows_what_a_model_folder_expects() {
+    let tmp = tempfile::tempdir().unwrap();
+    wsinfer_model(tmp.path());
+    histomap()
+        .args(["info", "--model"])
+        .arg(tmp.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "format          WSInfer config (config.json)",
+        ))
+        .stdout(predicate::str::contains("architecture    smallcnn"))
+        .stdout(predicate::str::contains("patch size      96 px"))
+        .stdout(predicate::str::contains("mpp             0.9700 µm/px"))
+        .stdout(predicate::str::contains(
+            "normalisation   mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]",
+        ))
+        .stdout(predicate::str::contains("0: other  #3cb44b"))
+        .stdout(predicate::str::contains("1: tumor  #e6194b"))
+        .stdout(predicate::str::contains("stride          96 px"))
+        .stdout(predicate::str::contains("batch size      32"));
+    // A histomap folder, with the colours of its card.
+    histomap()
+        .args(["info", "--model"])
+        .arg(root().join("models/kather8"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "format          histomap card (card.json)",
+        ))
+        .stdout(predicate::str::contains("trained         yes"))
+        .stdout(predicate::str::contains("patch size      150 px"))
+        .stdout(predicate::str::contains("mpp             0.4950 µm/px"))
+        .stdout(predicate::str::contains("0: TUMOR  #e6194b"))
+        .stdout(predicate::str::contains(
+            "heatmap runs it as pipeline \"kather8\"",
+        ));
+}
+
+/// `heatmap` needs a pipeline file or a model folder; `info` a slide or a model folder.
+#[test]
+fn neither_pipeline_nor_model_is_one_clear_line() {
+    let out = tempfile::tempdir().unwrap();
+    let assert = histomap()
+        .args(["heatmap", "-o"])
+        .arg(out.path())
+        .arg(svs())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "histomap: give --pipeline FILE or --model DIR",
+        ));
+    let err = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!out.path().join("cmu_small_region").exists());
+    histomap()
+        .arg("info")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("<SLIDES|--model <MODEL>>"));
+}
+
 #[test]
 fn outputs_do_not_depend_on_thread_count() {
     let model = model("kather8", Architecture::Smallcnn);

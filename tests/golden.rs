@@ -43,24 +43,9 @@ fn smallcnn_matches_pytorch() {
 
 #[test]
 fn wsinfer_model_folder_loads_and_runs() {
-    // The peer's own layout: config.json (as wsinfer_model.py writes it) + model.safetensors.
     let fixture = common::root().join("fixtures/smallcnn96");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture.join("model.safetensors"),
-        dir.path().join("model.safetensors"),
-    )
-    .unwrap();
-    let config = serde_json::json!({
-        "spec_version": "1.0", "architecture": "smallcnn", "num_classes": 2,
-        "class_names": ["other", "tumor"], "patch_size_pixels": 96, "spacing_um_px": 0.97,
-        "transform": [
-            {"name": "Resize", "arguments": {"size": 96}},
-            {"name": "ToTensor"},
-            {"name": "Normalize", "arguments": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
-        ]
-    });
-    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    common::wsinfer_model(dir.path());
     let model = Classifier::load(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(model.card.classes[1].name, "tumor");
     assert_eq!(model.card.normalization.std, [0.229, 0.224, 0.225]);

@@ -9,7 +9,6 @@ use histomap::cohort::run::{self, Job, Outcome};
 use histomap::cohort::shard::Shard;
 use histomap::map::stream::StreamOptions;
 use histomap::model::{Classifier, DeviceChoice, Precision};
-use histomap::pipeline::Pipeline;
 use histomap::progress::Bars;
 
 use super::args::{all_cores, batch_size, mpp, share, shown, threads, Tta};
@@ -19,13 +18,19 @@ pub struct HeatmapArgs {
     /// Slide files and folders of slides.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Pipeline file (patch size, stride, MPP, classes, model).
+    /// Pipeline file (patch size, stride, MPP, tissue thresholds, classes, model); the
+    /// model's card must agree with it. Default: the --model folder's own pipeline,
+    /// from its card.json or WSInfer config.json (patch size, MPP, classes,
+    /// normalisation; stride = patch size, default tissue thresholds and batch size),
+    /// as `histomap info --model DIR` shows it.
     #[arg(long, short)]
-    pub pipeline: PathBuf,
+    pub pipeline: Option<PathBuf>,
     /// Output folder.
     #[arg(long, short)]
     pub out: PathBuf,
-    /// Model folder; default: the pipeline's model.
+    /// Model folder (card.json + model.safetensors, or a WSInfer folder: config.json +
+    /// model.safetensors); default: the pipeline's model. Without --pipeline, it also
+    /// gives the pipeline.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Microns per pixel of slides that do not record it (PNG, JPEG, many plain TIFFs);
@@ -121,7 +126,10 @@ impl HeatmapArgs {
     /// Every setting but the inputs, --force, --shard, --threads and --quiet, with
     /// absolute paths, and `device` for --device.
     fn settings_argv(&self, device: DeviceChoice) -> anyhow::Result<Vec<String>> {
-        let mut v = vec!["--pipeline".into(), absolute(&self.pipeline)?];
+        let mut v = Vec::new();
+        if let Some(p) = &self.pipeline {
+            v.extend(["--pipeline".into(), absolute(p)?]);
+        }
         v.extend(["--out".into(), absolute(&self.out)?]);
         if let Some(m) = &self.model {
             v.extend(["--model".into(), absolute(m)?]);
@@ -163,7 +171,14 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         .build_global()
         .context("starting the inference thread pool")?;
 
-    let mut pipeline = Pipeline::load(&a.pipeline)?;
+    let device = super::args::device(a.device)?;
+    let ran_on = if device.is_cuda() {
+        DeviceChoice::Cuda
+    } else {
+        DeviceChoice::Cpu
+    };
+    let (mut classifier, mut pipeline) =
+        Classifier::load_with_pipeline(a.pipeline.as_deref(), a.model.as_deref(), &device)?;
     if let Some(stride) = a.stride {
         pipeline.set_stride(stride)?;
     }
@@ -176,24 +191,12 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = a.batch_size {
         pipeline.batch_size = v;
     }
-    let model_dir = a
-        .model
-        .clone()
-        .unwrap_or_else(|| pipeline.model_path.clone());
-    let device = super::args::device(a.device)?;
-    let ran_on = if device.is_cuda() {
-        DeviceChoice::Cuda
-    } else {
-        DeviceChoice::Cpu
-    };
-    let mut classifier = Classifier::load(&model_dir, &device)?;
-    classifier.card.check_against(&pipeline, &model_dir)?;
     classifier.tta = a.tta == Tta::D4;
     classifier.set_precision(a.precision)?;
     if !classifier.card.trained {
         eprintln!(
             "histomap: warning: {} holds an UNTRAINED model (random weights); its maps mean nothing",
-            model_dir.display()
+            classifier.dir.display()
         );
     }
     let child = Box::new(a.child_command(threads, ran_on)?);

@@ -1,18 +1,25 @@
-//! `histomap info`: what a slide file holds.
+//! `histomap info`: what a slide file holds, and what a model folder expects.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 use histomap::map::slide;
+use histomap::model::CardFormat;
+use histomap::pipeline::hex_color;
 
 #[derive(Args)]
+#[command(group(ArgGroup::new("what").required(true).multiple(true).args(["slides", "model"])))]
 pub struct InfoArgs {
     /// Slide files (anything OpenSlide opens, plain TIFF, PNG, JPEG).
-    #[arg(required = true)]
     slides: Vec<PathBuf>,
-    /// Print JSON instead of text.
+    /// Model folder (card.json, or a WSInfer config.json): its architecture, classes,
+    /// patch size, MPP and normalisation, and the pipeline `heatmap` runs it with when
+    /// given no --pipeline.
     #[arg(long)]
+    model: Option<PathBuf>,
+    /// Print JSON instead of text (slides only).
+    #[arg(long, conflicts_with = "model")]
     json: bool,
 }
 
@@ -49,9 +56,48 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if let Some(dir) = &a.model {
+        if let Err(e) = print_model(dir) {
+            eprintln!("histomap: {e}");
+            failed = true;
+        }
+    }
     Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn print_model(dir: &Path) -> histomap::Result<()> {
+    let format = CardFormat::of(dir)?;
+    let card = format.read(dir)?;
+    let p = card.pipeline(dir);
+    println!("{}", dir.display());
+    println!("  format          {format}");
+    println!("  architecture    {}", card.architecture);
+    let trained = if card.trained {
+        "yes"
+    } else {
+        "NO: random weights, its maps mean nothing"
+    };
+    println!("  trained         {trained}");
+    println!("  patch size      {} px", card.input_size);
+    println!("  mpp             {:.4} µm/px", card.mpp);
+    let n = &card.normalization;
+    println!("  normalisation   mean {:?}, std {:?}", n.mean, n.std);
+    println!("  classes         {}", card.classes.len());
+    for (i, c) in card.classes.iter().enumerate() {
+        println!("    {i}: {}  {}", c.name, hex_color::format(c.color));
+    }
+    println!("  provenance      {}", card.provenance);
+    println!(
+        "  no --pipeline   heatmap runs it as pipeline {:?}:",
+        p.name
+    );
+    println!("    stride          {} px", p.stride);
+    println!("    min tissue      {}", p.min_tissue);
+    println!("    min saturation  {}", p.min_saturation);
+    println!("    batch size      {}", p.batch_size);
+    Ok(())
 }

@@ -30,7 +30,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Print format, dimensions, pyramid levels, MPP and objective power of slides.
+    /// Print format, dimensions, pyramid levels, MPP and objective power of slides;
+    /// with --model, what a model folder expects (classes, patch size, MPP,
+    /// normalisation) and the pipeline `heatmap` runs it with when given no --pipeline.
     Info(info::InfoArgs),
     /// Classify the tissue of slides and write heatmaps, overlay, GeoJSON and CSV
     /// into OUT/<slide name>/. Finished slides are skipped on reruns; a failed slide

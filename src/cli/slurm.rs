@@ -9,7 +9,6 @@ use histomap::cohort::ledger::{Ledger, SubmittedJob};
 use histomap::cohort::run;
 use histomap::cohort::slurm::{self, cluster, Cpus};
 use histomap::model::{Classifier, DeviceChoice};
-use histomap::pipeline::Pipeline;
 
 use super::args::{at_least, shown};
 use super::heatmap::HeatmapArgs;
@@ -69,11 +68,11 @@ pub fn run(a: SlurmArgs) -> anyhow::Result<ExitCode> {
     }
     // Check the job before it reaches a queue: the pipeline and model load, and the
     // slide list is what every task will see.
-    let pipeline = Pipeline::load(&heatmap.pipeline)?;
-    let model_dir = heatmap.model.clone().unwrap_or(pipeline.model_path.clone());
-    Classifier::load(&model_dir, &candle_core::Device::Cpu)?
-        .card
-        .check_against(&pipeline, &model_dir)?;
+    Classifier::load_with_pipeline(
+        heatmap.pipeline.as_deref(),
+        heatmap.model.as_deref(),
+        &candle_core::Device::Cpu,
+    )?;
     let slides = run::collect_slides(&heatmap.inputs)?;
     if slides.is_empty() {
         bail!("no slides found in {}", shown(&heatmap.inputs));

@@ -1,7 +1,8 @@
 //! `card.json`, what a model folder says about its weights. In: a model folder. Out: a
 //! checked [`ModelCard`]: architecture, classes and colours, input size and MPP,
 //! normalisation, whether the weights were trained, and how. A card that disagrees
-//! with the pipeline is refused before any slide is read.
+//! with the pipeline is refused before any slide is read; with no pipeline file, the
+//! card makes the pipeline.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::Architecture;
 use crate::error::{Error, Result};
 use crate::learn::augment::Augment;
-use crate::pipeline::{Class, Normalization, Pipeline};
+use crate::pipeline::{
+    check_classes, plausible_mpp, Class, Normalization, Pipeline, TissueSection, DEFAULT_BATCH,
+};
 
 pub const CARD_FILE: &str = "card.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -70,15 +73,45 @@ impl ModelCard {
         }
     }
 
-    /// Refuses a card no pipeline could use; `path` names the file it came from.
+    /// Refuses a card no pipeline could use; `path` names the file it came from. Its
+    /// values are checked as a pipeline file's are, since without a pipeline file they
+    /// are the pipeline ([`ModelCard::pipeline`]).
     pub fn check(&self, path: &Path) -> Result<()> {
-        if self.classes.len() < 2 {
-            return Err(Error::model(path, "a model needs at least 2 classes"));
-        }
+        check_classes(&self.classes).map_err(|msg| Error::model(path, msg))?;
         self.architecture.check_input_size(self.input_size, path)?;
+        if !plausible_mpp(self.mpp) {
+            return Err(Error::model(
+                path,
+                format!("mpp {} (expected microns per pixel, 0.01..100)", self.mpp),
+            ));
+        }
         self.normalization
             .check()
             .map_err(|msg| Error::model(path, msg))
+    }
+
+    /// The pipeline the model in `dir` runs with when no pipeline file is given: the
+    /// card's patch size, MPP, classes and normalisation, and what a pipeline file may
+    /// leave out at its defaults (tissue thresholds, batch size), with patches side by
+    /// side (stride = patch size). The folder names it in reports and `summary.json`.
+    pub fn pipeline(&self, dir: &Path) -> Pipeline {
+        let tissue = TissueSection::default();
+        let name = crate::canonical(dir)
+            .file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+        Pipeline {
+            name,
+            source: dir.to_path_buf(),
+            patch_size: self.input_size,
+            stride: self.input_size,
+            mpp: self.mpp,
+            min_tissue: tissue.min_fraction,
+            min_saturation: tissue.min_saturation,
+            model_path: dir.to_path_buf(),
+            batch_size: DEFAULT_BATCH,
+            normalization: Some(self.normalization.clone()),
+            classes: self.classes.clone(),
+        }
     }
 
     /// Refuses a model that would silently give wrong answers with this pipeline.
@@ -170,14 +203,17 @@ pub fn read_card(dir: &Path) -> Result<ModelCard> {
 mod tests {
     use super::*;
     use crate::model::Architecture;
+    use crate::pipeline::PipelineFile;
 
-    #[test]
-    fn cards_no_pipeline_could_use_are_refused() {
-        let class = |name: &str| Class {
+    fn class(name: &str) -> Class {
+        Class {
             name: name.into(),
             color: [0, 0, 0],
-        };
-        let good = ModelCard {
+        }
+    }
+
+    fn good() -> ModelCard {
+        ModelCard {
             format: CARD_FORMAT.into(),
             architecture: Architecture::Smallcnn,
             input_size: 16,
@@ -189,7 +225,12 @@ mod tests {
             metrics: BTreeMap::new(),
             training: None,
             histomap_version: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn cards_no_pipeline_could_use_are_refused() {
+        let good = good();
         let path = Path::new("m/card.json");
         assert!(good.check(path).is_ok());
         let refused = |card: ModelCard, want: &str| {
@@ -203,16 +244,83 @@ mod tests {
             },
             "a smallcnn needs an input of at least 16 px, not 15",
         );
+        refused(
+            ModelCard {
+                input_size: 5000,
+                ..good.clone()
+            },
+            "input of 5000 px: patches are at most 4096 px",
+        );
+        for mpp in [0.0, f64::NAN] {
+            refused(
+                ModelCard {
+                    mpp,
+                    ..good.clone()
+                },
+                &format!("mpp {mpp} "),
+            );
+        }
         let mut flat = good.clone();
         flat.normalization.std[1] = 0.0;
         refused(flat, "positive std");
         refused(
             ModelCard {
+                classes: vec![class("a/b"), class("a_b")],
+                ..good.clone()
+            },
+            "both make the file name prob_a_b.png",
+        );
+        refused(
+            ModelCard {
                 classes: vec![class("a")],
                 ..good
             },
-            "at least 2 classes",
+            "a classifier needs at least 2",
         );
         assert_eq!(Architecture::Resnet18.min_input_size(), 8);
+    }
+
+    #[test]
+    fn a_card_alone_makes_the_pipeline_a_file_of_its_values_would() {
+        let card = ModelCard {
+            input_size: 96,
+            mpp: 0.97,
+            ..good()
+        };
+        let dir = Path::new("models/x");
+        let p = card.pipeline(dir);
+        // The file a user would write for this model, leaving out what has a default.
+        let text = r##"
+name = "x"
+[patch]
+size = 96
+stride = 96
+mpp = 0.97
+[model]
+path = "x"
+[[classes]]
+name = "a"
+color = "#000000"
+[[classes]]
+name = "b"
+color = "#000000"
+"##;
+        let file: PipelineFile = toml::from_str(text).unwrap();
+        let f = file.validate(Path::new("models/x.toml")).unwrap();
+        assert_eq!((p.name.as_str(), p.source.as_path()), ("x", dir));
+        assert_eq!(p.model_path, f.model_path);
+        assert_eq!(
+            (p.patch_size, p.stride, p.mpp),
+            (f.patch_size, f.stride, f.mpp)
+        );
+        assert_eq!(
+            (p.min_tissue, p.min_saturation),
+            (f.min_tissue, f.min_saturation)
+        );
+        assert_eq!(p.batch_size, f.batch_size);
+        assert_eq!(p.classes, f.classes);
+        // A file may leave normalisation to the card; the card's own is the card's.
+        assert_eq!(p.normalization, Some(Normalization::IMAGENET));
+        assert!(card.check_against(&p, dir).is_ok());
     }
 }

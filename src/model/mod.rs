@@ -3,7 +3,8 @@
 //!
 //! The card says what the weights are: architecture, classes and colours, input size
 //! and MPP, normalisation, whether they were trained, and provenance. A model whose
-//! card disagrees with the pipeline is refused before any slide is read.
+//! card disagrees with the pipeline is refused before any slide is read; a run given no
+//! pipeline file takes its pipeline from the card.
 
 pub mod card;
 mod cpu_ops;
@@ -24,6 +25,7 @@ pub use self::card::{read_card, ModelCard, TrainingRecord, CARD_FILE, WEIGHTS_FI
 pub use self::resnet::{BlockKind, ResNet};
 pub use self::smallcnn::SmallCnn;
 use crate::error::{one_line, Error, Result};
+use crate::pipeline::{Pipeline, MAX_PATCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -67,13 +69,20 @@ impl Architecture {
         }
     }
 
-    /// Refuses an input size the network cannot take; `source` names where it came from.
+    /// Refuses an input size the network cannot take, or no pipeline could cut;
+    /// `source` names where it came from.
     pub fn check_input_size(self, size: u32, source: &Path) -> Result<()> {
         let min = self.min_input_size();
         if size < min {
             return Err(Error::model(
                 source,
                 format!("a {self} needs an input of at least {min} px, not {size}"),
+            ));
+        }
+        if size > MAX_PATCH {
+            return Err(Error::model(
+                source,
+                format!("input of {size} px: patches are at most {MAX_PATCH} px"),
             ));
         }
         Ok(())
@@ -242,6 +251,37 @@ impl Classifier {
         })
     }
 
+    /// The classifier of a run and the pipeline it runs with. A pipeline file brings
+    /// its model unless `model` names another, and the model's card must agree with the
+    /// file; without a file, the model folder's card is the pipeline
+    /// ([`ModelCard::pipeline`]).
+    pub fn load_with_pipeline(
+        pipeline: Option<&Path>,
+        model: Option<&Path>,
+        device: &Device,
+    ) -> Result<(Self, Pipeline)> {
+        let file = pipeline.map(Pipeline::load).transpose()?;
+        let dir = match (model, &file) {
+            (Some(dir), _) => dir.to_path_buf(),
+            (None, Some(p)) => p.model_path.clone(),
+            (None, None) => {
+                return Err(Error::Usage(
+                    "give --pipeline FILE or --model DIR (a model folder's card gives the patch size, MPP and classes)"
+                        .into(),
+                ))
+            }
+        };
+        let classifier = Self::load(&dir, device)?;
+        let pipeline = match file {
+            Some(p) => {
+                classifier.card.check_against(&p, &dir)?;
+                p
+            }
+            None => classifier.card.pipeline(&dir),
+        };
+        Ok((classifier, pipeline))
+    }
+
     /// Chooses the arithmetic of later forward passes. int8 runs on the CPU only.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         let isa = int8::Isa::detect();
@@ -389,24 +429,57 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("same shapes")
 }
 
+/// Which file of a model folder says what its weights are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardFormat {
+    /// histomap's own `card.json`.
+    Histomap,
+    /// A WSInfer `config.json`, read as a card ([`wsinfer::card`]).
+    Wsinfer,
+}
+
+impl CardFormat {
+    /// The format of the model folder `dir`; `card.json` wins when it has both.
+    pub fn of(dir: &Path) -> Result<Self> {
+        if dir.join(CARD_FILE).exists() {
+            Ok(CardFormat::Histomap)
+        } else if dir.join(wsinfer::CONFIG_FILE).is_file() {
+            Ok(CardFormat::Wsinfer)
+        } else if dir.exists() {
+            Err(Error::model(
+                dir,
+                format!(
+                    "not a model folder: neither {CARD_FILE} (histomap) nor {} (WSInfer)",
+                    wsinfer::CONFIG_FILE
+                ),
+            ))
+        } else {
+            Err(Error::not_found(dir))
+        }
+    }
+
+    /// The card of the model folder `dir`, read from this format's file.
+    pub fn read(self, dir: &Path) -> Result<ModelCard> {
+        match self {
+            CardFormat::Histomap => read_card(dir),
+            CardFormat::Wsinfer => wsinfer::card(dir),
+        }
+    }
+}
+
+impl std::fmt::Display for CardFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            CardFormat::Histomap => write!(f, "histomap card ({CARD_FILE})"),
+            CardFormat::Wsinfer => write!(f, "WSInfer config ({})", wsinfer::CONFIG_FILE),
+        }
+    }
+}
+
 /// The card of a histomap model folder (`card.json`), or one made from a WSInfer
 /// folder's `config.json`.
 pub fn load_card(dir: &Path) -> Result<ModelCard> {
-    if dir.join(CARD_FILE).exists() {
-        read_card(dir)
-    } else if dir.join(wsinfer::CONFIG_FILE).is_file() {
-        wsinfer::card(dir)
-    } else if dir.exists() {
-        Err(Error::model(
-            dir,
-            format!(
-                "not a model folder: neither {CARD_FILE} (histomap) nor {} (WSInfer)",
-                wsinfer::CONFIG_FILE
-            ),
-        ))
-    } else {
-        Err(Error::not_found(dir))
-    }
+    CardFormat::of(dir)?.read(dir)
 }
 
 /// Writes a model with freshly initialised (random, untrained) weights. Its card says

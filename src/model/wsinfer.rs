@@ -10,21 +10,9 @@ use serde::Deserialize;
 use super::card::CARD_FORMAT;
 use super::{Architecture, ModelCard};
 use crate::error::{Error, Result};
-use crate::pipeline::{Class, Normalization};
+use crate::pipeline::{Class, Normalization, PALETTE};
 
 pub const CONFIG_FILE: &str = "config.json";
-
-/// Display colours for classes; pipelines give their own.
-const PALETTE: [[u8; 3]; 8] = [
-    [0x3c, 0xb4, 0x4b],
-    [0xe6, 0x19, 0x4b],
-    [0x43, 0x63, 0xd8],
-    [0xf5, 0x82, 0x31],
-    [0x91, 0x1e, 0xb4],
-    [0x9a, 0x63, 0x24],
-    [0xff, 0xe1, 0x19],
-    [0xa9, 0xa9, 0xa9],
-];
 
 #[derive(Deserialize)]
 struct Config {

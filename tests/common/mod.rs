@@ -69,6 +69,28 @@ pub fn model(pipeline_name: &str, arch: Architecture) -> PathBuf {
     dir
 }
 
+/// Writes into `dir` a WSInfer model folder as the WSInfer peer lays one out
+/// (`config.json` as `wsinfer_model.py` writes it + `model.safetensors`): the seeded
+/// SmallCnn of `fixtures/smallcnn96`, classes `other` and `tumor`, 96 px at 0.97 µm/px.
+pub fn wsinfer_model(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(
+        root().join("fixtures/smallcnn96/model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = serde_json::json!({
+        "spec_version": "1.0", "architecture": "smallcnn", "num_classes": 2,
+        "class_names": ["other", "tumor"], "patch_size_pixels": 96, "spacing_um_px": 0.97,
+        "transform": [
+            {"name": "Resize", "arguments": {"size": 96}},
+            {"name": "ToTensor"},
+            {"name": "Normalize", "arguments": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+        ]
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
 /// Largest absolute elementwise difference of two tensors.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     (a - b)
