@@ -152,7 +152,8 @@ impl DeviceChoice {
                 Err(e) => (
                     Device::Cpu,
                     Some(format!(
-                        "--device auto: no usable CUDA GPU ({e}); running on the CPU"
+                        "--device auto: no usable CUDA GPU ({}); running on the CPU",
+                        one_line(&e)
                     )),
                 ),
             }),
@@ -163,8 +164,9 @@ impl DeviceChoice {
             )),
             DeviceChoice::Cuda => Device::new_cuda(0).map(|gpu| (gpu, None)).map_err(|e| {
                 Error::Usage(format!(
-                    "--device cuda: no usable CUDA GPU ({e}); run with --device cpu, or \
-                     --device auto to use a GPU only where there is one"
+                    "--device cuda: no usable CUDA GPU ({}); run with --device cpu, or \
+                     --device auto to use a GPU only where there is one",
+                    one_line(&e)
                 ))
             }),
         }

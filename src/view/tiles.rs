@@ -93,7 +93,7 @@ impl TileSource {
             ((f64::from(rect.size.h) / lds).ceil() as u32).max(1),
         );
         if ds >= self.overview.downsample || read.w.max(read.h) > MAX_READ {
-            return Ok(Some(self.from_overview(rect, out)));
+            return Ok(Some(self.cut_from_overview(rect, out)));
         }
         let image = self.slide.read_region(rect.origin, level, read)?;
         Ok(Some(if read == out {
@@ -103,7 +103,7 @@ impl TileSource {
         }))
     }
 
-    fn from_overview(&self, rect: L0Rect, out: Size) -> RgbImage {
+    fn cut_from_overview(&self, rect: L0Rect, out: Size) -> RgbImage {
         let o = &self.overview;
         let (ow, oh) = o.image.dimensions();
         let x0 = ((f64::from(rect.origin.x) / o.downsample) as u32).min(ow - 1);
