@@ -10,4 +10,5 @@ slides=("$@")
 (( ${#slides[@]} )) || slides=(../shared/data/slides/cmu_small_region.svs)
 target/release/histomap heatmap "${slides[@]}" --pipeline pipelines/kather8.toml --out out/demo
 target/release/histomap report out/demo
-echo "demo: open out/demo/index.html in a browser (or out/demo/*/overlay.png); import out/demo/*/tiles.geojson into QuPath" >&2
+echo "demo: open out/demo/index.html in a browser (or out/demo/*/overlay.png); import out/demo/*/tiles.geojson into QuPath;" >&2
+echo "      zoom in with the map over the tissue: target/release/histomap view out/demo" >&2
