@@ -21,6 +21,8 @@ for arg; do
   esac
 done
 sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+# Installed means "ii": a removed package whose configuration remains is not.
+installed() { [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null) == ii* ]]; }
 pkgs=(libopenslide-dev libclang-dev pkg-config libvips-tools time)
 (( test )) && pkgs+=(slurm-wlm munge chromium)
 if (( cuda )); then
@@ -28,7 +30,7 @@ if (( cuda )); then
   # nvidia-cuda-toolkit lives in contrib and non-free: the same mirrors and keys as
   # the machine's main component, with those components instead.
   sources=/etc/apt/sources.list.d/histomap-cuda.sources
-  if ! dpkg -s nvidia-cuda-toolkit >/dev/null 2>&1 && [[ ! -f $sources ]]; then
+  if ! installed nvidia-cuda-toolkit && [[ ! -f $sources ]]; then
     if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
       sed 's/^Components:.*/Components: contrib non-free/' /etc/apt/sources.list.d/debian.sources |
         $sudo tee "$sources" >/dev/null
@@ -39,7 +41,7 @@ if (( cuda )); then
   fi
 fi
 missing=()
-for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done
 if (( ${#missing[@]} )); then
   echo "setup: installing ${missing[*]}" >&2
   $sudo apt-get update -qq
