@@ -1,4 +1,5 @@
-//! The viewer's HTTP server. In: requests on a loopback socket. Out: OUT's files (the
+//! The viewer's HTTP server, a small one of our own: GET and HEAD, one request per
+//! connection. In: requests on a loopback socket. Out: OUT's files (the
 //! cohort report at `/`), the viewer page per slide, and the slide's tiles, map and
 //! facts. Two hidden namespaces, which no slide folder's name can take (they never
 //! start with a dot): `/.assets/` for the page's script and style, and
@@ -12,9 +13,11 @@
 //! serve.
 
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use image::RgbImage;
 use lru::LruCache;
@@ -43,7 +46,7 @@ pub struct ServerOptions {
 }
 
 pub struct Server {
-    http: tiny_http::Server,
+    listener: TcpListener,
     addr: SocketAddr,
     workers: usize,
     state: State,
@@ -109,11 +112,13 @@ impl Server {
                 msg: "not a folder".into(),
             });
         }
-        let http = tiny_http::Server::http(SocketAddr::new(opts.host, opts.port))
-            .map_err(|e| Error::Usage(format!("{}:{}: {e}", opts.host, opts.port)))?;
-        let addr = http.server_addr().to_ip().expect("bound to an IP address");
+        let bind = SocketAddr::new(opts.host, opts.port);
+        let listener = TcpListener::bind(bind).map_err(|e| Error::Usage(format!("{bind}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Usage(format!("{bind}: {e}")))?;
         Ok(Self {
-            http,
+            listener,
             addr,
             workers: opts.workers.max(1),
             state: State {
@@ -130,51 +135,63 @@ impl Server {
         format!("http://{}/", self.addr)
     }
 
-    /// Serves until the process ends, or the socket fails.
+    /// Serves until the process ends: connections queue (at most [`QUEUED`]) for the
+    /// workers, each of which answers one request per connection.
     pub fn run(&self) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(QUEUED);
         std::thread::scope(|s| {
-            let workers: Vec<_> = (0..self.workers)
-                .map(|_| {
-                    s.spawn(|| loop {
-                        let request = self.http.recv().map_err(|e| {
-                            Error::Usage(format!("{}: the server stopped: {e}", self.addr))
-                        })?;
-                        self.state.answer(request);
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("a worker never panics"))
-                .collect::<Result<Vec<()>>>()
-                .map(|_| ())
-        })
+            for _ in 0..self.workers {
+                let rx = rx.clone();
+                s.spawn(move || {
+                    for stream in rx {
+                        self.state.serve(stream);
+                    }
+                });
+            }
+            for conn in self.listener.incoming() {
+                match conn {
+                    Ok(stream) => {
+                        if tx.send(stream).is_err() {
+                            break;
+                        }
+                    }
+                    // Out of file descriptors, or a connection reset before accept:
+                    // the listener itself is fine, so wait a moment and go on.
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(())
     }
 }
 
+/// Connections accepted but not yet taken by a worker.
+const QUEUED: usize = 64;
+/// Longest request head read; browsers send well under 2 KiB.
+const MAX_HEAD: usize = 8 << 10;
+
 impl State {
-    fn answer(&self, request: tiny_http::Request) {
-        let reply = match request.method() {
-            tiny_http::Method::Get | tiny_http::Method::Head => self.route(request.url()),
-            _ => Reply::status(405, "only GET and HEAD"),
-        };
-        let header = |k: &str, v: &str| {
-            tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("ASCII header")
+    /// One request, one answer, then the connection closes: no keep-alive state to
+    /// get wrong, and on loopback a new connection costs nothing next to a tile.
+    fn serve(&self, mut stream: TcpStream) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+        let (reply, head_only) = match read_head(&mut stream) {
+            Some((method, target)) if method == "GET" || method == "HEAD" => {
+                (self.route(&target), method == "HEAD")
+            }
+            Some(_) => (Reply::status(405, "only GET and HEAD"), false),
+            None => (Reply::status(400, "bad request"), false),
         };
         // The client may have gone; nothing is left to do for it then.
-        let _ = match reply {
-            Reply::Data { status, kind, body } => request.respond(
-                tiny_http::Response::from_data(body)
-                    .with_status_code(status)
-                    .with_header(header("Content-Type", kind))
-                    .with_header(header("X-Content-Type-Options", "nosniff")),
-            ),
-            Reply::File(file, kind) => request.respond(
-                tiny_http::Response::from_file(file)
-                    .with_header(header("Content-Type", kind))
-                    .with_header(header("X-Content-Type-Options", "nosniff")),
-            ),
-        };
+        let _ = write_reply(&mut stream, reply, head_only);
+        // Closing with unread bytes from the client would reset the connection and
+        // could discard the answer before the client reads it: say we are done, then
+        // read until the client closes too.
+        let _ = stream.shutdown(Shutdown::Write);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut sink = [0u8; 1024];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
     }
 
     fn route(&self, url: &str) -> Reply {
@@ -337,6 +354,54 @@ impl State {
             ),
         }
     }
+}
+
+/// The method and target of a request, from its head; None for what is not HTTP.
+fn read_head(stream: &mut TcpStream) -> Option<(String, String)> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_HEAD {
+            return None;
+        }
+    }
+    let line = head.split(|&b| b == b'\r').next()?;
+    let mut parts = std::str::from_utf8(line).ok()?.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    version
+        .starts_with("HTTP/1.")
+        .then(|| (method.to_string(), target.to_string()))
+}
+
+fn write_reply(stream: &mut TcpStream, reply: Reply, head_only: bool) -> std::io::Result<()> {
+    let (status, kind, len) = match &reply {
+        Reply::Data { status, kind, body } => (*status, *kind, body.len() as u64),
+        Reply::File(f, kind) => (200, *kind, f.metadata()?.len()),
+    };
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Internal Server Error",
+    };
+    let mut out = std::io::BufWriter::new(stream);
+    write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {len}\r\n\
+         X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+    )?;
+    if !head_only {
+        match reply {
+            Reply::Data { body, .. } => out.write_all(&body)?,
+            Reply::File(mut f, _) => {
+                std::io::copy(&mut f, &mut out)?;
+            }
+        }
+    }
+    out.flush()
 }
 
 fn content_type(path: &Path) -> &'static str {

@@ -63,10 +63,15 @@
 
   let pending = false;
   function redraw() {
-    if (!pending) { pending = true; requestAnimationFrame(draw); }
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(draw);
+    // A page in a background tab gets no animation frames, and tests wait on draws.
+    setTimeout(draw, 100);
   }
 
   function draw() {
+    if (!pending) return;
     pending = false;
     if (!info) return;
     ctx.fillStyle = "#f2f2f2";
