@@ -68,14 +68,12 @@ fn cuda_build_without_a_gpu_runs_on_the_cpu_and_says_so_once() {
 
     // The CPU path of the CUDA build is the CPU build's.
     let cpu_out = dir.path().join("cpu");
-    let cpu = Command::new(assert_cmd::cargo::cargo_bin("histomap"))
-        .args(["heatmap", "-q", "--device", "cpu", "-p"])
-        .arg(pipeline("kather8"))
-        .arg("-o")
-        .arg(&cpu_out)
-        .arg(&slides)
-        .output()
-        .unwrap();
+    let cpu = heatmap(
+        &assert_cmd::cargo::cargo_bin("histomap"),
+        &slides,
+        &cpu_out,
+        "cpu",
+    );
     assert!(cpu.status.success());
     for name in ["a", "b"] {
         let read =

@@ -127,16 +127,32 @@ fn save(name: &str, png: &[u8]) {
     std::fs::write(dir.join(name), png).unwrap();
 }
 
-/// An async script over the viewer `v` that gives up after 30 s with what the viewer
-/// had done by then (`late`), rather than leaving the browser to time out unexplained.
-fn within_30_s(body: &str) -> String {
-    format!(
+/// Opens slide `name`'s viewer and runs `body`, an async script over the viewer `v`
+/// that gives up after 30 s with what the viewer had done by then (`late`) rather
+/// than leaving the browser to time out unexplained; keeps the screenshot as `shot`,
+/// checks the script finished with no console error, and gives its value.
+fn run_viewer(viewer: &Viewer, name: &str, shot: &str, body: &str) -> serde_json::Value {
+    let script = format!(
         "(async () => {{ const v = window.histomapViewer; \
          const work = (async () => {{ {body} }})(); \
          const late = new Promise((r) => setTimeout(() => r({{ late: true, \
            stats: {{ ...v.stats }}, view: v.view, info: !!v.info }}), 30000)); \
          return Promise.race([work, late]); }})()"
-    )
+    );
+    let page = browser::check_page(&viewer.url(&format!("/.view/{name}")), Some(&script));
+    save(shot, &page.screenshot);
+    assert!(
+        page.script_value["late"].is_null(),
+        "{name}: {} {:?}",
+        page.script_value,
+        page.errors
+    );
+    assert!(
+        page.errors.is_empty(),
+        "{name}: console errors {:?}",
+        page.errors
+    );
+    page.script_value
 }
 
 /// Opens a slide's viewer, waits for the whole slide, then zooms to full resolution on
@@ -144,52 +160,30 @@ fn within_30_s(body: &str) -> String {
 /// is tissue on the slide and a coloured (classified) cell on the map.
 fn check_viewer(viewer: &Viewer, name: &str) {
     let (x, y) = tissue_point(&out().join(name));
-    let whole = browser::check_page(
-        &viewer.url(&format!("/.view/{name}")),
-        Some(&within_30_s(
-            "await v.ready; const w = v.view; await v.goTo(w.cx, w.cy, w.scale); \
-             return { stats: { ...v.stats }, view: v.view };",
-        )),
+    let whole = run_viewer(
+        viewer,
+        name,
+        &format!("viewer-{name}-whole.png"),
+        "await v.ready; const w = v.view; await v.goTo(w.cx, w.cy, w.scale); \
+         return { stats: { ...v.stats }, view: v.view };",
     );
-    save(&format!("viewer-{name}-whole.png"), &whole.screenshot);
-    assert!(
-        whole.script_value["late"].is_null(),
-        "{name}: {} {:?}",
-        whole.script_value,
-        whole.errors
-    );
-    assert!(
-        whole.errors.is_empty(),
-        "{name}: console errors {:?}",
-        whole.errors
-    );
-    let s = &whole.script_value["stats"];
+    let s = &whole["stats"];
     assert!(s["loaded"].as_u64().unwrap() >= 1, "{name}: {s}");
     assert_eq!(s["failed"], 0, "{name}: {s}");
 
-    let full = browser::check_page(
-        &viewer.url(&format!("/.view/{name}")),
-        Some(&within_30_s(&format!(
+    let full = run_viewer(
+        viewer,
+        name,
+        &format!("viewer-{name}-full.png"),
+        &format!(
             "await v.ready; await v.goTo({x}, {y}, 1); \
              const c = document.getElementById('view'), r = c.getBoundingClientRect(); \
              c.dispatchEvent(new PointerEvent('pointermove', {{ bubbles: true, \
                clientX: r.left + c.width / 2, clientY: r.top + c.height / 2 }})); \
              return {{ stats: {{ ...v.stats }}, view: v.view, probe: v.probe({x}, {y}) }};"
-        ))),
+        ),
     );
-    save(&format!("viewer-{name}-full.png"), &full.screenshot);
-    assert!(
-        full.script_value["late"].is_null(),
-        "{name}: {} {:?}",
-        full.script_value,
-        full.errors
-    );
-    assert!(
-        full.errors.is_empty(),
-        "{name}: console errors {:?}",
-        full.errors
-    );
-    let v = &full.script_value;
+    let v = &full;
     assert_eq!(v["view"]["level"], 0, "{name}: full resolution: {v}");
     assert_eq!(v["stats"]["failed"], 0, "{name}: {v}");
     let p = &v["probe"];

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cohort::ledger::{self, read_summary};
+use crate::cohort::ledger::{read_summary, Ledger};
 use crate::error::{Error, Result};
 use crate::map::geom::Size;
 use crate::map::grid::Grid;
@@ -64,9 +64,14 @@ pub fn is_folder_name(name: &str) -> bool {
         && Path::new(name).components().count() == 1
 }
 
+/// Whether OUT holds a finished slide folder `name`.
+fn is_finished(out: &Path, name: &str) -> bool {
+    is_folder_name(name) && Ledger::at(out).is_done(name)
+}
+
 /// The finished slide `name` in OUT; None when OUT holds no such finished slide.
 pub fn slide(out: &Path, name: &str) -> Option<std::result::Result<SlideView, String>> {
-    if !is_folder_name(name) || !out.join(name).join(ledger::SUMMARY).is_file() {
+    if !is_finished(out, name) {
         return None;
     }
     Some(read_summary::<SummaryFile>(&out.join(name)).map(|s| {
@@ -92,7 +97,7 @@ pub fn slides(out: &Path) -> Vec<String> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| is_folder_name(n) && out.join(n).join(ledger::SUMMARY).is_file())
+        .filter(|n| is_finished(out, n))
         .collect();
     names.sort();
     names

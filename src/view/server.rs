@@ -23,7 +23,7 @@ use image::RgbImage;
 use lru::LruCache;
 
 use super::cache::ByteLru;
-use super::catalog::{self, SlideView};
+use super::catalog;
 use super::tiles::TileSource;
 use crate::error::{Error, Result};
 
@@ -55,8 +55,8 @@ pub struct Server {
 struct State {
     /// Canonical, so that a resolved path can be checked against it.
     out: PathBuf,
-    cache: Mutex<ByteLru<Key, Vec<u8>>>,
-    open: Mutex<LruCache<String, Arc<Opened>>>,
+    cache: Mutex<ByteLru<Key>>,
+    open: Mutex<LruCache<String, Arc<TileSource>>>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -65,23 +65,19 @@ enum Key {
     Map(String),
 }
 
-struct Opened {
-    view: SlideView,
-    tiles: TileSource,
-}
-
 /// What a request is answered with.
 enum Reply {
     Data {
         status: u16,
         kind: &'static str,
-        body: Vec<u8>,
+        /// Shared with the cache, so a cached tile is never copied.
+        body: Arc<[u8]>,
     },
     File(File, &'static str),
 }
 
 impl Reply {
-    fn ok(kind: &'static str, body: impl Into<Vec<u8>>) -> Self {
+    fn ok(kind: &'static str, body: impl Into<Arc<[u8]>>) -> Self {
         Reply::Data {
             status: 200,
             kind,
@@ -93,7 +89,7 @@ impl Reply {
         Reply::Data {
             status,
             kind: "text/plain; charset=utf-8",
-            body: text.into().into_bytes(),
+            body: text.into().into_bytes().into(),
         }
     }
 
@@ -204,10 +200,14 @@ impl State {
         };
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
-            [".assets", "viewer.js"] => Reply::ok("text/javascript; charset=utf-8", VIEWER_JS),
-            [".assets", "viewer.css"] => Reply::ok("text/css; charset=utf-8", VIEWER_CSS),
+            [".assets", "viewer.js"] => {
+                Reply::ok("text/javascript; charset=utf-8", VIEWER_JS.as_bytes())
+            }
+            [".assets", "viewer.css"] => {
+                Reply::ok("text/css; charset=utf-8", VIEWER_CSS.as_bytes())
+            }
             [".view", name] | [".view", name, ""] => match catalog::slide(&self.out, name) {
-                Some(_) => Reply::ok("text/html; charset=utf-8", VIEWER_HTML),
+                Some(_) => Reply::ok("text/html; charset=utf-8", VIEWER_HTML.as_bytes()),
                 None => Reply::not_found(),
             },
             [".view", name, "info.json"] => match catalog::slide(&self.out, name) {
@@ -231,7 +231,7 @@ impl State {
             }
             [""] => match File::open(self.out.join(crate::cohort::report::INDEX_HTML)) {
                 Ok(f) => Reply::File(f, "text/html; charset=utf-8"),
-                Err(_) => Reply::ok("text/html; charset=utf-8", self.listing()),
+                Err(_) => Reply::ok("text/html; charset=utf-8", self.listing().into_bytes()),
             },
             _ => self.file(&parts),
         }
@@ -273,7 +273,7 @@ impl State {
 
     /// The open slide `name`, opening it (and closing the least recently used one)
     /// if need be; None when OUT has no such finished slide.
-    fn opened(&self, name: &str) -> Option<std::result::Result<Arc<Opened>, String>> {
+    fn opened(&self, name: &str) -> Option<std::result::Result<Arc<TileSource>, String>> {
         let mut open = self.open.lock().expect("no worker panics");
         if let Some(o) = open.get(name) {
             return Some(Ok(o.clone()));
@@ -286,7 +286,7 @@ impl State {
         // slide not yet open open it once.
         Some(match TileSource::open(&view.slide) {
             Ok(tiles) => {
-                let o = Arc::new(Opened { view, tiles });
+                let o = Arc::new(tiles);
                 open.put(name.to_string(), o.clone());
                 Ok(o)
             }
@@ -294,24 +294,23 @@ impl State {
         })
     }
 
-    fn cached(&self, key: &Key) -> Option<Arc<Vec<u8>>> {
+    fn cached(&self, key: &Key) -> Option<Arc<[u8]>> {
         self.cache.lock().expect("no worker panics").get(key)
     }
 
-    fn keep(&self, key: Key, bytes: Vec<u8>) -> Vec<u8> {
-        let n = bytes.len();
-        let kept = Arc::new(bytes);
+    fn keep(&self, key: Key, bytes: Vec<u8>) -> Arc<[u8]> {
+        let kept: Arc<[u8]> = bytes.into();
         self.cache
             .lock()
             .expect("no worker panics")
-            .put(key, kept.clone(), n);
-        Arc::unwrap_or_clone(kept)
+            .put(key, kept.clone());
+        kept
     }
 
     fn map(&self, name: &str) -> Reply {
         let key = Key::Map(name.to_string());
         if let Some(b) = self.cached(&key) {
-            return Reply::ok("application/octet-stream", b.to_vec());
+            return Reply::ok("application/octet-stream", b);
         }
         let view = match catalog::slide(&self.out, name) {
             Some(Ok(v)) => v,
@@ -327,18 +326,18 @@ impl State {
     fn tile(&self, name: &str, k: u32, col: u32, row: u32) -> Reply {
         let key = Key::Tile(name.to_string(), k, col, row);
         if let Some(b) = self.cached(&key) {
-            return Reply::ok("image/jpeg", b.to_vec());
+            return Reply::ok("image/jpeg", b);
         }
-        let opened = match self.opened(name) {
+        let tiles = match self.opened(name) {
             Some(Ok(o)) => o,
             Some(Err(e)) => return Reply::status(500, e),
             None => return Reply::not_found(),
         };
-        let image = match opened.tiles.cut(k, col, row) {
+        let image = match tiles.cut(k, col, row) {
             Ok(Some(image)) => image,
             Ok(None) => return Reply::not_found(),
             // A damaged part of the slide shows grey, as in the overlay.
-            Err(_) => match opened.tiles.pyramid.tile(k, col, row) {
+            Err(_) => match tiles.pyramid.tile(k, col, row) {
                 Some((_, size)) => RgbImage::from_pixel(size.w, size.h, image::Rgb([128; 3])),
                 None => return Reply::not_found(),
             },
@@ -348,10 +347,7 @@ impl State {
             .encode_image(&image);
         match encoded {
             Ok(()) => Reply::ok("image/jpeg", self.keep(key, jpeg)),
-            Err(e) => Reply::status(
-                500,
-                format!("{}: tile {k}/{col}_{row}: {e}", opened.view.name),
-            ),
+            Err(e) => Reply::status(500, format!("{name}: tile {k}/{col}_{row}: {e}")),
         }
     }
 }
