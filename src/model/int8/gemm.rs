@@ -112,7 +112,8 @@ impl PackedWeights {
         ((o / NB) * (kp / KG) + i / KG) * NB * KG + (o % NB) * KG + i % KG
     }
 
-    fn get(&self, o: usize, i: usize) -> i8 {
+    /// The quantised weight of channel `o`, input `i`.
+    pub(super) fn get(&self, o: usize, i: usize) -> i8 {
         self.data[Self::index(self.kp, o, i)]
     }
 }
@@ -180,7 +181,7 @@ impl Epilogue {
 
     /// The per-channel constants of one call, from the activations' scale and zero
     /// point, computed once so that every path applies exactly the same f32 operations.
-    fn dequant(&self, q: Quant, w: &PackedWeights) -> Dequant<'_> {
+    pub(super) fn dequant(&self, q: Quant, w: &PackedWeights) -> Dequant<'_> {
         let mut offset: Vec<i32> = w.colsum.iter().map(|c| i32::from(q.zero) * c).collect();
         let mut mult: Vec<f32> = w.scale.iter().map(|s| q.scale * s).collect();
         offset.resize(w.np, 0);
@@ -194,7 +195,7 @@ impl Epilogue {
     }
 }
 
-struct Dequant<'a> {
+pub(super) struct Dequant<'a> {
     /// zero point × column sum, subtracted from each accumulator.
     offset: Vec<i32>,
     mult: Vec<f32>,
@@ -203,7 +204,7 @@ struct Dequant<'a> {
 }
 
 impl Dequant<'_> {
-    fn apply(&self, acc: i32, o: usize) -> f32 {
+    pub(super) fn apply(&self, acc: i32, o: usize) -> f32 {
         let y = (acc - self.offset[o]) as f32 * self.mult[o] + self.bias[o];
         if self.relu {
             y.max(0.0)
@@ -230,7 +231,7 @@ fn portable(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Dequant, PackedWeights, Rows, KG, MR, NB};
@@ -310,7 +311,15 @@ mod avx2 {
 
     /// The epilogue on 8 channels from `o0`, as [`Dequant::apply`] computes it.
     #[target_feature(enable = "avx2")]
-    unsafe fn store(dq: &Dequant, acc: __m256i, o0: usize, n: usize, out: &mut [f32], row: usize) {
+    #[inline]
+    pub(in super::super) unsafe fn store(
+        dq: &Dequant,
+        acc: __m256i,
+        o0: usize,
+        n: usize,
+        out: &mut [f32],
+        row: usize,
+    ) {
         let off = _mm256_loadu_si256(dq.offset.as_ptr().add(o0) as *const __m256i);
         let mult = _mm256_loadu_ps(dq.mult.as_ptr().add(o0));
         let bias = _mm256_loadu_ps(dq.bias.as_ptr().add(o0));

@@ -11,14 +11,39 @@
 //! other patches in its batch; images run in parallel on the global rayon pool.
 
 mod gemm;
+mod quant;
+mod winograd;
 
 use rayon::prelude::*;
 
 pub use self::gemm::Isa;
-use self::gemm::{Epilogue, PackedWeights, Quant, Rows, AMAX, KG, MR};
+use self::gemm::{Epilogue, PackedWeights, Quant, Rows, KG, MR};
+use self::winograd::WinogradWeights;
 use super::layers::ConvBn;
 use super::Network;
 use crate::error::{Error, Result};
+
+/// How the 3×3, stride-1 convolutions run. Both give the same results bit for bit;
+/// `HISTOMAP_INT8_CONV=direct` forces the direct product, for tests and measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// One [`gemm`] over the receptive fields.
+    Direct,
+    /// [`winograd`] F(2×2, 3×3) where it applies, else direct.
+    Winograd,
+}
+
+impl ConvAlgo {
+    pub fn detect() -> ConvAlgo {
+        match std::env::var("HISTOMAP_INT8_CONV").as_deref() {
+            Ok("direct") => ConvAlgo::Direct,
+            _ => ConvAlgo::Winograd,
+        }
+    }
+}
+
+/// Most images one thread takes through the network together.
+const GROUP: usize = 8;
 
 /// One image's activations, channels last.
 struct Act {
@@ -33,6 +58,8 @@ struct Act {
 /// tap is a whole run of groups and the GEMM reads receptive fields in place.
 struct Conv {
     weights: PackedWeights,
+    /// The same weights transformed, for a 3×3, stride-1, pad-1 convolution.
+    winograd: Option<WinogradWeights>,
     epilogue: Epilogue,
     kernel: usize,
     stride: usize,
@@ -41,7 +68,7 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(layer: &ConvBn) -> Result<Self> {
+    fn new(layer: &ConvBn, algo: ConvAlgo) -> Result<Self> {
         let unfused = || Error::Usage("int8: the network's BatchNorms are not fused".into());
         let (w, b, stride, pad, relu) = layer.fused_parts().ok_or_else(unfused)?;
         let (c_out, c_in, kh, kw) = w.dims4()?;
@@ -59,7 +86,11 @@ impl Conv {
             None => vec![0.0; c_out],
         };
         let weights = PackedWeights::new(&padded, c_out, kh * kw * c4);
+        let winograd = (algo == ConvAlgo::Winograd && (kh, stride, pad) == (3, 1, 1))
+            .then(|| WinogradWeights::new(&weights, c4))
+            .flatten();
         Ok(Self {
+            winograd,
             epilogue: Epilogue::new(&weights, &bias, relu),
             weights,
             kernel: kh,
@@ -69,12 +100,59 @@ impl Conv {
         })
     }
 
-    fn forward(&self, isa: Isa, x: &Act) -> Act {
+    /// The convolution of each image of a group.
+    fn forward(&self, isa: Isa, xs: &[Act]) -> Vec<Act> {
+        match &self.winograd {
+            Some(u) => self.winograd(isa, u, xs),
+            None => xs.iter().map(|x| self.direct(isa, x)).collect(),
+        }
+    }
+
+    fn winograd(&self, isa: Isa, u: &WinogradWeights, xs: &[Act]) -> Vec<Act> {
+        // One extra row and column so that odd sides fill whole 2 × 2 tiles.
+        let quantised: Vec<_> = xs.iter().map(|x| quant::quantize(isa, x, 1, 1)).collect();
+        let images: Vec<_> = xs
+            .iter()
+            .zip(&quantised)
+            .map(|(x, (data, quant))| winograd::Image {
+                data,
+                zero: quant.zero,
+                h: x.h,
+                w: x.w,
+                wp: x.w + 3,
+            })
+            .collect();
+        // The transform removes the zero point, so the epilogue has none to remove.
+        let dqs: Vec<_> = quantised
+            .iter()
+            .map(|(_, q)| {
+                let centred = Quant {
+                    scale: q.scale,
+                    zero: 0,
+                };
+                self.epilogue.dequant(centred, &self.weights)
+            })
+            .collect();
+        let n = self.weights.n;
+        let mut outs: Vec<Vec<f32>> = xs.iter().map(|x| vec![0f32; x.h * x.w * n]).collect();
+        winograd::conv(isa, &images, u, &dqs, &mut outs);
+        xs.iter()
+            .zip(outs)
+            .map(|(x, data)| Act {
+                h: x.h,
+                w: x.w,
+                c: n,
+                data,
+            })
+            .collect()
+    }
+
+    fn direct(&self, isa: Isa, x: &Act) -> Act {
         debug_assert_eq!(x.c, self.c_in);
         let (k, s, p) = (self.kernel, self.stride, self.pad);
         let oh = (x.h + 2 * p - k) / s + 1;
         let ow = (x.w + 2 * p - k) / s + 1;
-        let (image, quant) = quantize(x, p);
+        let (image, quant) = quant::quantize(isa, x, p, 0);
         let c4 = x.c.div_ceil(KG) * KG;
         let wp = x.w + 2 * p;
         // Receptive field of output pixel r, padded rows repeating the last one.
@@ -102,40 +180,6 @@ impl Conv {
             data: out,
         }
     }
-}
-
-/// Quantises one image to `0..=AMAX` with a scale from its own range (zero point 0
-/// when no value is negative, as after a ReLU, so every level serves the values there
-/// are; else the middle), channels padded to a multiple of 4 and a border of `pad`
-/// pixels, all at the zero point.
-fn quantize(x: &Act, pad: usize) -> (Vec<u8>, Quant) {
-    let (lo, hi) = x
-        .data
-        .iter()
-        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let half = AMAX / 2 + 1;
-    let (levels, zero) = if lo < 0.0 {
-        (f32::from(AMAX - half), half)
-    } else {
-        (f32::from(AMAX), 0)
-    };
-    let range = hi.max(-lo);
-    let scale = if range > 0.0 { range / levels } else { 1.0 };
-    let inv = 1.0 / scale;
-    let offset = f32::from(zero) + 0.5;
-    let c4 = x.c.div_ceil(KG) * KG;
-    let wp = x.w + 2 * pad;
-    let mut q = vec![zero; (x.h + 2 * pad) * wp * c4];
-    for (y, src) in x.data.chunks(x.w * x.c).enumerate() {
-        let row = &mut q[((y + pad) * wp + pad) * c4..][..x.w * c4];
-        for (dst, px) in row.chunks_mut(c4).zip(src.chunks(x.c)) {
-            // `v · inv + offset` lies in [0.5, AMAX + 0.5], so the cast rounds to nearest.
-            dst.iter_mut()
-                .zip(px)
-                .for_each(|(d, &v)| *d = (v * inv + offset) as u8);
-        }
-    }
-    (q, Quant { scale, zero })
 }
 
 /// Max pooling, floor mode, padding never chosen.
@@ -199,7 +243,7 @@ impl Head {
 enum Body {
     SmallCnn(Vec<Conv>),
     ResNet {
-        stem: Conv,
+        stem: Box<Conv>,
         /// Each block's convolutions and its shortcut's (`None`: identity).
         blocks: Vec<(Vec<Conv>, Option<Conv>)>,
     },
@@ -214,12 +258,19 @@ pub struct Int8Net {
 }
 
 impl Int8Net {
-    /// Quantises a fused network for the kernel path `isa`.
+    /// Quantises a fused network for the kernel path `isa`, convolutions as
+    /// [`ConvAlgo::detect`] says.
     pub fn new(net: &Network, isa: Isa) -> Result<Self> {
+        Self::with_algo(net, isa, ConvAlgo::detect())
+    }
+
+    /// Quantises a fused network for the kernel path `isa` and convolutions by `algo`.
+    pub fn with_algo(net: &Network, isa: Isa, algo: ConvAlgo) -> Result<Self> {
+        let conv = |layer| Conv::new(layer, algo);
         let (body, fc) = match net {
             Network::SmallCnn(n) => {
                 let (features, fc) = n.parts();
-                let convs = features.iter().map(Conv::new).collect::<Result<_>>()?;
+                let convs = features.iter().map(conv).collect::<Result<_>>()?;
                 (Body::SmallCnn(convs), fc)
             }
             Network::ResNet(n) => {
@@ -227,11 +278,11 @@ impl Int8Net {
                 let blocks = blocks
                     .into_iter()
                     .map(|(convs, down)| {
-                        let convs = convs.iter().map(Conv::new).collect::<Result<Vec<_>>>()?;
-                        Ok((convs, down.map(Conv::new).transpose()?))
+                        let convs = convs.iter().map(conv).collect::<Result<Vec<_>>>()?;
+                        Ok((convs, down.map(conv).transpose()?))
                     })
                     .collect::<Result<_>>()?;
-                let stem = Conv::new(stem)?;
+                let stem = Box::new(conv(stem)?);
                 (Body::ResNet { stem, blocks }, fc)
             }
         };
@@ -254,47 +305,60 @@ impl Int8Net {
         let plane = side * side;
         assert_eq!(pixels.len(), n * 3 * plane, "pixels are (n, 3, side, side)");
         let mut logits = vec![0f32; n * self.classes];
+        // Each thread takes a group of images through the network together, so that
+        // Winograd layers share each weight among the group's tiles.
+        let group = n.div_ceil(rayon::current_num_threads()).clamp(1, GROUP);
         logits
-            .par_chunks_mut(self.classes)
-            .zip(pixels.par_chunks(3 * plane))
+            .par_chunks_mut(self.classes * group)
+            .zip(pixels.par_chunks(3 * plane * group))
             .for_each(|(out, chw)| {
-                let mut data = vec![0f32; 3 * plane];
-                for (i, px) in data.chunks_mut(3).enumerate() {
-                    for (c, v) in px.iter_mut().enumerate() {
-                        *v = chw[c * plane + i];
-                    }
+                let xs = chw
+                    .chunks(3 * plane)
+                    .map(|chw| {
+                        let mut data = vec![0f32; 3 * plane];
+                        for (i, px) in data.chunks_mut(3).enumerate() {
+                            for (c, v) in px.iter_mut().enumerate() {
+                                *v = chw[c * plane + i];
+                            }
+                        }
+                        Act {
+                            h: side,
+                            w: side,
+                            c: 3,
+                            data,
+                        }
+                    })
+                    .collect();
+                for (x, out) in self.body(xs).iter().zip(out.chunks_mut(self.classes)) {
+                    self.head.forward(x, out);
                 }
-                let x = Act {
-                    h: side,
-                    w: side,
-                    c: 3,
-                    data,
-                };
-                self.head.forward(&self.body(x), out);
             });
         logits
     }
 
-    fn body(&self, x: Act) -> Act {
+    fn body(&self, xs: Vec<Act>) -> Vec<Act> {
         let isa = self.isa;
+        let pool = |xs: Vec<Act>, k, s, p| xs.iter().map(|x| max_pool(x, k, s, p)).collect();
         match &self.body {
             Body::SmallCnn(convs) => convs
                 .iter()
-                .fold(x, |x, conv| max_pool(&conv.forward(isa, &x), 2, 2, 0)),
+                .fold(xs, |xs, conv| pool(conv.forward(isa, &xs), 2, 2, 0)),
             Body::ResNet { stem, blocks } => {
-                let x = max_pool(&stem.forward(isa, &x), 3, 2, 1);
-                blocks.iter().fold(x, |x, (convs, down)| {
-                    let y = convs.iter().fold(None::<Act>, |y, conv| {
-                        Some(conv.forward(isa, y.as_ref().unwrap_or(&x)))
+                let xs = pool(stem.forward(isa, &xs), 3, 2, 1);
+                blocks.iter().fold(xs, |xs, (convs, down)| {
+                    let ys = convs.iter().fold(None::<Vec<Act>>, |ys, conv| {
+                        Some(conv.forward(isa, ys.as_deref().unwrap_or(&xs)))
                     });
-                    let mut y = y.expect("a block has convolutions");
-                    let shortcut = down.as_ref().map(|d| d.forward(isa, &x));
-                    let s = shortcut.as_ref().unwrap_or(&x);
-                    y.data
-                        .iter_mut()
-                        .zip(&s.data)
-                        .for_each(|(v, s)| *v = (*v + s).max(0.0));
-                    y
+                    let mut ys = ys.expect("a block has convolutions");
+                    let shortcut = down.as_ref().map(|d| d.forward(isa, &xs));
+                    let ss = shortcut.as_deref().unwrap_or(&xs);
+                    for (y, s) in ys.iter_mut().zip(ss) {
+                        y.data
+                            .iter_mut()
+                            .zip(&s.data)
+                            .for_each(|(v, s)| *v = (*v + s).max(0.0));
+                    }
+                    ys
                 })
             }
         }
@@ -375,6 +439,30 @@ mod tests {
         let a = Int8Net::new(&net, Isa::Portable).unwrap().logits(&x, 1, 40);
         let b = Int8Net::new(&net, Isa::Avx2).unwrap().logits(&x, 1, 40);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn winograd_equals_the_direct_product_bit_for_bit() {
+        // Odd and even sides, channel counts that are not multiples of the vector width
+        // (SmallCnn's 3 input channels), a ResNet-50 bottleneck; every kernel path.
+        for (arch, side) in [
+            (Architecture::Smallcnn, 37),
+            (Architecture::Resnet18, 40),
+            (Architecture::Resnet18, 45),
+            (Architecture::Resnet50, 33),
+        ] {
+            let net = random_net(arch, 3);
+            let x = pixels(2, side, 5);
+            let direct = Int8Net::with_algo(&net, Isa::Portable, ConvAlgo::Direct)
+                .unwrap()
+                .logits(&x, 2, side);
+            for isa in [Isa::Portable, Isa::Avx2] {
+                if isa.available() {
+                    let q = Int8Net::with_algo(&net, isa, ConvAlgo::Winograd).unwrap();
+                    assert_eq!(q.logits(&x, 2, side), direct, "{arch:?} {side} {isa:?}");
+                }
+            }
+        }
     }
 
     #[test]
