@@ -1,11 +1,11 @@
 //! Activations to the GEMMs' 7-bit input. In: one image's f32 activations, channels
 //! last. Out: the image quantised with a scale from its own range (zero point 0 when no
 //! value is negative, as after a ReLU, so that every level serves the values there are;
-//! else the middle), channels padded to a multiple of 4, bordered at the zero point.
+//! else the middle), bordered at the zero point.
 //! The AVX2 path computes the same bytes as the portable one (a multiply, then an add,
 //! then truncation), 32 values at a time.
 
-use super::gemm::{Isa, Quant, AMAX, KG};
+use super::gemm::{Isa, Quant, AMAX};
 use super::Act;
 
 /// `x` quantised, with a border of `pad` pixels and `extra` more rows and columns at
@@ -23,18 +23,11 @@ pub fn quantize(isa: Isa, x: &Act, pad: usize, extra: usize) -> (Vec<u8>, Quant)
     let inv = 1.0 / scale;
     // `v · inv + offset` lies in [0.5, AMAX + 0.5], so truncation rounds to nearest.
     let offset = f32::from(zero) + 0.5;
-    let c4 = x.c.div_ceil(KG) * KG;
     let wp = x.w + 2 * pad + extra;
-    let mut q = vec![zero; (x.h + 2 * pad + extra) * wp * c4];
+    let mut q = vec![zero; (x.h + 2 * pad + extra) * wp * x.c];
     for (y, src) in x.data.chunks(x.w * x.c).enumerate() {
-        let row = &mut q[((y + pad) * wp + pad) * c4..][..x.w * c4];
-        if c4 == x.c {
-            convert(isa, src, inv, offset, row);
-        } else {
-            for (dst, px) in row.chunks_mut(c4).zip(src.chunks(x.c)) {
-                convert(Isa::Portable, px, inv, offset, dst);
-            }
-        }
+        let row = &mut q[((y + pad) * wp + pad) * x.c..][..x.w * x.c];
+        convert(isa, src, inv, offset, row);
     }
     (q, Quant { scale, zero })
 }
