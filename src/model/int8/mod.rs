@@ -7,10 +7,11 @@
 //! runs one [`gemm`] over its receptive fields, read in place (channels last), whose
 //! epilogue dequantises with the per-channel weight scale, adds the bias and applies
 //! the ReLU. 3 × 3, stride-1 convolutions of 64 channels or more run through
-//! [`winograd`] instead: 2.25× fewer multiplies, the same results bit for bit. Pooling, residual
-//! additions, the global average and the classifier head stay f32. Scales come from
-//! each image alone, so a patch's result depends neither on the thread count nor on the
-//! other patches in its batch; images run in parallel on the global rayon pool.
+//! [`winograd`] instead: 2.25× fewer multiplies, the same results bit for bit. Pooling,
+//! residual additions, the global average and the classifier head stay f32. Scales
+//! come from each image alone, so a patch's result depends neither on the thread count
+//! nor on the other patches in its batch; groups of images run in parallel on the
+//! global rayon pool.
 
 mod gemm;
 mod quant;
