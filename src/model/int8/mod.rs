@@ -451,8 +451,8 @@ mod tests {
 
     #[test]
     fn winograd_equals_the_direct_product_bit_for_bit() {
-        // Odd and even sides, channel counts that are not multiples of the vector width
-        // (SmallCnn's 3 input channels), a ResNet-50 bottleneck; every kernel path.
+        // Odd and even sides, SmallCnn (its 3- and 32-channel layers stay direct beside
+        // Winograd ones), a ResNet-50 bottleneck; every kernel path.
         for (arch, side) in [
             (Architecture::Smallcnn, 37),
             (Architecture::Resnet18, 40),

@@ -42,7 +42,7 @@ const G2: [[i32; 3]; 4] = [[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]];
 /// load holds 8 output channels × 2 input channels of one ξ.
 #[derive(Debug, Clone)]
 pub struct WinogradWeights {
-    /// Input channels (a multiple of 4: the image's padded channel count).
+    /// Input channels (even: products take them in pairs).
     c: usize,
     n: usize,
     np: usize,
@@ -122,57 +122,46 @@ pub fn conv(isa: Isa, xs: &[Image], u: &WinogradWeights, dqs: &[Dequant], outs: 
             // (asserted above) and the products' buffers are sized by `run`.
             unsafe { avx2::conv(xs, u, dqs, outs) }
         }
-        _ => {
-            let kernels = Kernels {
-                input: input_tile,
-                product: portable_product,
-                output: output_tile,
-            };
-            run(xs, u, dqs, outs, &kernels)
-        }
+        _ => run(xs, u, dqs, outs, &Portable),
     }
 }
 
 /// The three steps of a block, as one kernel path implements them.
-struct Kernels<I, P, O>
-where
-    I: Fn(&Image, usize, (usize, usize), &mut [i16], usize),
-    P: Fn(&Xi, &mut [i32]),
-    O: Fn(&Image, &WinogradWeights, &Dequant, &[i32], (usize, usize), &mut [f32]),
-{
-    /// `V` of the tile at a pixel, into `[ξ][stride]`.
-    input: I,
-    product: P,
-    /// The output pixels of the tile at a pixel, from its `[ξ][np]` products.
-    output: O,
+trait Steps {
+    /// `V = Bᵀ d B` of the 4 × 4 pixels from `at` of the padded image, zero point
+    /// removed, into `v`: `V_ξ` at `ξ · stride`.
+    fn input(&self, x: &Image, c: usize, at: (usize, usize), v: &mut [i16], stride: usize);
+
+    /// The product of one ξ, into `m`: row `r` at `r · 16 · p.np` (a block's products
+    /// are `[tile][ξ][out channel]`).
+    fn product(&self, p: &Xi, m: &mut [i32]);
+
+    /// `Aᵀ M A / 4` of one tile's products (`m`: `[ξ][np]`), through the epilogue, into
+    /// the 2 × 2 output pixels from `at` that lie inside the image.
+    fn output(
+        &self,
+        x: &Image,
+        u: &WinogradWeights,
+        dq: &Dequant,
+        m: &[i32],
+        at: (usize, usize),
+        out: &mut [f32],
+    );
 }
 
-/// The product of one ξ, `m[r][o] = Σ_i v[r][i] · u[o][i]` over `rows` rows: row `r`
-/// of `v` at `r · stride`, of `m` at `r · stride_m`; `u` as [`WinogradWeights`] packs it.
+/// The product of one ξ, `m[r][o] = Σ_i v[r][i] · u[o][i]` over `rows` rows of `k`
+/// values each, stored one after another; `u` as [`WinogradWeights`] packs it.
 struct Xi<'a> {
     v: &'a [i16],
-    stride: usize,
     rows: usize,
     /// Reduction length (input channels, even).
     k: usize,
     u: &'a [i16],
     /// Output channels, padded to whole blocks.
     np: usize,
-    stride_m: usize,
 }
 
-#[inline(always)]
-fn run<I, P, O>(
-    xs: &[Image],
-    u: &WinogradWeights,
-    dqs: &[Dequant],
-    outs: &mut [Vec<f32>],
-    k: &Kernels<I, P, O>,
-) where
-    I: Fn(&Image, usize, (usize, usize), &mut [i16], usize),
-    P: Fn(&Xi, &mut [i32]),
-    O: Fn(&Image, &WinogradWeights, &Dequant, &[i32], (usize, usize), &mut [f32]),
-{
+fn run(xs: &[Image], u: &WinogradWeights, dqs: &[Dequant], outs: &mut [Vec<f32>], k: &impl Steps) {
     let Some(first) = xs.first() else { return };
     let tw = first.w.div_ceil(2);
     let per_image = first.h.div_ceil(2) * tw;
@@ -189,35 +178,94 @@ fn run<I, P, O>(
         let count = block.min(tiles - t0);
         for t in 0..count {
             let (g, px) = at(t0 + t);
-            (k.input)(&xs[g], u.c, px, &mut v[t * u.c..], block * u.c);
+            k.input(&xs[g], u.c, px, &mut v[t * u.c..], block * u.c);
         }
         let rows = count.div_ceil(MR) * MR;
         for xi in 0..16 {
             let p = Xi {
                 v: &v[xi * block * u.c..],
-                stride: u.c,
                 rows,
                 k: u.c,
                 u: u.xi(xi),
                 np: u.np,
-                stride_m: 16 * u.np,
             };
-            (k.product)(&p, &mut m[xi * u.np..]);
+            k.product(&p, &mut m[xi * u.np..]);
         }
         for (t, m) in m.chunks_exact(16 * u.np).take(count).enumerate() {
             let (g, px) = at(t0 + t);
-            (k.output)(&xs[g], u, &dqs[g], m, px, &mut outs[g]);
+            k.output(&xs[g], u, &dqs[g], m, px, &mut outs[g]);
         }
     }
 }
 
-/// `V = Bᵀ d B` of the 4 × 4 pixels from (y, x) of the padded image, zero point
-/// removed, into `v`: `V_ξ` at `ξ · stride`.
-fn input_tile(x: &Image, c: usize, at: (usize, usize), v: &mut [i16], stride: usize) {
-    input_channels::<4>(x, c, at, 0, v, stride);
+/// The reference path, the one every other must equal.
+struct Portable;
+
+impl Steps for Portable {
+    fn input(&self, x: &Image, c: usize, at: (usize, usize), v: &mut [i16], stride: usize) {
+        input_channels::<4>(x, c, at, 0, v, stride);
+    }
+
+    /// In wrapping i32, as the vector path sums.
+    fn product(&self, p: &Xi, m: &mut [i32]) {
+        for r in 0..p.rows {
+            let v = &p.v[r * p.k..][..p.k];
+            for o in 0..p.np {
+                let acc = v.iter().enumerate().fold(0i32, |acc, (i, &x)| {
+                    let w = p.u[((o / NB) * (p.k / 2) + i / 2) * NB * 2 + (o % NB) * 2 + i % 2];
+                    acc.wrapping_add(i32::from(x) * i32::from(w))
+                });
+                m[r * 16 * p.np + o] = acc;
+            }
+        }
+    }
+
+    fn output(
+        &self,
+        x: &Image,
+        u: &WinogradWeights,
+        dq: &Dequant,
+        m: &[i32],
+        (y, x0): (usize, usize),
+        out: &mut [f32],
+    ) {
+        for o0 in (0..u.n).step_by(NB) {
+            let mut s = [[[0i32; NB]; 4]; 4];
+            for (xi, s) in s.iter_mut().flatten().enumerate() {
+                s.copy_from_slice(&m[xi * u.np + o0..][..NB]);
+            }
+            // Aᵀ on columns, then A on rows: (s0 + s1 + s2, s1 − s2 − s3), wrapping.
+            let at = |a: &[i32; NB], b: &[i32; NB], c: &[i32; NB], d: &[i32; NB]| {
+                let mut r = [[0i32; NB]; 2];
+                for k in 0..NB {
+                    r[0][k] = a[k].wrapping_add(b[k]).wrapping_add(c[k]);
+                    r[1][k] = b[k].wrapping_sub(c[k]).wrapping_sub(d[k]);
+                }
+                r
+            };
+            let mut cols = [[[0i32; NB]; 4]; 2];
+            for j in 0..4 {
+                let t = at(&s[0][j], &s[1][j], &s[2][j], &s[3][j]);
+                cols[0][j] = t[0];
+                cols[1][j] = t[1];
+            }
+            let width = NB.min(u.n - o0);
+            for (i, row) in cols.iter().enumerate() {
+                for (j, acc) in at(&row[0], &row[1], &row[2], &row[3]).iter().enumerate() {
+                    let (py, px) = (y + i, x0 + j);
+                    if py < x.h && px < x.w {
+                        let dst = &mut out[(py * x.w + px) * u.n + o0..][..width];
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            *d = dq.apply(acc[k] >> 2, o0 + k);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// [`input_tile`] on the channels from `c0`, `CH` at a time.
+/// [`Steps::input`] on the channels from `c0`, `CH` at a time.
 #[inline(always)]
 fn input_channels<const CH: usize>(
     x: &Image,
@@ -275,70 +323,11 @@ fn input_chunk<const CH: usize>(
     }
 }
 
-/// `Aᵀ M A / 4` of one tile's products (`m`: `[ξ][np]`), through the epilogue, into the
-/// 2 × 2 output pixels from (y, x) that lie inside the image.
-fn output_tile(
-    x: &Image,
-    u: &WinogradWeights,
-    dq: &Dequant,
-    m: &[i32],
-    (y, x0): (usize, usize),
-    out: &mut [f32],
-) {
-    for o0 in (0..u.n).step_by(NB) {
-        let mut s = [[[0i32; NB]; 4]; 4];
-        for (xi, s) in s.iter_mut().flatten().enumerate() {
-            s.copy_from_slice(&m[xi * u.np + o0..][..NB]);
-        }
-        // Aᵀ on columns, then A on rows: (s0 + s1 + s2, s1 − s2 − s3), wrapping.
-        let at = |a: &[i32; NB], b: &[i32; NB], c: &[i32; NB], d: &[i32; NB]| {
-            let mut r = [[0i32; NB]; 2];
-            for k in 0..NB {
-                r[0][k] = a[k].wrapping_add(b[k]).wrapping_add(c[k]);
-                r[1][k] = b[k].wrapping_sub(c[k]).wrapping_sub(d[k]);
-            }
-            r
-        };
-        let mut cols = [[[0i32; NB]; 4]; 2];
-        for j in 0..4 {
-            let t = at(&s[0][j], &s[1][j], &s[2][j], &s[3][j]);
-            cols[0][j] = t[0];
-            cols[1][j] = t[1];
-        }
-        let width = NB.min(u.n - o0);
-        for (i, row) in cols.iter().enumerate() {
-            for (j, acc) in at(&row[0], &row[1], &row[2], &row[3]).iter().enumerate() {
-                let (py, px) = (y + i, x0 + j);
-                if py < x.h && px < x.w {
-                    let dst = &mut out[(py * x.w + px) * u.n + o0..][..width];
-                    for (k, d) in dst.iter_mut().enumerate() {
-                        *d = dq.apply(acc[k] >> 2, o0 + k);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The reference product, in wrapping i32 as the vector path sums.
-fn portable_product(p: &Xi, m: &mut [i32]) {
-    for r in 0..p.rows {
-        let v = &p.v[r * p.stride..][..p.k];
-        for o in 0..p.np {
-            let acc = v.iter().enumerate().fold(0i32, |acc, (i, &x)| {
-                let w = p.u[((o / NB) * (p.k / 2) + i / 2) * NB * 2 + (o % NB) * 2 + i % 2];
-                acc.wrapping_add(i32::from(x) * i32::from(w))
-            });
-            m[r * p.stride_m + o] = acc;
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{run, Dequant, Image, Kernels, WinogradWeights, Xi, MR, NB};
+    use super::{run, Dequant, Image, Steps, WinogradWeights, Xi, MR, NB};
     use crate::model::int8::gemm::avx2::store as epilogue;
 
     #[target_feature(enable = "avx2")]
@@ -348,25 +337,40 @@ mod avx2 {
         dqs: &[Dequant],
         outs: &mut [Vec<f32>],
     ) {
-        let kernels = Kernels {
-            input: |x, c, at, v, stride| {
-                // SAFETY: as for `product`; `run` passes tiles inside the image.
-                unsafe { input_tile(x, c, at, v, stride) }
-            },
-            product: |p, m| {
-                // SAFETY: reached only through `conv` above, on a CPU with AVX2; `run`
-                // sizes `m` and `p.v` for every row.
-                unsafe { product(p, m) }
-            },
-            output: |x, u, dq, m, at, out| {
-                // SAFETY: as for `product`; `run` passes a whole tile's products.
-                unsafe { output_tile(x, u, dq, m, at, out) }
-            },
-        };
-        run(xs, u, dqs, outs, &kernels)
+        run(xs, u, dqs, outs, &Avx2(()))
     }
 
-    /// [`super::input_tile`] on 16 channels at a time.
+    /// The AVX2 path; made only in [`conv`], on a CPU with AVX2.
+    struct Avx2(());
+
+    impl Steps for Avx2 {
+        fn input(&self, x: &Image, c: usize, at: (usize, usize), v: &mut [i16], stride: usize) {
+            // SAFETY: the CPU has AVX2 (an `Avx2` exists); `super::conv` asserted that
+            // the image holds every tile `run` passes.
+            unsafe { input_tile(x, c, at, v, stride) }
+        }
+
+        fn product(&self, p: &Xi, m: &mut [i32]) {
+            // SAFETY: the CPU has AVX2; `run` sizes `m` and `p.v` for every row.
+            unsafe { product(p, m) }
+        }
+
+        fn output(
+            &self,
+            x: &Image,
+            u: &WinogradWeights,
+            dq: &Dequant,
+            m: &[i32],
+            at: (usize, usize),
+            out: &mut [f32],
+        ) {
+            // SAFETY: the CPU has AVX2; `run` passes a whole tile's products and
+            // `super::conv` asserted the output's size.
+            unsafe { output_tile(x, u, dq, m, at, out) }
+        }
+    }
+
+    /// [`Steps::input`] on 16 channels at a time.
     #[target_feature(enable = "avx2")]
     unsafe fn input_tile(
         x: &Image,
@@ -382,7 +386,6 @@ mod avx2 {
             let cols: [[__m256i; 4]; 4] = std::array::from_fn(|j| {
                 bt(std::array::from_fn(|i| {
                     let at = ((y + i) * x.wp + x0 + j) * c + c0;
-                    assert!(at + 16 <= x.data.len());
                     let px = _mm_loadu_si128(x.data.as_ptr().add(at) as *const __m128i);
                     _mm256_sub_epi16(_mm256_cvtepu8_epi16(px), z)
                 }))
@@ -421,7 +424,7 @@ mod avx2 {
         ]
     }
 
-    /// [`super::output_tile`] on 8 channels at a time, through the direct path's
+    /// [`Steps::output`] on 8 channels at a time, through the direct path's
     /// epilogue.
     #[target_feature(enable = "avx2")]
     unsafe fn output_tile(
@@ -483,7 +486,7 @@ mod avx2 {
         let mut acc = [[_mm256_setzero_si256(); B]; MR];
         let mut rows = [p.v.as_ptr(); MR];
         for (r, row) in rows.iter_mut().enumerate() {
-            *row = row.add((r0 + r) * p.stride);
+            *row = row.add((r0 + r) * p.k);
         }
         let mut wp = w0;
         for pair in 0..p.k / 2 {
@@ -513,7 +516,7 @@ mod avx2 {
     ) {
         for (r, acc) in acc.iter().enumerate() {
             for (j, acc) in acc.iter().enumerate() {
-                let at = (r0 + r) * p.stride_m + (b + j) * NB;
+                let at = (r0 + r) * 16 * p.np + (b + j) * NB;
                 _mm256_storeu_si256(m.as_mut_ptr().add(at) as *mut __m256i, *acc);
             }
         }
