@@ -182,7 +182,7 @@ fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
     let run = |kernel: &str, precision: &str| {
         let dir = out.path().join(format!("{kernel}-{precision}"));
         histomap()
-            .env("HISTOMAP_INT8_KERNEL", kernel)
+            .env("HISTOMAP_KERNEL", kernel)
             .args(["heatmap", "-q", "--precision", precision, "--pipeline"])
             .arg(pipeline("kather8"))
             .arg("--out")

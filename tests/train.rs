@@ -185,6 +185,8 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         init: None,
         data: vec![manifest.clone()],
         ema: Some(0.9),
+        fine_tune: Default::default(),
+        warmup: None,
     };
     let dev = Device::Cpu;
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));

@@ -8,7 +8,7 @@ use clap::Args;
 use histomap::learn::augment::Augment;
 use histomap::learn::dataset;
 use histomap::learn::train::{self, Resume, Split, TrainOptions};
-use histomap::model::{Architecture, DeviceChoice};
+use histomap::model::{Architecture, DeviceChoice, FineTune};
 use histomap::progress::TrainBars;
 
 use super::args::{all_cores, at_least, batch_size, non_negative, threads};
@@ -70,9 +70,29 @@ pub struct TrainArgs {
     #[arg(long)]
     extra_train: Option<PathBuf>,
     /// Start from this model folder's weights (same names and shapes; a classifier head
-    /// for other classes starts fresh), e.g. a model trained on PCam.
-    #[arg(long)]
+    /// for other classes starts fresh), e.g. a model trained on PCam; or `imagenet`:
+    /// the --arch's ImageNet weights installed by scripts/fetch-imagenet.sh (no network
+    /// at run time), with ImageNet's normalisation.
+    #[arg(long, value_name = "DIR|imagenet")]
     init: Option<PathBuf>,
+    /// With --init: the body's learning rate as a fraction of --lr (the head's); below 1
+    /// keeps pretrained features from being washed out early.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative, requires = "init")]
+    body_lr: f64,
+    /// With --init: train only the new head for this many epochs first.
+    #[arg(long, default_value_t = 0, requires = "init")]
+    head_epochs: usize,
+    /// With --init: train only the head, ever (a linear probe of the features).
+    #[arg(long, requires = "init")]
+    freeze_body: bool,
+    /// BatchNorm keeps its running statistics while training (for batches too small to
+    /// give batch statistics, below about 16).
+    #[arg(long)]
+    freeze_bn: bool,
+    /// Linear learning-rate warm-up over this fraction of all steps, then cosine decay
+    /// (default: one epoch).
+    #[arg(long, value_name = "FRACTION")]
+    warmup: Option<f64>,
     /// No augmentation (by default: D4, HED stain jitter, zoom).
     #[arg(long)]
     no_augment: bool,
@@ -113,6 +133,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = a.ema.filter(|d| !(0.0..1.0).contains(d)) {
         bail!("--ema {d}: expected a decay in [0, 1)");
     }
+    if let Some(f) = a.warmup.filter(|f| !(0.0..=1.0).contains(f)) {
+        bail!("--warmup {f}: expected a fraction of the run in [0, 1]");
+    }
+    let imagenet = a.init.as_deref() == Some(std::path::Path::new("imagenet"));
+    let init = match &a.init {
+        Some(_) if imagenet => Some(histomap::model::imagenet::weights_dir(a.arch)?),
+        other => other.clone(),
+    };
     let (pipeline, dataset, hashes) = a.tiles.load()?;
     let extra = match &a.extra_train {
         Some(extra) => Some(load_tiles(extra, &pipeline, a.tiles.skip_bad)?),
@@ -183,7 +211,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             }
         },
         threads,
-        init: a.init.clone(),
+        init,
+        fine_tune: FineTune {
+            imagenet,
+            body_lr: a.body_lr,
+            head_epochs: a.head_epochs,
+            freeze_body: a.freeze_body,
+            freeze_bn: a.freeze_bn,
+        },
+        warmup: a.warmup,
         data: std::iter::once(a.tiles.data.clone())
             .chain(a.extra_train.clone())
             .collect(),

@@ -170,6 +170,10 @@ pub struct TrainingRecord {
     /// The model whose weights started the training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// How a pretrained start was fine-tuned; absent when training started from seeded
+    /// weights or in cards of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
     /// The decay per step of the weight average the model holds (`--ema`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
@@ -182,6 +186,39 @@ pub struct TrainingRecord {
     /// Which tiles validated ([`Split::validation`]); absent in cards of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<String>,
+}
+
+/// How training treats a pretrained start (`train --init`): the body (every layer but
+/// the classifier head) can learn more slowly than the head, wait while the new head
+/// learns, or stay as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FineTune {
+    /// The start is an ImageNet backbone (`--init imagenet`): weights without a head,
+    /// inputs normalised with ImageNet's mean and deviation.
+    #[serde(default)]
+    pub imagenet: bool,
+    /// The body's learning rate as a fraction of the head's.
+    pub body_lr: f64,
+    /// Epochs at the start that train the head alone.
+    pub head_epochs: usize,
+    /// The body never trains.
+    pub freeze_body: bool,
+    /// BatchNorm keeps its running statistics (inference mode) while training: for
+    /// batches too small for batch statistics.
+    pub freeze_bn: bool,
+}
+
+impl Default for FineTune {
+    fn default() -> Self {
+        Self {
+            imagenet: false,
+            body_lr: 1.0,
+            head_epochs: 0,
+            freeze_body: false,
+            freeze_bn: false,
+        }
+    }
 }
 
 pub fn read_card(dir: &Path) -> Result<ModelCard> {

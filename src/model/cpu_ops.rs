@@ -11,6 +11,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
+use super::layers::Activation;
+
 /// Most elements of an im2col matrix built at once (64 MiB of f32); larger batches
 /// are convolved in chunks so memory stays flat.
 const MAX_COLS: usize = 16 << 20;
@@ -51,14 +53,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tenso
 }
 
 /// BatchNorm in training mode (batch statistics; running statistics updated as PyTorch
-/// does, with the unbiased variance), optionally followed by a ReLU. `conv_bias` is the
+/// does, with the unbiased variance), followed by the activation `act`. `conv_bias` is the
 /// bias of the convolution before it, left out of `x`: the normalisation cancels it, but
 /// the running mean, used at inference, must include it.
 pub fn batch_norm_train(
     x: &Tensor,
     bn: &BatchNorm,
     conv_bias: Option<&Tensor>,
-    relu: bool,
+    act: Activation,
 ) -> Result<Tensor> {
     let (n, _, h, w) = x.dims4()?;
     let Some((gamma, beta)) = bn.weight_and_bias() else {
@@ -86,7 +88,7 @@ pub fn batch_norm_train(
             .iter()
             .map(|v| 1.0 / (v + bn.eps() as f32).sqrt())
             .collect(),
-        relu,
+        act,
     };
     x.apply_op3(gamma, beta, op)
 }
@@ -107,15 +109,15 @@ pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<
 
 /// Window geometry shared by im2col and pooling.
 #[derive(Debug, Clone, Copy)]
-struct Im2col {
-    kernel: (usize, usize),
-    stride: usize,
-    pad: usize,
-    input: (usize, usize),
+pub(super) struct Im2col {
+    pub(super) kernel: (usize, usize),
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) input: (usize, usize),
 }
 
 impl Im2col {
-    fn output(&self) -> (usize, usize) {
+    pub(super) fn output(&self) -> (usize, usize) {
         let out = |size: usize, k: usize| (size + 2 * self.pad - k) / self.stride + 1;
         (
             out(self.input.0, self.kernel.0),
@@ -127,7 +129,7 @@ impl Im2col {
     /// output positions in a row whose kernel offset (i, j) reads real (not padding)
     /// input pixels; those are `stride` apart from `input_offset`. Offsets are within a
     /// plane.
-    fn for_each_run(&self, i: usize, j: usize, mut f: impl FnMut(usize, usize, usize)) {
+    pub(super) fn for_each_run(&self, i: usize, j: usize, mut f: impl FnMut(usize, usize, usize)) {
         let (h, w) = self.input;
         let (oh, ow) = self.output();
         let s = self.stride;
@@ -146,13 +148,17 @@ impl Im2col {
         }
     }
 
-    fn taps(&self) -> impl Iterator<Item = (usize, usize)> {
+    pub(super) fn taps(&self) -> impl Iterator<Item = (usize, usize)> {
         let (kh, kw) = self.kernel;
         (0..kh).flat_map(move |i| (0..kw).map(move |j| (i, j)))
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
         None => candle_core::bail!("{op}: input must be contiguous"),
@@ -270,18 +276,24 @@ impl CustomOp1 for ChannelMoments {
     }
 }
 
-/// y = γ·(x − μ)/σ + β per channel, then ReLU if asked; μ and 1/σ are the batch's.
+/// y = act(γ·(x − μ)/σ + β) per channel; μ and 1/σ are the batch's.
 struct BnTrain {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
-    relu: bool,
+    act: Activation,
 }
 
 impl BnTrain {
     /// For one value of channel `ch` in the backward pass: the gradient dz before the
-    /// ReLU (zero where the ReLU cut the output `y`) and the normalised input x̂.
+    /// activation (zero where it clipped the output `y`, as PyTorch's ReLU and ReLU6
+    /// do) and the normalised input x̂.
     fn grad_terms(&self, ch: usize, x: f32, y: f32, dy: f32) -> (f32, f32) {
-        let dz = if self.relu && y <= 0.0 { 0.0 } else { dy };
+        let clipped = match self.act {
+            Activation::Linear => false,
+            Activation::Relu => y <= 0.0,
+            Activation::Relu6 => y <= 0.0 || y >= 6.0,
+        };
+        let dz = if clipped { 0.0 } else { dy };
         (dz, (x - self.mean[ch]) * self.inv_std[ch])
     }
 
@@ -323,7 +335,11 @@ impl CustomOp3 for BnTrain {
                 let (scale, shift) = affine[p % c];
                 for (d, &s) in dst.iter_mut().zip(src) {
                     let v = s * scale + shift;
-                    *d = if self.relu { v.max(0.0) } else { v };
+                    *d = match self.act {
+                        Activation::Linear => v,
+                        Activation::Relu => v.max(0.0),
+                        Activation::Relu6 => v.clamp(0.0, 6.0),
+                    };
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -571,9 +587,14 @@ mod tests {
     }
 
     /// Values, gradients (input, γ, β) and running statistics against candle-nn's
-    /// BatchNorm followed by a ReLU.
+    /// BatchNorm followed by a ReLU or a ReLU6.
     #[test]
     fn fused_batch_norm_matches_candle_nn() {
+        fused_batch_norm_matches(Activation::Relu);
+        fused_batch_norm_matches(Activation::Relu6);
+    }
+
+    fn fused_batch_norm_matches(act: Activation) {
         let dev = Device::Cpu;
         let (n, c, h, w) = (3, 4, 5, 6);
         let make = || {
@@ -606,8 +627,8 @@ mod tests {
         )
         .unwrap();
         let weights = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
-        let want = bn1.forward_t(&x, true).unwrap().relu().unwrap();
-        let got = batch_norm_train(&x, &bn2, None, true).unwrap();
+        let want = act.apply(&bn1.forward_t(&x, true).unwrap()).unwrap();
+        let got = batch_norm_train(&x, &bn2, None, act).unwrap();
         assert!(max_abs_diff(&got, &want) < 1e-5);
         let gw = (want * &weights)
             .unwrap()

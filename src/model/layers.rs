@@ -3,15 +3,35 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{batch_norm, conv2d, conv2d_no_bias, BatchNorm, Conv2d, Conv2dConfig, VarBuilder};
 
-use super::cpu_ops;
+use super::{cpu_ops, depthwise};
 
-/// A convolution followed by BatchNorm and, if `relu`, a ReLU. For inference the
+/// The activation after a convolution's BatchNorm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// None: the block's output is linear (a residual branch's last layer).
+    Linear,
+    Relu,
+    /// min(max(x, 0), 6): MobileNet's.
+    Relu6,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Linear => Ok(x.clone()),
+            Activation::Relu => x.relu(),
+            Activation::Relu6 => x.clamp(0f32, 6f32),
+        }
+    }
+}
+
+/// A convolution followed by BatchNorm and an activation. For inference the
 /// BatchNorm can be folded into the convolution's weights ([`ConvBn::fuse`]): the same function, one op fewer.
 #[derive(Debug, Clone)]
 pub struct ConvBn {
     conv: Conv2d,
     bn: Option<BatchNorm>,
-    relu: bool,
+    act: Activation,
 }
 
 pub struct ConvSpec {
@@ -21,8 +41,25 @@ pub struct ConvSpec {
     pub stride: usize,
     pub padding: usize,
     pub bias: bool,
-    /// A ReLU follows the BatchNorm.
-    pub relu: bool,
+    /// One filter per channel (`groups = c_in`, and `c_out == c_in`).
+    pub depthwise: bool,
+    pub act: Activation,
+}
+
+impl ConvSpec {
+    /// No bias, padding k / 2, one group: what torchvision's blocks use.
+    pub fn plain(c_in: usize, c_out: usize, kernel: usize, stride: usize, act: Activation) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding: kernel / 2,
+            bias: false,
+            depthwise: false,
+            act,
+        }
+    }
 }
 
 impl ConvBn {
@@ -31,6 +68,7 @@ impl ConvBn {
         let cfg = Conv2dConfig {
             padding: spec.padding,
             stride: spec.stride,
+            groups: if spec.depthwise { spec.c_in } else { 1 },
             ..Default::default()
         };
         let layer = if spec.bias {
@@ -43,7 +81,7 @@ impl ConvBn {
         Ok(Self {
             conv: layer,
             bn: Some(norm),
-            relu: spec.relu,
+            act: spec.act,
         })
     }
 
@@ -55,8 +93,10 @@ impl ConvBn {
     }
 
     /// What the int8 path rebuilds the layer from: weights (c_out, c_in, k, k), bias,
-    /// stride, padding and ReLU. `None` until the BatchNorm is fused.
-    pub(super) fn fused_parts(&self) -> Option<(&Tensor, Option<&Tensor>, usize, usize, bool)> {
+    /// stride, padding and activation. `None` until the BatchNorm is fused.
+    pub(super) fn fused_parts(
+        &self,
+    ) -> Option<(&Tensor, Option<&Tensor>, usize, usize, Activation)> {
         let cfg = self.conv.config();
         self.bn.is_none().then(|| {
             (
@@ -64,9 +104,13 @@ impl ConvBn {
                 self.conv.bias(),
                 cfg.stride,
                 cfg.padding,
-                self.relu,
+                self.act,
             )
         })
+    }
+
+    fn depthwise(&self) -> bool {
+        self.conv.config().groups > 1
     }
 }
 
@@ -78,14 +122,20 @@ impl ModuleT for ConvBn {
                 Some(bn) => bn.forward_t(&y, train)?,
                 None => y,
             };
-            return if self.relu { y.relu() } else { Ok(y) };
+            return self.act.apply(&y);
         }
-        // On the CPU, hand-written kernels (see `cpu_ops`): candle's convolution backward
-        // is a direct loop and its composed BatchNorm costs a gradient buffer per op.
+        // On the CPU, hand-written kernels (see `cpu_ops`, `depthwise`): candle's
+        // convolution backward is a direct loop (one per group), and its composed
+        // BatchNorm costs a gradient buffer per op.
         let cfg = self.conv.config();
-        let y = cpu_ops::conv2d(x, self.conv.weight(), cfg.stride, cfg.padding)?;
+        let conv = if self.depthwise() {
+            depthwise::depthwise_conv2d
+        } else {
+            cpu_ops::conv2d
+        };
+        let y = conv(x, self.conv.weight(), cfg.stride, cfg.padding)?;
         if let (true, Some(bn)) = (train, &self.bn) {
-            return cpu_ops::batch_norm_train(&y, bn, self.conv.bias(), self.relu);
+            return cpu_ops::batch_norm_train(&y, bn, self.conv.bias(), self.act);
         }
         let y = match self.conv.bias() {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
@@ -95,11 +145,7 @@ impl ModuleT for ConvBn {
             Some(bn) => bn.forward_t(&y, false)?,
             None => y,
         };
-        if self.relu {
-            y.relu()
-        } else {
-            Ok(y)
-        }
+        self.act.apply(&y)
     }
 }
 

@@ -5,7 +5,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use super::layers::{global_avg_pool, max_pool, ConvBn, ConvSpec};
+use super::layers::{global_avg_pool, max_pool, Activation, ConvBn, ConvSpec};
 
 /// A residual block: `conv1`/`bn1`, `conv2`/`bn2` (and for a bottleneck `conv3`/`bn3`),
 /// ReLU between them, the shortcut (`downsample.{0,1}` where the shape changes) added
@@ -44,14 +44,13 @@ impl Block {
         stride: usize,
     ) -> Result<Self> {
         let c_out = width * kind.expansion();
-        let conv = |c_in, c_out, kernel: usize, stride, relu| ConvSpec {
-            c_in,
-            c_out,
-            kernel,
-            stride,
-            padding: kernel / 2,
-            bias: false,
-            relu,
+        let conv = |c_in, c_out, kernel: usize, stride, relu| {
+            let act = if relu {
+                Activation::Relu
+            } else {
+                Activation::Linear
+            };
+            ConvSpec::plain(c_in, c_out, kernel, stride, act)
         };
         // The last convolution's ReLU comes after the shortcut is added.
         let specs = match kind {
@@ -125,15 +124,7 @@ impl ResNet {
         width: usize,
         num_classes: usize,
     ) -> Result<Self> {
-        let stem_spec = ConvSpec {
-            c_in: 3,
-            c_out: width,
-            kernel: 7,
-            stride: 2,
-            padding: 3,
-            bias: false,
-            relu: true,
-        };
+        let stem_spec = ConvSpec::plain(3, width, 7, 2, Activation::Relu);
         let stem = ConvBn::new(stem_spec, &vb, "conv1", "bn1")?;
         let mut layers = Vec::new();
         let mut c_in = width;

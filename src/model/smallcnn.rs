@@ -6,7 +6,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use super::layers::{global_avg_pool, max_pool, ConvBn, ConvSpec};
+use super::layers::{global_avg_pool, max_pool, Activation, ConvBn, ConvSpec};
 
 pub const CHANNELS: [usize; 4] = [32, 64, 128, 256];
 
@@ -28,7 +28,8 @@ impl SmallCnn {
                 stride: 1,
                 padding: 1,
                 bias: true,
-                relu: true,
+                depthwise: false,
+                act: Activation::Relu,
             };
             features.push(ConvBn::new(
                 spec,

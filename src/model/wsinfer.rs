@@ -43,11 +43,12 @@ pub fn card(dir: &Path) -> Result<ModelCard> {
         "resnet18" => Architecture::Resnet18,
         "resnet34" => Architecture::Resnet34,
         "resnet50" => Architecture::Resnet50,
+        "mobilenetv2" | "mobilenet_v2" => Architecture::Mobilenetv2,
         other => {
             return Err(Error::model(
                 &path,
                 format!(
-                "architecture {other:?} is not supported (smallcnn, resnet18, resnet34, resnet50)"
+                "architecture {other:?} is not supported (smallcnn, resnet18, resnet34, resnet50, mobilenetv2)"
             ),
             ))
         }

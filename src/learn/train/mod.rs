@@ -35,7 +35,7 @@ use crate::learn::augment::Augment;
 use crate::learn::dataset::Sample;
 use crate::learn::metrics;
 use crate::map::preprocess::Normalizer;
-use crate::model::{Architecture, Network, WEIGHTS_FILE};
+use crate::model::{Architecture, FineTune, Network, WEIGHTS_FILE};
 use crate::pipeline::Pipeline;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +63,12 @@ pub struct TrainOptions {
     /// per step instead of the last step's weights.
     #[serde(default)]
     pub ema: Option<f64>,
+    /// How the body of an `init` model trains.
+    #[serde(default)]
+    pub fine_tune: FineTune,
+    /// The learning rate's linear warm-up as a fraction of all steps; `None`: one epoch.
+    #[serde(default)]
+    pub warmup: Option<f64>,
 }
 
 /// What the caller sees while training runs.
@@ -272,7 +278,7 @@ fn start_or_resume(
         }
         init_weights(varmap, opts.seed)?;
         if let Some(init) = &opts.init {
-            init_from(varmap, init, device)?;
+            init_from(varmap, opts.arch, init, device)?;
         }
         let opt = AdamW::new(varmap, opts.weight_decay)?;
         if let Some(ema) = ema {
@@ -282,6 +288,7 @@ fn start_or_resume(
         // learnt them at.
         let normalization = match (&pipeline.normalization, &opts.init) {
             (Some(n), _) => n.clone(),
+            (None, Some(_)) if opts.fine_tune.imagenet => crate::model::imagenet::normalization(),
             (None, Some(init)) => crate::model::load_card(init)?.normalization,
             (None, None) => measure_normalization(&split.train, pipeline.patch_size, opts.seed)?,
         };
@@ -354,8 +361,17 @@ impl Fit<'_> {
         progress.epoch_started(epoch + 1, batches.len());
         let mut loss_sum = 0f64;
         let mut lr = 0f64;
-        // One warm-up epoch.
-        let warmup = self.batches_per_epoch;
+        let warmup = match opts.warmup {
+            Some(f) => ((self.total_steps as f64 * f).round() as usize).max(1),
+            None => self.batches_per_epoch,
+        };
+        let tune = &opts.fine_tune;
+        let body_frozen = tune.freeze_body || epoch < tune.head_epochs;
+        let body_lr = if body_frozen { 0.0 } else { tune.body_lr };
+        let head = opts.arch.head_prefix();
+        let lr_scale = |name: &str| if name.starts_with(head) { 1.0 } else { body_lr };
+        // A frozen body's BatchNorms keep their statistics too.
+        let batch_stats = !(body_frozen || tune.freeze_bn);
         stream_batches(
             &self.pool,
             batches.len(),
@@ -372,11 +388,11 @@ impl Fit<'_> {
                 let side = size as usize;
                 let x = Tensor::from_vec(pixels, (n, 3, side, side), self.device)?;
                 let y = Tensor::new(labels, self.device)?;
-                let logits = self.net.forward_t(&x, true)?;
+                let logits = self.net.forward_t(&x, batch_stats)?;
                 let loss = weighted_cross_entropy(&logits, &y, &self.class_w)?;
                 lr = schedule(opts.lr, *step, warmup, self.total_steps);
                 let grads = loss.backward()?;
-                opt.step(&grads, lr)?;
+                opt.step(&grads, lr, &lr_scale)?;
                 *step += 1;
                 if let Some(ema) = self.ema {
                     ema.update(*step)?;

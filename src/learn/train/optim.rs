@@ -38,7 +38,12 @@ pub(super) fn weighted_cross_entropy(
 }
 
 /// Copies every tensor of the model folder `dir` whose name and shape match a variable.
-pub(super) fn init_from(varmap: &VarMap, dir: &Path, device: &Device) -> Result<()> {
+pub(super) fn init_from(
+    varmap: &VarMap,
+    arch: Architecture,
+    dir: &Path,
+    device: &Device,
+) -> Result<()> {
     let file = dir.join(crate::model::WEIGHTS_FILE);
     if !file.is_file() {
         return Err(Error::not_found(if dir.is_dir() { &file } else { dir }));
@@ -48,7 +53,8 @@ pub(super) fn init_from(varmap: &VarMap, dir: &Path, device: &Device) -> Result<
     let data = varmap.data().lock().expect("varmap lock");
     // Every tensor but the classifier head must fit: a partial match would train a
     // mostly random network while the card names the init.
-    let mut names: Vec<&String> = data.keys().filter(|n| !n.starts_with("fc.")).collect();
+    let head = arch.head_prefix();
+    let mut names: Vec<&String> = data.keys().filter(|n| !n.starts_with(head)).collect();
     names.sort();
     let fits = |name: &str| {
         tensors
@@ -169,13 +175,24 @@ impl AdamW {
         })
     }
 
-    pub(super) fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One step at learning rate `lr` times `scale(name)` for each parameter; a
+    /// parameter scaled by 0 is frozen (neither it nor its moments move).
+    pub(super) fn step(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        scale: &dyn Fn(&str) -> f64,
+    ) -> Result<()> {
         self.t += 1;
         let (c1, c2) = (
             1.0 - BETA1.powi(self.t as i32),
             1.0 - BETA2.powi(self.t as i32),
         );
-        for (i, (_, var)) in self.params.iter().enumerate() {
+        for (i, (name, var)) in self.params.iter().enumerate() {
+            let lr = lr * scale(name);
+            if lr == 0.0 {
+                continue;
+            }
             // Detached: the moments must not keep this step's autograd graph alive.
             let Some(g) = grads.get(var).map(Tensor::detach) else {
                 continue;

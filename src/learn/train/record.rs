@@ -112,6 +112,7 @@ pub(super) fn save_model(
         lr: opts.lr,
         augment: opts.augment,
         init: opts.init.clone(),
+        fine_tune: opts.init.is_some().then_some(opts.fine_tune),
         ema: opts.ema,
         weight_decay: Some(opts.weight_decay),
         patience: Some(opts.patience),

@@ -11,6 +11,8 @@
 //! integers and the same f32 epilogue (a multiply, then an add: never fused), so all
 //! paths give bit-identical results, and tests compare them exactly.
 
+use super::Isa;
+
 /// Reduction depth of one packed group: the four u8×i8 products one i32 lane sums.
 pub const KG: usize = 4;
 /// Output channels in one packed block: one AVX2 register of i32 lanes.
@@ -22,44 +24,6 @@ const WMAX: f32 = 127.0;
 /// Largest quantised activation (7 bits; see the module note). Callers must keep
 /// activations in `0..=AMAX`.
 pub const AMAX: u8 = 127;
-
-/// A kernel implementation. Chosen once per process from the CPU, or forced with the
-/// environment variable `HISTOMAP_INT8_KERNEL=portable|avx2` so that tests cover every
-/// path on any machine that can run it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Portable,
-    Avx2,
-}
-
-impl Isa {
-    /// The fastest path this CPU runs, unless the environment forces one.
-    pub fn detect() -> Isa {
-        match std::env::var("HISTOMAP_INT8_KERNEL").as_deref() {
-            Ok("portable") => Isa::Portable,
-            _ if Isa::Avx2.available() => Isa::Avx2,
-            _ => Isa::Portable,
-        }
-    }
-
-    /// Whether this CPU can run the path.
-    pub fn available(self) -> bool {
-        match self {
-            Isa::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2"),
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Portable => "portable",
-            Isa::Avx2 => "avx2",
-        }
-    }
-}
 
 /// One layer's weights: `n` output channels of `k` inputs, quantised per channel.
 #[derive(Debug, Clone)]

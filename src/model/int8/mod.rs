@@ -19,12 +19,12 @@ mod winograd;
 
 use rayon::prelude::*;
 
-pub use self::gemm::Isa;
 use self::gemm::{Epilogue, PackedWeights, Quant, Rows, KG, MR};
 use self::winograd::WinogradWeights;
-use super::layers::ConvBn;
+use super::layers::{Activation, ConvBn};
 use super::Network;
 use crate::error::{Error, Result};
+pub use crate::model::isa::Isa;
 
 /// How the 3×3, stride-1 convolutions run. Both give the same results bit for bit;
 /// `HISTOMAP_INT8_CONV=direct` forces the direct product, for tests and measurements.
@@ -73,7 +73,14 @@ struct Conv {
 impl Conv {
     fn new(layer: &ConvBn, algo: ConvAlgo) -> Result<Self> {
         let unfused = || Error::Usage("int8: the network's BatchNorms are not fused".into());
-        let (w, b, stride, pad, relu) = layer.fused_parts().ok_or_else(unfused)?;
+        let (w, b, stride, pad, act) = layer.fused_parts().ok_or_else(unfused)?;
+        let relu = match act {
+            Activation::Linear => false,
+            Activation::Relu => true,
+            Activation::Relu6 => {
+                return Err(Error::Usage("int8: no kernel clips at 6 (ReLU6)".into()))
+            }
+        };
         let (c_out, c_in, kh, kw) = w.dims4()?;
         debug_assert_eq!(kh, kw);
         // (c_out, c_in, ky, kx) to (c_out, ky, kx, c_in): in a channels-last image each
@@ -292,6 +299,11 @@ impl Int8Net {
                     .collect::<Result<_>>()?;
                 let stem = Box::new(conv(stem)?);
                 (Body::ResNet { stem, blocks }, fc)
+            }
+            Network::MobileNetV2(_) => {
+                return Err(Error::Usage(
+                    "int8: no depthwise kernel yet; MobileNetV2 runs in f32".into(),
+                ))
             }
         };
         let head = Head::new(fc)?;

@@ -5,8 +5,9 @@
 //! The AVX2 path computes the same bytes as the portable one (a multiply, then an add,
 //! then truncation), 32 values at a time.
 
-use super::gemm::{Isa, Quant, AMAX};
+use super::gemm::{Quant, AMAX};
 use super::Act;
+use super::Isa;
 
 /// `x` quantised, with a border of `pad` pixels and `extra` more rows and columns at
 /// the bottom and right.

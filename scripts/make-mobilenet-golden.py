@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""A seeded torchvision MobileNetV2 and PyTorch's depthwise convolution, for histomap's
+parity tests.
+
+Writes
+  OUT/mobilenetv2_w25/model.safetensors: torchvision.models.mobilenet_v2(width_mult=0.25,
+      num_classes=8), torch.manual_seed(0) weights (convolutions Kaiming fan-in, so
+      activations are of order 1 in every layer and ReLU6 clips), every BatchNorm's
+      affine parameters and running statistics randomised so a name mix-up or a
+      train-mode BatchNorm shows;
+      the last BatchNorm of each residual branch scaled down and the classifier scaled
+      up so the logits are of order 1; torchvision's state_dict names without
+      num_batches_tracked.
+  OUT/mobilenetv2_w25/io.safetensors: x: 2 fixed 96x96 inputs; y: the eval-mode logits;
+      y_train: the logits in train mode (BatchNorm on the batch's statistics), dropout
+      off (its p set to 0), from the same weights (the running statistics that forward
+      updates are not saved).
+  OUT/depthwise/io.safetensors: torch.nn.functional.conv2d(x, w, stride=s,
+      padding=k//2, groups=C), no bias, N=2, forward and backward for five cases
+      (C, k, s, H, W below): case{i}.x (N,C,H,W), case{i}.w (C,1,k,k), case{i}.gy (a
+      random upstream gradient of y's shape), case{i}.y, case{i}.dx, case{i}.dw (the
+      gradients of sum(y * gy)). x, w and gy are float32; y, dx and dw are computed in
+      float64 from those very values and rounded to float32 once, so they are exact to
+      float32 rounding.
+
+PyTorch runs in its own venv (e.g. the WSInfer peer's); it is never a dependency of
+histomap. usage: python scripts/make-mobilenet-golden.py OUT   (the fixtures: OUT=fixtures)
+"""
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torchvision.models.mobilenetv2 import InvertedResidual
+
+# C, k, s, H, W
+DEPTHWISE_CASES = [
+    (5, 3, 1, 9, 9),
+    (5, 3, 2, 9, 10),
+    (4, 5, 1, 8, 8),
+    (4, 5, 2, 11, 11),
+    (16, 3, 2, 12, 12),
+]
+
+
+def mobilenet(out: Path) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=8)
+    for m in model.modules():
+        # torchvision's fan-out init gives a depthwise 3x3 kernel std sqrt(2 / (9 C)):
+        # its outputs would be ~1e-2, below the BatchNorm biases. Fan-in keeps every
+        # layer's activations of order 1 in eval mode too.
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    # Small last-BatchNorm scales on the residual branches keep the 10 residual
+    # blocks from growing the activations; the blocks without a shortcut keep theirs,
+    # as they carry the whole signal.
+    for m in model.modules():
+        if isinstance(m, InvertedResidual) and m.use_res_connect:
+            m.conv[-1].weight.data.uniform_(0.05, 0.2)
+    # torchvision initialises the classifier with std 0.01; a larger one brings the
+    # logits to order 1, so that 1e-4 is a strict bound.
+    model.classifier[1].weight.data *= 3
+    model.classifier[0].p = 0.0  # dropout off, for y_train
+    model.eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    with torch.no_grad():
+        y = model(x)
+        train = copy.deepcopy(model).train()
+        y_train = train(x)
+    d = out / "mobilenetv2_w25"
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(d / "model.safetensors"))
+    save_file({"x": x.contiguous(), "y": y.contiguous(), "y_train": y_train.contiguous()},
+              str(d / "io.safetensors"))
+    print(f"{d}: {len(state)} tensors, {sum(v.numel() for v in state.values())} values, "
+          f"|y| max {y.abs().max():.3f}, |y_train| max {y_train.abs().max():.3f}, "
+          f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+
+
+def depthwise(out: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i, (c, k, s, h, w) in enumerate(DEPTHWISE_CASES):
+        x = torch.randn(2, c, h, w, generator=g)
+        wt = torch.randn(c, 1, k, k, generator=g)
+        ho, wo = (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1
+        gy = torch.randn(2, c, ho, wo, generator=g)
+        x64 = x.double().requires_grad_()
+        w64 = wt.double().requires_grad_()
+        y64 = torch.nn.functional.conv2d(x64, w64, stride=s, padding=k // 2, groups=c)
+        assert y64.shape == gy.shape, (y64.shape, gy.shape)
+        (y64 * gy.double()).sum().backward()
+        for name, t in [("x", x), ("w", wt), ("gy", gy), ("y", y64.detach()),
+                        ("dx", x64.grad), ("dw", w64.grad)]:
+            tensors[f"case{i}.{name}"] = t.float().contiguous()
+        print(f"depthwise case{i}: C={c} k={k} s={s} {h}x{w} -> {ho}x{wo}")
+    d = out / "depthwise"
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(d / "io.safetensors"))
+    print(f"{d}: {len(tensors)} tensors, torch {torch.__version__}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # the same sums in the same order on every machine
+    mobilenet(args.out)
+    depthwise(args.out)
+
+
+if __name__ == "__main__":
+    main()
