@@ -5,7 +5,7 @@
 # training-step images/s. Rounds alternate the two tools; medians are reported.
 # PyTorch runs from the WSInfer peer's venv (made by ../shared/peers/run_wsinfer.sh or
 # scripts/compare-wsinfer.sh); it is never a dependency of histomap.
-# usage: scripts/bench-vs-pytorch.sh [ITERS [ROUNDS]]
+# usage: [BENCH_SPECS="ARCH SIZE BATCH,..."] scripts/bench-vs-pytorch.sh [ITERS [ROUNDS]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 iters=${1:-5}
@@ -17,8 +17,11 @@ cargo bench --bench models --no-run -q 2>/dev/null
 bench=$(ls -t target/release/deps/models-* | grep -v '\.d$' | head -1)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+specs=("smallcnn 96 64" "smallcnn 150 32" "resnet18 150 32" "mobilenetv2 96 64")
+# BENCH_SPECS="mobilenetv2 96 64,smallcnn 96 64" measures only those.
+[[ -n ${BENCH_SPECS:-} ]] && IFS=, read -ra specs <<<"$BENCH_SPECS"
 for round in $(seq 1 "$rounds"); do
-  for spec in "smallcnn 96 64" "smallcnn 150 32" "resnet18 150 32"; do
+  for spec in "${specs[@]}"; do
     set -- $spec
     echo "ours   $spec $(RAYON_NUM_THREADS=$threads "$bench" "$1" "$2" "$3" "$iters")" >>"$log"
     echo "theirs $spec $("$venv/bin/python" scripts/bench_pytorch.py "$1" "$2" "$3" "$iters" "$threads")" >>"$log"

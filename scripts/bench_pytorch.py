@@ -16,7 +16,8 @@ from wsinfer_model import SmallCnn  # noqa: E402
 
 arch, size, batch, iters, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
-model = SmallCnn(num_classes=2) if arch == "smallcnn" else getattr(torchvision.models, arch)(weights=None, num_classes=2)
+torchvision_name = {"mobilenetv2": "mobilenet_v2"}.get(arch, arch)
+model = SmallCnn(num_classes=2) if arch == "smallcnn" else getattr(torchvision.models, torchvision_name)(weights=None, num_classes=2)
 x = torch.randn(batch, 3, size, size)
 y = torch.zeros(batch, dtype=torch.long)
 

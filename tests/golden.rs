@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use candle_core::{DType, Device, ModuleT};
 use candle_nn::VarBuilder;
 use histomap::model::int8::{Int8Net, Isa};
-use histomap::model::{Architecture, Classifier, Network, ResNet};
+use histomap::model::{Architecture, Classifier, MobileNetV2, Network, ResNet};
 
 /// Max |candle − PyTorch| over the logits of the fixed inputs in `io`.
 fn parity(dir: &Path, io: &Path) -> f32 {
@@ -178,5 +178,82 @@ fn d4_test_time_augmentation_is_invariant_under_d4() {
         }
         let d = max_diff(&model.predict(view, n).unwrap(), &mean);
         assert!(d < 1e-6, "view {k}: {d}");
+    }
+}
+
+/// torchvision's MobileNetV2 at width 0.25 (every parameter name and operation of the
+/// full net, in a 1.3 MB fixture from `scripts/make-mobilenet-golden.py`): eval-mode
+/// logits with BatchNorm as its own op and folded, and train-mode logits (batch
+/// statistics), against PyTorch's.
+#[test]
+fn narrow_mobilenetv2_matches_pytorch() {
+    let dir = common::root().join("fixtures/mobilenetv2_w25");
+    let dev = Device::Cpu;
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+    let mut net = MobileNetV2::new(vb, 0.25, 8).unwrap();
+    let pair = candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
+    let x = &pair["x"];
+    let eval = common::max_abs_diff(&net.forward_t(x, false).unwrap(), &pair["y"]);
+    let mut fused_net = net.clone();
+    fused_net.fuse().unwrap();
+    let fused = common::max_abs_diff(&fused_net.forward_t(x, false).unwrap(), &pair["y"]);
+    // Last: a training-mode pass moves the running statistics, as PyTorch's does.
+    let train = common::max_abs_diff(&net.forward_t(x, true).unwrap(), &pair["y_train"]);
+    // The figure for issue notes: `cargo test --release --test golden -- --nocapture`.
+    eprintln!(
+        "mobilenetv2_w25: max |candle - torch| = {eval:.2e} eval, {train:.2e} train, \
+         {fused:.2e} BatchNorm fused"
+    );
+    for (what, d) in [("eval", eval), ("train", train), ("fused", fused)] {
+        assert!(
+            d < 1e-5,
+            "mobilenetv2_w25 {what}: max |candle - torch| = {d}"
+        );
+    }
+}
+
+/// The depthwise convolution's forward pass and both gradients against PyTorch's
+/// (`conv2d(groups=C)` in float64, `scripts/make-mobilenet-golden.py`), on every kernel
+/// path this CPU runs.
+#[test]
+fn depthwise_convolution_and_gradients_match_pytorch() {
+    use histomap::model::depthwise::depthwise_conv2d_with;
+    use histomap::model::isa::Isa;
+    let dev = Device::Cpu;
+    let io = candle_core::safetensors::load(
+        common::root().join("fixtures/depthwise/io.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    // (k, stride) of case0..case4, as the script writes them.
+    for (i, (k, stride)) in [(3, 1), (3, 2), (5, 1), (5, 2), (3, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let get = |name: &str| io[&format!("case{i}.{name}")].clone();
+        let x = candle_core::Var::from_tensor(&get("x")).unwrap();
+        let w = candle_core::Var::from_tensor(&get("w")).unwrap();
+        for isa in [Isa::Portable, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.available())
+        {
+            let y = depthwise_conv2d_with(isa, &x, &w, stride, k / 2).unwrap();
+            let grads = (&y * get("gy"))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (what, got, want) in [
+                ("y", &y, get("y")),
+                ("dx", grads.get(&x).unwrap(), get("dx")),
+                ("dw", grads.get(&w).unwrap(), get("dw")),
+            ] {
+                let scale = common::max_abs_diff(&want, &want.zeros_like().unwrap()).max(1.0);
+                let d = common::max_abs_diff(got, &want) / scale;
+                assert!(d < 1e-5, "case{i} {isa:?} {what}: relative error {d}");
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@
 
 pub mod card;
 mod cpu_ops;
-mod depthwise;
+pub mod depthwise;
 pub mod imagenet;
 pub mod int8;
 pub mod isa;
