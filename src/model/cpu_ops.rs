@@ -147,7 +147,7 @@ impl Im2col {
     /// output positions in a row whose kernel offset (i, j) reads real (not padding)
     /// input pixels; those are `stride` apart from `input_offset`. Offsets are within a
     /// plane.
-    pub(super) fn for_each_run(&self, i: usize, j: usize, mut f: impl FnMut(usize, usize, usize)) {
+    fn for_each_run(&self, i: usize, j: usize, mut f: impl FnMut(usize, usize, usize)) {
         let (h, w) = self.input;
         let (oh, ow) = self.output();
         let s = self.stride;
@@ -166,7 +166,7 @@ impl Im2col {
         }
     }
 
-    pub(super) fn taps(&self) -> impl Iterator<Item = (usize, usize)> {
+    fn taps(&self) -> impl Iterator<Item = (usize, usize)> {
         let (kh, kw) = self.kernel;
         (0..kh).flat_map(move |i| (0..kw).map(move |j| (i, j)))
     }

@@ -113,93 +113,139 @@ impl Phases {
     }
 }
 
-/// One output plane: the sum over taps of the tap's weight times the input under it.
-/// `src` is the input plane with its rows split by phase.
+/// Where kernel column j reads in a row: output columns `first..first + len` take the
+/// input columns that start at `src` once the row is split by phase.
+#[derive(Clone, Copy)]
+struct TapColumns {
+    first: usize,
+    len: usize,
+    src: usize,
+}
+
+/// The plane geometry the loops share: per kernel column, its run of a row.
+struct Plan {
+    geom: Im2col,
+    columns: Vec<TapColumns>,
+}
+
+impl Plan {
+    fn new(geom: Im2col, phases: &Phases) -> Self {
+        let (s, pad, w) = (geom.stride, geom.pad, geom.input.1);
+        let ow = geom.output().1;
+        let columns = (0..geom.kernel.1)
+            .map(|j| {
+                // Output columns whose input column ox·s + j − pad lies in [0, w).
+                let first = pad.saturating_sub(j).div_ceil(s);
+                let end = (w + pad).saturating_sub(j).div_ceil(s).min(ow);
+                let len = end.saturating_sub(first);
+                let src = if len > 0 {
+                    phases.index(first * s + j - pad)
+                } else {
+                    0
+                };
+                TapColumns { first, len, src }
+            })
+            .collect();
+        Self { geom, columns }
+    }
+
+    /// Calls `f(oy, iy, i)` for each output row and kernel row that reads a real input row.
+    #[inline(always)]
+    fn rows(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let (oh, _) = self.geom.output();
+        let (kh, h) = (self.geom.kernel.0, self.geom.input.0);
+        for oy in 0..oh {
+            for i in 0..kh {
+                if let Some(iy) = (oy * self.geom.stride + i).checked_sub(self.geom.pad) {
+                    if iy < h {
+                        f(oy, iy, i);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One output plane: the sum over taps of the tap's weight times the input under it,
+/// an output row at a time so that the row stays in L1 across its k·k taps. `src` is
+/// the input plane with its rows split by phase.
 #[inline(always)]
-fn forward_plane(geom: &Im2col, phases: &Phases, src: &[f32], taps: &[f32], out: &mut [f32]) {
+fn forward_plane(plan: &Plan, src: &[f32], taps: &[f32], out: &mut [f32]) {
+    let (ow, w, kw) = (plan.geom.output().1, plan.geom.input.1, plan.geom.kernel.1);
     out.fill(0.0);
-    for ((i, j), &wt) in geom.taps().zip(taps) {
-        geom.for_each_run(i, j, |o, s, len| {
-            let x = &src[phases.index(s)..][..len];
-            for (y, &x) in out[o..o + len].iter_mut().zip(x) {
+    plan.rows(|oy, iy, i| {
+        let (row, input) = (&mut out[oy * ow..][..ow], &src[iy * w..][..w]);
+        for (t, &wt) in plan.columns.iter().zip(&taps[i * kw..][..kw]) {
+            let x = &input[t.src..][..t.len];
+            for (y, &x) in row[t.first..][..t.len].iter_mut().zip(x) {
                 *y += wt * x;
             }
-        });
-    }
+        }
+    });
 }
 
 /// The gradient of one input plane, rows split by phase: each output gradient goes back
 /// to the pixels its taps read.
 #[inline(always)]
-fn input_grad_plane(geom: &Im2col, phases: &Phases, dy: &[f32], taps: &[f32], dx: &mut [f32]) {
+fn input_grad_plane(plan: &Plan, dy: &[f32], taps: &[f32], dx: &mut [f32]) {
+    let (ow, w, kw) = (plan.geom.output().1, plan.geom.input.1, plan.geom.kernel.1);
     dx.fill(0.0);
-    for ((i, j), &wt) in geom.taps().zip(taps) {
-        geom.for_each_run(i, j, |o, s, len| {
-            let dx = &mut dx[phases.index(s)..][..len];
-            for (d, &g) in dx.iter_mut().zip(&dy[o..o + len]) {
+    plan.rows(|oy, iy, i| {
+        let (grad, row) = (&dy[oy * ow..][..ow], &mut dx[iy * w..][..w]);
+        for (t, &wt) in plan.columns.iter().zip(&taps[i * kw..][..kw]) {
+            let dx = &mut row[t.src..][..t.len];
+            for (d, &g) in dx.iter_mut().zip(&grad[t.first..][..t.len]) {
                 *d += wt * g;
             }
-        });
-    }
+        }
+    });
 }
 
 /// Adds one plane's products (output gradient × input under the tap) into `acc`, one
 /// row-long slot per tap, element-wise.
 #[inline(always)]
-fn weight_grad_plane(geom: &Im2col, phases: &Phases, src: &[f32], dy: &[f32], acc: &mut [f32]) {
-    let ow = geom.output().1;
-    for ((i, j), acc) in geom.taps().zip(acc.chunks_mut(ow)) {
-        geom.for_each_run(i, j, |o, s, len| {
-            let x = &src[phases.index(s)..][..len];
-            for ((a, &g), &x) in acc[..len].iter_mut().zip(&dy[o..o + len]).zip(x) {
+fn weight_grad_plane(plan: &Plan, src: &[f32], dy: &[f32], acc: &mut [f32]) {
+    let (ow, w, kw) = (plan.geom.output().1, plan.geom.input.1, plan.geom.kernel.1);
+    plan.rows(|oy, iy, i| {
+        let (grad, input) = (&dy[oy * ow..][..ow], &src[iy * w..][..w]);
+        for (j, t) in plan.columns.iter().enumerate() {
+            let acc = &mut acc[(i * kw + j) * ow..][..t.len];
+            let x = &input[t.src..][..t.len];
+            for ((a, &g), &x) in acc.iter_mut().zip(&grad[t.first..][..t.len]).zip(x) {
                 *a += g * x;
             }
-        });
-    }
+        }
+    });
 }
 
 /// The three loops compiled with AVX2 enabled: the same code, wider vectors.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Im2col, Phases};
+    use super::Plan;
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn forward_plane(
-        g: &Im2col,
-        p: &Phases,
-        src: &[f32],
-        taps: &[f32],
-        out: &mut [f32],
-    ) {
-        super::forward_plane(g, p, src, taps, out)
+    pub unsafe fn forward_plane(plan: &Plan, src: &[f32], taps: &[f32], out: &mut [f32]) {
+        super::forward_plane(plan, src, taps, out)
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn input_grad_plane(
-        g: &Im2col,
-        p: &Phases,
-        dy: &[f32],
-        taps: &[f32],
-        dx: &mut [f32],
-    ) {
-        super::input_grad_plane(g, p, dy, taps, dx)
+    pub unsafe fn input_grad_plane(plan: &Plan, dy: &[f32], taps: &[f32], dx: &mut [f32]) {
+        super::input_grad_plane(plan, dy, taps, dx)
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn weight_grad_plane(
-        g: &Im2col,
-        p: &Phases,
-        src: &[f32],
-        dy: &[f32],
-        acc: &mut [f32],
-    ) {
-        super::weight_grad_plane(g, p, src, dy, acc)
+    pub unsafe fn weight_grad_plane(plan: &Plan, src: &[f32], dy: &[f32], acc: &mut [f32]) {
+        super::weight_grad_plane(plan, src, dy, acc)
     }
 }
 
 impl Depthwise {
     fn phases(&self) -> Phases {
         Phases::new(self.geom.stride, self.geom.input.1)
+    }
+
+    fn plan(&self, phases: &Phases) -> Plan {
+        Plan::new(self.geom, phases)
     }
 
     fn taps(&self) -> usize {
@@ -216,30 +262,30 @@ impl Depthwise {
         buf
     }
 
-    fn forward(&self, p: &Phases, src: &[f32], taps: &[f32], out: &mut [f32]) {
+    fn forward(&self, plan: &Plan, src: &[f32], taps: &[f32], out: &mut [f32]) {
         match self.isa {
             // SAFETY: `depthwise_conv2d_with` checked that the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::forward_plane(&self.geom, p, src, taps, out) },
-            _ => forward_plane(&self.geom, p, src, taps, out),
+            Isa::Avx2 => unsafe { avx2::forward_plane(plan, src, taps, out) },
+            _ => forward_plane(plan, src, taps, out),
         }
     }
 
-    fn input_grad(&self, p: &Phases, dy: &[f32], taps: &[f32], dx: &mut [f32]) {
+    fn input_grad(&self, plan: &Plan, dy: &[f32], taps: &[f32], dx: &mut [f32]) {
         match self.isa {
             // SAFETY: as in `forward`.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::input_grad_plane(&self.geom, p, dy, taps, dx) },
-            _ => input_grad_plane(&self.geom, p, dy, taps, dx),
+            Isa::Avx2 => unsafe { avx2::input_grad_plane(plan, dy, taps, dx) },
+            _ => input_grad_plane(plan, dy, taps, dx),
         }
     }
 
-    fn weight_grad(&self, p: &Phases, src: &[f32], dy: &[f32], acc: &mut [f32]) {
+    fn weight_grad(&self, plan: &Plan, src: &[f32], dy: &[f32], acc: &mut [f32]) {
         match self.isa {
             // SAFETY: as in `forward`.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::weight_grad_plane(&self.geom, p, src, dy, acc) },
-            _ => weight_grad_plane(&self.geom, p, src, dy, acc),
+            Isa::Avx2 => unsafe { avx2::weight_grad_plane(plan, src, dy, acc) },
+            _ => weight_grad_plane(plan, src, dy, acc),
         }
     }
 }
@@ -261,6 +307,7 @@ impl CustomOp2 for Depthwise {
         let wt = contiguous_f32(s2, l2, "depthwise-conv2d")?;
         let (oh, ow) = self.geom.output();
         let phases = self.phases();
+        let plan = self.plan(&phases);
         let k = self.taps();
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow)
@@ -268,7 +315,7 @@ impl CustomOp2 for Depthwise {
             .enumerate()
             .for_each_init(Vec::new, |buf, (p, (out, plane))| {
                 let src = self.split(&phases, plane, buf);
-                self.forward(&phases, src, &wt[(p % c) * k..][..k], out);
+                self.forward(&plan, src, &wt[(p % c) * k..][..k], out);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
@@ -308,6 +355,7 @@ impl CustomOp2 for InputGrad {
         let wt = contiguous_f32(s2, l2, "depthwise-conv2d")?;
         let (h, w) = op.geom.input;
         let phases = op.phases();
+        let plan = op.plan(&phases);
         let k = op.taps();
         let mut dx = vec![0f32; n * c * h * w];
         dx.par_chunks_mut(h * w)
@@ -316,10 +364,10 @@ impl CustomOp2 for InputGrad {
             .for_each_init(Vec::new, |buf, (p, (dx, dy))| {
                 let taps = &wt[(p % c) * k..][..k];
                 if op.geom.stride == 1 {
-                    op.input_grad(&phases, dy, taps, dx);
+                    op.input_grad(&plan, dy, taps, dx);
                 } else {
                     buf.resize(h * w, 0.0);
-                    op.input_grad(&phases, dy, taps, buf);
+                    op.input_grad(&plan, dy, taps, buf);
                     phases.merge(buf, dx);
                 }
             });
@@ -348,6 +396,7 @@ impl CustomOp2 for WeightGrad {
         let dy = contiguous_f32(s2, l2, "depthwise-conv2d")?;
         let (oh, ow) = op.geom.output();
         let phases = op.phases();
+        let plan = op.plan(&phases);
         let k = op.taps();
         let mut dw = vec![0f32; c * k];
         dw.par_chunks_mut(k).enumerate().for_each(|(ch, dw)| {
@@ -355,7 +404,7 @@ impl CustomOp2 for WeightGrad {
             for img in 0..n {
                 let p = img * c + ch;
                 let src = op.split(&phases, &x[p * h * w..][..h * w], &mut buf);
-                op.weight_grad(&phases, src, &dy[p * oh * ow..][..oh * ow], &mut acc);
+                op.weight_grad(&plan, src, &dy[p * oh * ow..][..oh * ow], &mut acc);
             }
             for (d, slot) in dw.iter_mut().zip(acc.chunks(ow)) {
                 *d = slot.iter().sum();
