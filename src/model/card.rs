@@ -177,6 +177,10 @@ pub struct TrainingRecord {
     /// The decay per step of the weight average the model holds (`--ema`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
+    /// The learning-rate warm-up as a fraction of all steps (`--warmup`); absent: one
+    /// epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<f64>,
     /// AdamW weight decay; absent in cards of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,

@@ -27,24 +27,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tenso
     if ci != c {
         candle_core::bail!("conv2d: input has {c} channels, weights expect {ci}")
     }
-    if (kh, kw, stride, pad) == (1, 1, 1, 0) {
-        // A pointwise convolution needs no im2col: each image's (c, h·w) plane is
-        // already its column matrix.
-        let w = w.reshape((co, c))?;
-        let x = x.contiguous()?.reshape((n, c, h * wd))?;
-        if !w.track_op() && !x.track_op() {
-            // Inference: one product per image lands in (n, co, h·w) as it is.
-            return w.broadcast_left(n)?.matmul(&x)?.reshape((n, co, h, wd));
-        }
-        // Training: one product over the whole batch, so that the weight gradient is one
-        // product too (a batched one would hold an (n, co, c) gradient per layer).
-        let cols = x.transpose(0, 1)?.contiguous()?.reshape((c, n * h * wd))?;
-        return w
-            .matmul(&cols)?
-            .reshape((co, n, h, wd))?
-            .transpose(0, 1)?
-            .contiguous();
-    }
     let geom = Im2col {
         kernel: (kh, kw),
         stride,

@@ -3,7 +3,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{batch_norm, conv2d, conv2d_no_bias, BatchNorm, Conv2d, Conv2dConfig, VarBuilder};
 
-use super::{cpu_ops, depthwise};
+use super::{cpu_ops, depthwise, pointwise};
 
 /// The activation after a convolution's BatchNorm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,12 +128,14 @@ impl ModuleT for ConvBn {
         // convolution backward is a direct loop (one per group), and its composed
         // BatchNorm costs a gradient buffer per op.
         let cfg = self.conv.config();
-        let conv = if self.depthwise() {
-            depthwise::depthwise_conv2d
+        let w = self.conv.weight();
+        let y = if self.depthwise() {
+            depthwise::depthwise_conv2d(x, w, cfg.stride, cfg.padding)?
+        } else if w.dims()[2..] == [1, 1] && (cfg.stride, cfg.padding) == (1, 0) {
+            pointwise::pointwise_conv2d(x, w)?
         } else {
-            cpu_ops::conv2d
+            cpu_ops::conv2d(x, w, cfg.stride, cfg.padding)?
         };
-        let y = conv(x, self.conv.weight(), cfg.stride, cfg.padding)?;
         if let (true, Some(bn)) = (train, &self.bn) {
             return cpu_ops::batch_norm_train(&y, bn, self.conv.bias(), self.act);
         }

@@ -14,6 +14,7 @@ pub mod int8;
 pub mod isa;
 mod layers;
 mod mobilenet;
+mod pointwise;
 mod resnet;
 mod smallcnn;
 pub mod tta;

@@ -114,6 +114,7 @@ pub(super) fn save_model(
         init: opts.init.clone(),
         fine_tune: opts.init.is_some().then_some(opts.fine_tune),
         ema: opts.ema,
+        warmup: opts.warmup,
         weight_decay: Some(opts.weight_decay),
         patience: Some(opts.patience),
         validation: Some(validation.to_string()),
