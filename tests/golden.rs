@@ -191,7 +191,7 @@ fn narrow_mobilenetv2_matches_pytorch() {
     let dev = Device::Cpu;
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
     let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
-    let mut net = MobileNetV2::new(vb, 0.25, 8).unwrap();
+    let net = MobileNetV2::new(vb, 0.25, 8).unwrap();
     let pair = candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
     let x = &pair["x"];
     let eval = common::max_abs_diff(&net.forward_t(x, false).unwrap(), &pair["y"]);
