@@ -7,9 +7,12 @@
 #   with no MODEL and SLIDE, the two at-scale comparisons (slides from
 #   scripts/make-slides.sh): resnet18_150 on target/slides/dense.tif (the real Aperio
 #   region 4 × 4) and smallcnn96 on target/slides/pcam-gigapixel.tif (100,000 × 80,000)
-#   MODEL   smallcnn96 | resnet18_150
+#   MODEL   smallcnn96 | resnet18_150 (seeded weights from the peer's script), or a
+#           histomap model folder such as models/pcam-mobilenetv2 (exported to WSInfer
+#           with its weights by scripts/export-wsinfer.py)
 #   REPEAT  rounds, each running every tool once; medians are reported (default 3)
-#   PRECISIONS (environment) histomap's precisions to run (default "f32 int8")
+#   PRECISIONS (environment) histomap's precisions to run (default "f32 int8"; "f32"
+#           for an architecture without int8, such as mobilenetv2)
 # Uses ../shared/peers/{wsinfer_model.py,run_wsinfer.sh}; the peer's venv (≈3.5 GB,
 # made on first use by run_wsinfer.sh) lives in ${WSINFER_VENV:-$TMPDIR/histomap-peers/wsinfer-venv}.
 # Both tools get their defaults otherwise: WSInfer batch 32 with min(nproc, 8)
@@ -22,6 +25,10 @@ if [[ $# -le 1 ]]; then
   exec "$0" smallcnn96 target/slides/pcam-gigapixel.tif "${1:-3}"
 fi
 model=$1
+if [[ -f $model/card.json ]]; then
+  src=$(realpath "$model")
+  model=$(basename "$src")
+fi
 slide=$(realpath "$2")
 repeat=${3:-3}
 precisions=${PRECISIONS:-f32 int8}
@@ -35,7 +42,11 @@ mkdir -p "$work"
 if [[ ! -x $venv/bin/python ]]; then
   python3 -m venv "$venv" && "$venv/bin/pip" install -q -r "$peers/wsinfer-requirements.txt"
 fi
-[[ -f $work/models/$model/config.json ]] || "$venv/bin/python" "$peers/wsinfer_model.py" --out "$work/models" --models "$model" >/dev/null
+if [[ -n ${src:-} ]]; then
+  "$venv/bin/python" scripts/export-wsinfer.py "$src" "$work/models/$model" >/dev/null
+elif [[ ! -f $work/models/$model/config.json ]]; then
+  "$venv/bin/python" "$peers/wsinfer_model.py" --out "$work/models" --models "$model" >/dev/null
+fi
 
 # histomap's model folder and pipeline, from the same weights and WSInfer's config.json.
 ours=$work/histomap-$model
@@ -60,6 +71,8 @@ with open(f"{out}/pipeline.toml", "w") as f:
     for c in classes:
         f.write(f'[[classes]]\nname = "{c["name"]}"\ncolor = "{c["color"]}"\n')
 PY
+# A shipped model keeps its own card (provenance, colours).
+[[ -n ${src:-} ]] && cp "$src/card.json" "$ours/model/card.json"
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ws_wall=(); ws_patches=0

@@ -40,7 +40,9 @@ done | awk '{ printf "fold %d: %d tiles, last-epoch accuracy %.3f, balanced %.3f
 # Per class, pooled over folds: each fold's saved model (its best validation epoch, so
 # this table is a little optimistic) on its held-out patients.
 for ((f = 0; f < folds; f++)); do
-  awk -F, -v f="$f" 'NR == 1 { print "path,label,group" } NR > 1 && $NF == f { print $1 "," $2 "," $3 }' \
+  # Manifest paths are read relative to the manifest: make them absolute.
+  awk -F, -v f="$f" -v here="$PWD" 'NR == 1 { print "path,label,group" }
+    NR > 1 && $NF == f { print ($1 ~ /^\// ? "" : here "/") $1 "," $2 "," $3 }' \
     "$out/split.csv" >"$out/fold$f/heldout.csv"
   "$bin" evaluate --model "$out/fold$f" --data "$out/fold$f/heldout.csv" -o "$out/fold$f/heldout" --quiet >/dev/null
   tail -n +2 "$out/fold$f/heldout/predictions.csv"

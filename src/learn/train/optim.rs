@@ -276,3 +276,46 @@ impl Ema {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parameter scaled by 0 (a frozen body) keeps its value and its moments; the
+    /// others take AdamW's first step, of size lr·scale per element.
+    #[test]
+    fn a_frozen_parameter_and_its_moments_stay_put() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let body = vb
+            .get_with_hints(3, "features.0.weight", candle_nn::Init::Const(1.0))
+            .unwrap();
+        let head = vb
+            .get_with_hints(3, "classifier.1.bias", candle_nn::Init::Const(1.0))
+            .unwrap();
+        let mut opt = AdamW::new(&varmap, 0.0).unwrap();
+        let loss = (body.sum_all().unwrap() + head.sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let scale = |name: &str| {
+            if name.starts_with("classifier.") {
+                1.0
+            } else {
+                0.0
+            }
+        };
+        opt.step(&grads, 0.1, &scale).unwrap();
+        let values = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+        assert_eq!(values(&body), [1.0; 3]);
+        for v in values(&head) {
+            assert!((v - 0.9).abs() < 1e-5, "{v}");
+        }
+        let frozen = opt
+            .params
+            .iter()
+            .position(|(n, _)| n == "features.0.weight")
+            .unwrap();
+        assert_eq!(values(&opt.m[frozen]), [0.0; 3]);
+        assert_eq!(values(&opt.v[frozen]), [0.0; 3]);
+    }
+}
