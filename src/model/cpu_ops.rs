@@ -11,11 +11,29 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
-use super::layers::Activation;
-
 /// Most elements of an im2col matrix built at once (64 MiB of f32); larger batches
 /// are convolved in chunks so memory stays flat.
 const MAX_COLS: usize = 16 << 20;
+
+/// The activation after a convolution's BatchNorm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// None: the block's output is linear (a residual branch's last layer).
+    Linear,
+    Relu,
+    /// min(max(x, 0), 6): MobileNet's.
+    Relu6,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Linear => Ok(x.clone()),
+            Activation::Relu => x.relu(),
+            Activation::Relu6 => x.clamp(0f32, 6f32),
+        }
+    }
+}
 
 /// 2-D convolution (no dilation, one group, no bias) as im2col + one matrix product over
 /// the whole batch: the weights (co, c·kh·kw) times the columns (c·kh·kw, n·oh·ow). One

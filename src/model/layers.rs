@@ -3,27 +3,8 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{batch_norm, conv2d, conv2d_no_bias, BatchNorm, Conv2d, Conv2dConfig, VarBuilder};
 
+pub use super::cpu_ops::Activation;
 use super::{cpu_ops, depthwise, pointwise};
-
-/// The activation after a convolution's BatchNorm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// None: the block's output is linear (a residual branch's last layer).
-    Linear,
-    Relu,
-    /// min(max(x, 0), 6): MobileNet's.
-    Relu6,
-}
-
-impl Activation {
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Activation::Linear => Ok(x.clone()),
-            Activation::Relu => x.relu(),
-            Activation::Relu6 => x.clamp(0f32, 6f32),
-        }
-    }
-}
 
 /// A convolution followed by BatchNorm and an activation. For inference the
 /// BatchNorm can be folded into the convolution's weights ([`ConvBn::fuse`]): the same function, one op fewer.
