@@ -30,7 +30,8 @@ pub struct TrainArgs {
     /// Tiles per optimiser step.
     #[arg(long, default_value_t = 32, value_parser = batch_size)]
     batch_size: usize,
-    /// Peak learning rate (AdamW; one warm-up epoch, then cosine decay).
+    /// Peak learning rate (AdamW; a linear warm-up of one epoch, or --warmup, then cosine
+    /// decay).
     #[arg(long, default_value_t = 1e-3, value_parser = non_negative)]
     lr: f64,
     /// AdamW weight decay.
