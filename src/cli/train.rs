@@ -138,9 +138,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         bail!("--warmup {f}: expected a fraction of the run in [0, 1]");
     }
     let imagenet = a.init.as_deref() == Some(std::path::Path::new("imagenet"));
-    let init = match &a.init {
-        Some(_) if imagenet => Some(histomap::model::imagenet::weights_dir(a.arch)?),
-        other => other.clone(),
+    let init = if imagenet {
+        Some(histomap::model::imagenet::weights_dir(a.arch)?)
+    } else {
+        a.init.clone()
     };
     let (pipeline, dataset, hashes) = a.tiles.load()?;
     let extra = match &a.extra_train {

@@ -56,14 +56,15 @@ pub fn depthwise_conv2d_with(
         pad,
         input: (h, wd),
     };
+    let loops = Loops::of(isa);
     x.contiguous()?
-        .apply_op2(&w.contiguous()?, Depthwise { geom, isa })
+        .apply_op2(&w.contiguous()?, Depthwise { geom, loops })
 }
 
 #[derive(Clone, Copy)]
 struct Depthwise {
     geom: Im2col,
-    isa: Isa,
+    loops: Loops,
 }
 
 /// A row's columns reordered by stride phase: column x moves to `start[x % s] + x / s`,
@@ -218,7 +219,35 @@ fn weight_grad_plane(plan: &Plan, src: &[f32], dy: &[f32], acc: &mut [f32]) {
     });
 }
 
-/// The three loops compiled with AVX2 enabled: the same code, wider vectors.
+/// The three loops of one kernel path. The AVX2 ones are the same code compiled with
+/// AVX2 enabled: wider vectors, the same bits.
+#[derive(Clone, Copy)]
+struct Loops {
+    forward: unsafe fn(&Plan, &[f32], &[f32], &mut [f32]),
+    input_grad: unsafe fn(&Plan, &[f32], &[f32], &mut [f32]),
+    weight_grad: unsafe fn(&Plan, &[f32], &[f32], &mut [f32]),
+}
+
+impl Loops {
+    /// The loops of `isa`, which the caller has checked this CPU runs: only then is
+    /// calling them sound.
+    fn of(isa: Isa) -> Self {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Self {
+                forward: avx2::forward_plane,
+                input_grad: avx2::input_grad_plane,
+                weight_grad: avx2::weight_grad_plane,
+            },
+            _ => Self {
+                forward: forward_plane,
+                input_grad: input_grad_plane,
+                weight_grad: weight_grad_plane,
+            },
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::Plan;
@@ -261,33 +290,6 @@ impl Depthwise {
         phases.split(plane, buf);
         buf
     }
-
-    fn forward(&self, plan: &Plan, src: &[f32], taps: &[f32], out: &mut [f32]) {
-        match self.isa {
-            // SAFETY: `depthwise_conv2d_with` checked that the CPU has AVX2.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::forward_plane(plan, src, taps, out) },
-            _ => forward_plane(plan, src, taps, out),
-        }
-    }
-
-    fn input_grad(&self, plan: &Plan, dy: &[f32], taps: &[f32], dx: &mut [f32]) {
-        match self.isa {
-            // SAFETY: as in `forward`.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::input_grad_plane(plan, dy, taps, dx) },
-            _ => input_grad_plane(plan, dy, taps, dx),
-        }
-    }
-
-    fn weight_grad(&self, plan: &Plan, src: &[f32], dy: &[f32], acc: &mut [f32]) {
-        match self.isa {
-            // SAFETY: as in `forward`.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::weight_grad_plane(plan, src, dy, acc) },
-            _ => weight_grad_plane(plan, src, dy, acc),
-        }
-    }
 }
 
 impl CustomOp2 for Depthwise {
@@ -315,7 +317,8 @@ impl CustomOp2 for Depthwise {
             .enumerate()
             .for_each_init(Vec::new, |buf, (p, (out, plane))| {
                 let src = self.split(&phases, plane, buf);
-                self.forward(&plan, src, &wt[(p % c) * k..][..k], out);
+                // SAFETY: `depthwise_conv2d_with` checked that this CPU runs the loops.
+                unsafe { (self.loops.forward)(&plan, src, &wt[(p % c) * k..][..k], out) };
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
@@ -363,11 +366,12 @@ impl CustomOp2 for InputGrad {
             .enumerate()
             .for_each_init(Vec::new, |buf, (p, (dx, dy))| {
                 let taps = &wt[(p % c) * k..][..k];
+                // SAFETY: as in the forward pass.
                 if op.geom.stride == 1 {
-                    op.input_grad(&plan, dy, taps, dx);
+                    unsafe { (op.loops.input_grad)(&plan, dy, taps, dx) };
                 } else {
                     buf.resize(h * w, 0.0);
-                    op.input_grad(&plan, dy, taps, buf);
+                    unsafe { (op.loops.input_grad)(&plan, dy, taps, buf) };
                     phases.merge(buf, dx);
                 }
             });
@@ -404,7 +408,9 @@ impl CustomOp2 for WeightGrad {
             for img in 0..n {
                 let p = img * c + ch;
                 let src = op.split(&phases, &x[p * h * w..][..h * w], &mut buf);
-                op.weight_grad(&plan, src, &dy[p * oh * ow..][..oh * ow], &mut acc);
+                let dy = &dy[p * oh * ow..][..oh * ow];
+                // SAFETY: as in the forward pass.
+                unsafe { (op.loops.weight_grad)(&plan, src, dy, &mut acc) };
             }
             for (d, slot) in dw.iter_mut().zip(acc.chunks(ow)) {
                 *d = slot.iter().sum();

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::Normalization;
 
 /// The folder `scripts/fetch-imagenet.sh` fills, under the project root.
-pub const DIR: &str = "imagenet";
+const DIR: &str = "imagenet";
 
 /// Where `HISTOMAP_IMAGENET` points, else an `imagenet/` folder beside the current
 /// directory or above the running binary (the project root of a `target/release` build).

@@ -29,7 +29,10 @@ pub fn pointwise_conv2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         )
     }
     let w = w.reshape((co, c))?;
-    x.contiguous()?.apply_op2(&w.contiguous()?, Pointwise)
+    let forward = Pointwise {
+        weights: Side::AsIs,
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, forward)
 }
 
 /// Which side of a product is stored transposed.
@@ -87,11 +90,20 @@ fn product(
     }
 }
 
-struct Pointwise;
+/// The weights (co, c), or their transpose, times each image's plane: (n, c, h, w) →
+/// (n, co, h, w) is the forward pass, and with the weights transposed (n, co, h, w) →
+/// (n, c, h, w) is its input gradient. Inputs: the images and the (co, c) weights.
+#[derive(Clone, Copy)]
+struct Pointwise {
+    weights: Side,
+}
 
 impl CustomOp2 for Pointwise {
     fn name(&self) -> &'static str {
-        "pointwise-conv2d"
+        match self.weights {
+            Side::AsIs => "pointwise-conv2d",
+            Side::Transposed => "pointwise-conv2d-input-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -101,16 +113,22 @@ impl CustomOp2 for Pointwise {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let co = l2.shape().dims2()?.0;
+        let (n, c_in, h, w) = l1.shape().dims4()?;
+        let (co, c) = l2.shape().dims2()?;
+        let c_out = match self.weights {
+            Side::AsIs => co,
+            Side::Transposed => c,
+        };
         let x = contiguous_f32(s1, l1, "pointwise-conv2d")?;
         let wt = contiguous_f32(s2, l2, "pointwise-conv2d")?;
         let hw = h * w;
-        let mut y = vec![0f32; n * co * hw];
-        y.par_chunks_mut(co * hw)
-            .zip(x.par_chunks(c * hw))
-            .for_each(|(y, x)| product((co, hw, c), y, false, wt, Side::AsIs, x, Side::AsIs));
-        Ok((CpuStorage::F32(y), Shape::from((n, co, h, w))))
+        let mut y = vec![0f32; n * c_out * hw];
+        y.par_chunks_mut(c_out * hw)
+            .zip(x.par_chunks(c_in * hw))
+            .for_each(|(y, x)| {
+                product((c_out, hw, c_in), y, false, wt, self.weights, x, Side::AsIs)
+            });
+        Ok((CpuStorage::F32(y), Shape::from((n, c_out, h, w))))
     }
 
     fn bwd(
@@ -121,39 +139,12 @@ impl CustomOp2 for Pointwise {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &InputGrad)?;
+        let input_grad = Pointwise {
+            weights: Side::Transposed,
+        };
+        let dx = dy.apply_op2_no_bwd(w, &input_grad)?;
         let dw = x.apply_op2_no_bwd(&dy, &WeightGrad)?;
         Ok((Some(dx), Some(dw)))
-    }
-}
-
-/// dx of [`Pointwise`]: wᵀ · dy per image; inputs dy and the (co, c) weights.
-struct InputGrad;
-
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "pointwise-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, co, h, w) = l1.shape().dims4()?;
-        let c = l2.shape().dims2()?.1;
-        let dy = contiguous_f32(s1, l1, "pointwise-conv2d")?;
-        let wt = contiguous_f32(s2, l2, "pointwise-conv2d")?;
-        let hw = h * w;
-        let mut dx = vec![0f32; n * c * hw];
-        dx.par_chunks_mut(c * hw)
-            .zip(dy.par_chunks(co * hw))
-            .for_each(|(dx, dy)| {
-                product((c, hw, co), dx, false, wt, Side::Transposed, dy, Side::AsIs)
-            });
-        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
     }
 }
 

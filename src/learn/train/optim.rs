@@ -189,10 +189,11 @@ impl AdamW {
             1.0 - BETA2.powi(self.t as i32),
         );
         for (i, (name, var)) in self.params.iter().enumerate() {
-            let lr = lr * scale(name);
-            if lr == 0.0 {
+            let scale = scale(name);
+            if scale == 0.0 {
                 continue;
             }
+            let lr = lr * scale;
             // Detached: the moments must not keep this step's autograd graph alive.
             let Some(g) = grads.get(var).map(Tensor::detach) else {
                 continue;
