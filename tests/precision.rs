@@ -178,13 +178,14 @@ fn int8_agrees_with_f32_on_the_real_slides() {
 fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
     // The portable kernel, forced, gives byte-identical predictions to the fastest
     // path of this CPU; `auto` runs int8 where the CPU has a fast kernel, else f32.
+    // kather8's card records int8 below the bar: auto is tried on pcam's, which passes.
     let out = tempfile::tempdir().unwrap();
-    let run = |kernel: &str, precision: &str| {
-        let dir = out.path().join(format!("{kernel}-{precision}"));
+    let run_on = |name: &str, kernel: &str, precision: &str| {
+        let dir = out.path().join(format!("{name}-{kernel}-{precision}"));
         histomap()
             .env("HISTOMAP_KERNEL", kernel)
             .args(["heatmap", "-q", "--precision", precision, "--pipeline"])
-            .arg(pipeline("kather8"))
+            .arg(pipeline(name))
             .arg("--out")
             .arg(&dir)
             .arg(svs())
@@ -194,6 +195,7 @@ fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
         let used = json(&slide.join("summary.json"))["model"]["precision"].clone();
         (std::fs::read(slide.join("predictions.csv")).unwrap(), used)
     };
+    let run = |kernel: &str, precision: &str| run_on("kather8", kernel, precision);
     let (portable, used) = run("portable", "int8");
     assert_eq!(used, "int8-portable");
     let fastest = histomap::model::int8::Isa::detect();
@@ -203,9 +205,9 @@ fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
         portable == native,
         "portable and {fastest:?} predictions differ"
     );
-    let (_, used) = run("portable", "auto");
+    let (_, used) = run_on("pcam", "portable", "auto");
     assert_eq!(used, "f32", "auto does not pick the slow portable kernel");
-    let (_, used) = run(fastest.name(), "auto");
+    let (_, used) = run_on("pcam", fastest.name(), "auto");
     let expected = if fastest.name() == "portable" {
         "f32".to_string()
     } else {
@@ -228,6 +230,8 @@ fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
     let source = common::model("kather8", histomap::model::Architecture::Smallcnn);
     std::fs::create_dir_all(&model).unwrap();
     std::fs::copy(source.join("card.json"), model.join("card.json")).unwrap();
+    // A card whose recorded check passes: only the check on the first patches can stop it.
+    record_int8_check(&model, 1.0);
     let dev = candle_core::Device::Cpu;
     let mut weights =
         candle_core::safetensors::load(source.join("model.safetensors"), &dev).unwrap();
@@ -276,4 +280,106 @@ fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
         stderr.contains("warning") && stderr.contains("running in f32"),
         "{stderr}"
     );
+}
+
+/// Writes an int8 check of this version's scheme with `agreement` into a model's card.
+fn record_int8_check(model: &Path, agreement: f64) {
+    let path = model.join("card.json");
+    let mut card = json(&path);
+    card["int8"] = serde_json::json!({
+        "scheme": histomap::model::int8::SCHEME,
+        "agreement": agreement,
+        "tiles": 1000,
+        "max_prob_diff": 0.01,
+        "data": "test tiles",
+        "histomap_version": "test",
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();
+}
+
+/// A copy of a shipped model's folder.
+fn copy_model(name: &str, to: &Path) -> PathBuf {
+    let dir = to.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["card.json", "model.safetensors"] {
+        std::fs::copy(root().join("models").join(name).join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn auto_runs_f32_where_the_card_records_int8_below_the_bar_and_int8_where_above() {
+    let work = tempfile::tempdir().unwrap();
+    let model = copy_model("pcam", work.path());
+    let run = |agreement: f64| {
+        record_int8_check(&model, agreement);
+        let out = work.path().join(format!("out-{agreement}"));
+        let run = histomap()
+            .args(["heatmap", "-q", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .arg(svs())
+            .assert()
+            .success();
+        let stderr = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+        (json(&out.join("cmu_small_region/summary.json")), stderr)
+    };
+    let (summary, stderr) = run(0.99);
+    assert_eq!(summary["model"]["precision"], "f32");
+    let note = summary["model"]["precision_note"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        note.contains("99.00% of 1000 patches of test tiles"),
+        "{note}"
+    );
+    assert!(
+        stderr.contains("warning") && stderr.contains("99.00%"),
+        "{stderr}"
+    );
+    if histomap::model::int8::Isa::detect().name() == "portable" {
+        return; // auto never runs the portable kernel
+    }
+    let (summary, _) = run(0.999);
+    assert_ne!(summary["model"]["precision"], "f32");
+    assert!(summary["model"].get("precision_note").is_none());
+}
+
+#[test]
+fn calibrate_records_int8_against_f32_in_the_card_and_info_shows_it() {
+    let work = tempfile::tempdir().unwrap();
+    let model = copy_model("pcam", work.path());
+    // Tiles (--data) are measured at the end of every `train` with validation tiles.
+    let out = histomap()
+        .args(["calibrate", "-q", "--stride", "48", "--model"])
+        .arg(&model)
+        .arg(svs())
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("int8 kept f32's class on"), "{stdout}");
+    let card = json(&model.join("card.json"));
+    let check = &card["int8"];
+    assert_eq!(check["scheme"], histomap::model::int8::SCHEME);
+    assert!(check["tiles"].as_u64().unwrap() > 200, "{check}");
+    assert!(check["agreement"].as_f64().unwrap() >= 0.99, "{check}");
+    let info = histomap()
+        .args(["info", "--model"])
+        .arg(&model)
+        .assert()
+        .success();
+    let info = String::from_utf8_lossy(&info.get_output().stdout).to_string();
+    assert!(info.contains("int8 check      int8 kept"), "{info}");
+    // MobileNetV2 has no int8 kernel: calibrate says so in one line and writes nothing.
+    let mobile = copy_model("kather8-mobilenetv2", work.path());
+    let before = std::fs::read(mobile.join("card.json")).unwrap();
+    histomap()
+        .args(["calibrate", "-q", "--model"])
+        .arg(&mobile)
+        .arg(svs())
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("no depthwise kernel"));
+    assert_eq!(std::fs::read(mobile.join("card.json")).unwrap(), before);
 }

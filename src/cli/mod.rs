@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod args;
+mod calibrate;
 mod evaluate;
 mod heatmap;
 mod info;
@@ -50,6 +51,10 @@ pub enum Command {
     /// ROC AUC, per class, confusion matrix) and predictions.csv. Byte-identical tiles
     /// are counted once.
     Evaluate(evaluate::EvaluateArgs),
+    /// Measure int8 against f32 on tiles the model was not trained on, and record it in
+    /// the model's card.json: `--precision auto` runs int8 only where int8 kept f32's
+    /// class on at least 99.5% of such tiles. `train` does this on its validation tiles.
+    Calibrate(calibrate::CalibrateArgs),
     /// Write a Slurm job array that runs `heatmap` over the slides, N tasks each taking
     /// a deterministic part of them; with --submit, submit it through sbatch. Takes
     /// `heatmap`'s options but --shard and --threads, which each task sets (its array
@@ -85,6 +90,7 @@ impl Command {
             Command::Split(a) => split::run(a),
             Command::Train(a) => train::run(a),
             Command::Evaluate(a) => evaluate::run(a),
+            Command::Calibrate(a) => calibrate::run(a),
             Command::Slurm(a) => slurm::run(a),
             Command::Status(a) => status::run(a),
             Command::Report(a) => report::run(a),

@@ -259,5 +259,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         ),
         _ => eprintln!("no epoch completed"),
     }
+    match &report.int8 {
+        Some(Ok(check)) => eprintln!("{check}: {}", super::calibrate::verdict(&report.model_dir)),
+        Some(Err(why)) => eprintln!("int8 not checked: {why}; --precision auto runs f32"),
+        None => {}
+    }
     Ok(ExitCode::SUCCESS)
 }

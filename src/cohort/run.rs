@@ -573,6 +573,7 @@ pub fn process_slide(
             trained: card.trained,
             tta_d4: job.classifier.tta,
             precision: job.classifier.precision_used(),
+            precision_note: job.classifier.precision_note().map(String::from),
         },
     };
     let summary = summarise(&result, &mask, made, stats, timings, outputs);

@@ -94,6 +94,9 @@ pub struct ModelRef {
     pub tta_d4: bool,
     /// The arithmetic the classifier ran in: `f32`, `int8-avx2`, ...
     pub precision: String,
+    /// Why `--precision auto` ran f32, when it did for a reason of the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision_note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -9,11 +9,11 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::learn::dataset::{duplicates, BadTile, Dataset};
+use crate::learn::dataset::{duplicates, BadTile, Dataset, Sample};
 use crate::learn::metrics::{self, Metrics};
 use crate::learn::train::predict_tiles;
 use crate::map::preprocess::Normalizer;
-use crate::model::{Classifier, Precision};
+use crate::model::{Classifier, ModelCard, Precision};
 use crate::output::write_atomic;
 
 pub struct EvalOptions {
@@ -68,36 +68,17 @@ pub fn evaluate(
     let mut model = Classifier::load(model_dir, device)?;
     model.set_precision(opts.precision)?;
     let classes: Vec<String> = model.card.classes.iter().map(|c| c.name.clone()).collect();
-    let mut dataset = Dataset::load(data, &classes)?;
-    if let Some(split) = &opts.split {
-        dataset
-            .samples
-            .retain(|s| s.split.as_deref() == Some(split.as_str()));
-        if dataset.samples.is_empty() {
-            return Err(Error::dataset(data, format!("no tiles in split {split:?}")));
-        }
-    }
-    let checked = dataset.check(opts.skip_bad)?;
-    progress.checked(
-        &checked.skipped,
-        checked.size_warning(model.card.input_size).as_deref(),
-    );
-    let (hashes, skipped) = (checked.hashes, checked.skipped);
-    let mut drop = vec![false; dataset.samples.len()];
-    let mut dropped = 0;
-    for group in duplicates(&hashes) {
-        for &i in &group[1..] {
-            drop[i] = true;
-            dropped += 1;
-        }
-    }
-    let samples: Vec<_> = dataset
-        .samples
-        .iter()
-        .zip(&drop)
-        .filter(|(_, &d)| !d)
-        .map(|(s, _)| s.clone())
-        .collect();
+    let Unique {
+        samples,
+        dropped,
+        skipped,
+    } = unique_tiles(
+        data,
+        &model.card,
+        opts.split.as_deref(),
+        opts.skip_bad,
+        progress,
+    )?;
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.max(1))
@@ -177,4 +158,59 @@ pub fn evaluate(
         &serde_json::to_vec_pretty(&eval).expect("metrics serialise"),
     )?;
     Ok(eval)
+}
+
+/// A dataset's readable tiles, each byte-identical group once.
+pub(crate) struct Unique {
+    pub samples: Vec<Sample>,
+    /// Duplicates left out.
+    pub dropped: usize,
+    /// Unreadable tiles left out (`skip_bad`).
+    pub skipped: Vec<BadTile>,
+}
+
+/// The tiles of `data` (only those of `split`, if given) labelled with `card`'s
+/// classes, read once and deduplicated; `progress` hears what was left out.
+pub(crate) fn unique_tiles(
+    data: &Path,
+    card: &ModelCard,
+    split: Option<&str>,
+    skip_bad: bool,
+    progress: &dyn EvalProgress,
+) -> Result<Unique> {
+    let classes: Vec<String> = card.classes.iter().map(|c| c.name.clone()).collect();
+    let mut dataset = Dataset::load(data, &classes)?;
+    if let Some(split) = split {
+        dataset
+            .samples
+            .retain(|s| s.split.as_deref() == Some(split));
+        if dataset.samples.is_empty() {
+            return Err(Error::dataset(data, format!("no tiles in split {split:?}")));
+        }
+    }
+    let checked = dataset.check(skip_bad)?;
+    progress.checked(
+        &checked.skipped,
+        checked.size_warning(card.input_size).as_deref(),
+    );
+    let mut drop = vec![false; dataset.samples.len()];
+    let mut dropped = 0;
+    for group in duplicates(&checked.hashes) {
+        for &i in &group[1..] {
+            drop[i] = true;
+            dropped += 1;
+        }
+    }
+    let samples = dataset
+        .samples
+        .into_iter()
+        .zip(drop)
+        .filter(|(_, d)| !d)
+        .map(|(s, _)| s)
+        .collect();
+    Ok(Unique {
+        samples,
+        dropped,
+        skipped: checked.skipped,
+    })
 }

@@ -7,12 +7,14 @@
 //! | [`augment`] | a tile and a seed | a randomly oriented, stain-jittered, zoomed tile |
 //! | [`train`] | a split dataset and options | a model folder, `training.csv`, a checkpoint |
 //! | [`evaluate`] | a model folder and tiles | `metrics.json`, `predictions.csv`, figures |
+//! | [`calibrate`] | a model folder and held-out tiles | int8's agreement with f32, in `card.json` |
 //! | [`metrics`] | labels and probabilities | accuracy, balanced accuracy, F1, ROC AUC, confusion |
 //!
 //! Training is f32 on candle's autograd; the model it writes is what [`crate::model`]
 //! loads for inference.
 
 pub mod augment;
+pub mod calibrate;
 pub mod dataset;
 pub mod evaluate;
 pub mod hdf5;

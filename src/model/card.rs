@@ -44,7 +44,76 @@ pub struct ModelCard {
     /// How a trained model was trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingRecord>,
+    /// int8 measured against f32 (`histomap calibrate`, or the end of `train`):
+    /// `--precision auto` runs int8 only where this says it keeps the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Int8Check>,
     pub histomap_version: String,
+}
+
+/// Least share of tiles whose class int8 must keep for `--precision auto` to run it.
+pub const INT8_MIN_AGREEMENT: f64 = 0.995;
+
+/// What int8 did against f32 on tiles the model was not trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Int8Check {
+    /// The quantisation measured ([`crate::model::int8::SCHEME`]): a check of another
+    /// scheme says nothing about this one.
+    pub scheme: u32,
+    /// Share of tiles whose predicted class int8 and f32 agree on.
+    pub agreement: f64,
+    pub tiles: usize,
+    /// Largest change of any class probability.
+    pub max_prob_diff: f64,
+    /// The tiles, in words (path and split).
+    pub data: String,
+    pub histomap_version: String,
+}
+
+impl std::fmt::Display for Int8Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "int8 kept f32's class on {:.2}% of {} patches of {} (probabilities moved by at most {:.3}; scheme {})",
+            100.0 * self.agreement,
+            self.tiles,
+            self.data,
+            self.max_prob_diff,
+            self.scheme
+        )
+    }
+}
+
+impl ModelCard {
+    /// Why `--precision auto` must not run this model in int8, or `None` when its
+    /// recorded check allows it.
+    pub fn int8_refusal(&self) -> Option<String> {
+        let Some(c) = &self.int8 else {
+            return Some(
+                "no int8 check in its card (`histomap calibrate --model DIR --data TILES` \
+                 measures one)"
+                    .into(),
+            );
+        };
+        let scheme = crate::model::int8::SCHEME;
+        if c.scheme != scheme {
+            return Some(format!(
+                "its int8 check measured quantisation scheme {}, not this version's {scheme} \
+                 (run `histomap calibrate` again)",
+                c.scheme
+            ));
+        }
+        (c.agreement < INT8_MIN_AGREEMENT).then(|| {
+            format!(
+                "int8 kept the class of {:.2}% of {} patches of {} (auto needs {}%)",
+                100.0 * c.agreement,
+                c.tiles,
+                c.data,
+                100.0 * INT8_MIN_AGREEMENT
+            )
+        })
+    }
 }
 
 impl ModelCard {
@@ -69,6 +138,7 @@ impl ModelCard {
             provenance,
             metrics: BTreeMap::new(),
             training: None,
+            int8: None,
             histomap_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -265,8 +335,36 @@ mod tests {
             provenance: String::new(),
             metrics: BTreeMap::new(),
             training: None,
+            int8: None,
             histomap_version: String::new(),
         }
+    }
+
+    #[test]
+    fn auto_runs_int8_only_on_a_recorded_check_of_this_scheme_that_keeps_the_class() {
+        let check = |scheme, agreement| Int8Check {
+            scheme,
+            agreement,
+            tiles: 1000,
+            max_prob_diff: 0.01,
+            data: "valid".into(),
+            histomap_version: String::new(),
+        };
+        let with = |c| ModelCard { int8: c, ..good() };
+        let now = crate::model::int8::SCHEME;
+        assert!(with(None)
+            .int8_refusal()
+            .unwrap()
+            .contains("histomap calibrate"));
+        assert_eq!(with(Some(check(now, 0.996))).int8_refusal(), None);
+        assert_eq!(
+            with(Some(check(now, INT8_MIN_AGREEMENT))).int8_refusal(),
+            None
+        );
+        let low = with(Some(check(now, 0.9897))).int8_refusal().unwrap();
+        assert!(low.contains("98.97% of 1000 patches of valid"), "{low}");
+        let stale = with(Some(check(now + 1, 1.0))).int8_refusal().unwrap();
+        assert!(stale.contains("calibrate` again"), "{stale}");
     }
 
     #[test]

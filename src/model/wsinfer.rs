@@ -98,6 +98,7 @@ pub fn card(dir: &Path) -> Result<ModelCard> {
         ),
         metrics: BTreeMap::new(),
         training: None,
+        int8: None,
         histomap_version: env!("CARGO_PKG_VERSION").into(),
     };
     card.check(&path)?;

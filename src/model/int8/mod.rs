@@ -26,6 +26,12 @@ use super::Network;
 use crate::error::{Error, Result};
 pub use crate::model::isa::Isa;
 
+/// The quantisation this code computes. A model card's int8 check
+/// ([`crate::model::card::Int8Check`]) holds for this scheme only: raise it whenever a
+/// change moves int8's results (the bits, weights or scales), so that recorded checks
+/// are measured again.
+pub const SCHEME: u32 = 1;
+
 /// How the 3×3, stride-1 convolutions run. Both give the same results bit for bit;
 /// `HISTOMAP_INT8_CONV=direct` forces the direct product, for tests and measurements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

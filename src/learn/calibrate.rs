@@ -1,0 +1,222 @@
+//! int8 against f32, measured. In: a model folder, and tiles it was not trained on
+//! (their labels are not used) or slides. Out: an [`Int8Check`], the share of tiles whose class
+//! int8 keeps and the largest probability it moves, written into the model's
+//! `card.json`. `--precision auto` runs int8 only where that check says it keeps the
+//! answer ([`crate::model::ModelCard::int8_refusal`]): per-image scales suit some
+//! models and not others, and only a measurement tells which.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::cohort::run::THUMBNAIL_SIDE;
+use crate::error::{Error, Result};
+use crate::learn::dataset::Sample;
+use crate::learn::evaluate::{unique_tiles, EvalProgress};
+use crate::learn::train::predict_tiles;
+use crate::map::grid::ReadPlan;
+use crate::map::heatmap::argmax;
+use crate::map::mask::TissueMask;
+use crate::map::preprocess::Normalizer;
+use crate::map::select::{select, Tolerance};
+use crate::map::slide;
+use crate::map::stream::{self, StreamOptions};
+use crate::model::card::Int8Check;
+use crate::model::{load_card, Classifier, Precision, CARD_FILE};
+use crate::output::write_atomic;
+use crate::progress::Silent;
+
+pub struct CalibrateOptions {
+    /// Tiles (any layout [`crate::learn::dataset::Dataset`] reads), if any.
+    pub data: Option<PathBuf>,
+    /// Only tiles whose data-given split is this (e.g. `valid`).
+    pub split: Option<String>,
+    /// Slides whose tissue patches are measured too, cut as the model's card says.
+    pub slides: Vec<PathBuf>,
+    /// Stride of the slides' patches in pixels at the model's MPP (default: the patch
+    /// size); below it, patches overlap, and more of them are measured.
+    pub stride: Option<u32>,
+    pub batch_size: usize,
+    pub threads: usize,
+    /// Leave out unreadable tiles instead of failing.
+    pub skip_bad: bool,
+}
+
+/// The two precisions side by side: the f32 reference and int8 (unchecked).
+struct Pair {
+    reference: Classifier,
+    int8: Classifier,
+}
+
+/// Patches compared so far: how many, how many kept their class, the largest change of
+/// a probability.
+#[derive(Default)]
+struct Tally {
+    n: usize,
+    same: usize,
+    max_diff: f64,
+}
+
+impl Pair {
+    fn load(model_dir: &Path) -> Result<Self> {
+        let load = |precision| -> Result<Classifier> {
+            let mut c = Classifier::load(model_dir, &Device::Cpu)?;
+            c.set_precision(precision)?;
+            Ok(c)
+        };
+        Ok(Self {
+            reference: load(Precision::F32)?,
+            int8: load(Precision::Int8)?,
+        })
+    }
+
+    fn tiles(&self, samples: &[Sample], batch: usize, threads: usize, t: &mut Tally) -> Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot start loader threads: {e}")))?;
+        let card = &self.reference.card;
+        let normalizer = Normalizer::new(&card.normalization);
+        let probs = |c: &Classifier| {
+            let logits = |x: &candle_core::Tensor| c.logits(x);
+            predict_tiles(
+                &pool,
+                samples,
+                card.input_size,
+                &normalizer,
+                batch,
+                &logits,
+                false,
+            )
+        };
+        t.add(
+            &probs(&self.reference)?,
+            &probs(&self.int8)?,
+            card.classes.len(),
+        );
+        Ok(())
+    }
+
+    /// Every tissue patch of the slide at `path`, as `heatmap` selects them.
+    fn slide(
+        &self,
+        path: &Path,
+        stride: Option<u32>,
+        opts: &StreamOptions,
+        t: &mut Tally,
+    ) -> Result<()> {
+        let card = &self.reference.card;
+        let mut p = card.pipeline(&self.reference.dir);
+        if let Some(stride) = stride {
+            p.set_stride(stride)?;
+        }
+        let slide = slide::open(path)?;
+        let plan = ReadPlan::new(slide.info(), p.patch_size, p.stride, p.mpp, None)?;
+        let thumb = slide::thumbnail(slide.as_ref(), THUMBNAIL_SIDE)?;
+        let mask = TissueMask::from_thumbnail(&thumb, p.min_saturation);
+        let none = Tolerance { max_share: 0.0 };
+        let cells = select(slide.as_ref(), &plan, &mask, p.min_tissue, none).cells;
+        let rects: Vec<_> = cells.iter().map(|&c| plan.grid.rect(c)).collect();
+        let probs = |c: &Classifier| {
+            let norm = &card.normalization;
+            stream::run(slide.as_ref(), &plan, norm, &rects, Some(c), opts, &Silent)
+                .map(|(probs, _)| probs)
+        };
+        t.add(
+            &probs(&self.reference)?,
+            &probs(&self.int8)?,
+            card.classes.len(),
+        );
+        Ok(())
+    }
+}
+
+impl Tally {
+    fn add(&mut self, reference: &[f32], int8: &[f32], k: usize) {
+        for (p, q) in reference.chunks(k).zip(int8.chunks(k)) {
+            self.n += 1;
+            self.same += usize::from(argmax(p).0 == argmax(q).0);
+            for (x, y) in p.iter().zip(q) {
+                self.max_diff = self.max_diff.max(f64::from((x - y).abs()));
+            }
+        }
+    }
+
+    fn check(&self, data: String) -> Int8Check {
+        Int8Check {
+            scheme: crate::model::int8::SCHEME,
+            agreement: self.same as f64 / self.n.max(1) as f64,
+            tiles: self.n,
+            max_prob_diff: self.max_diff,
+            data,
+            histomap_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// Measures int8 against f32 on the unique tiles of `opts.data` and the tissue patches
+/// of `opts.slides`, pooled, and records it in the card of `model_dir` (a WSInfer
+/// folder gets a `card.json` made from its `config.json`). Returns the check and the
+/// card's path.
+pub fn calibrate(
+    model_dir: &Path,
+    opts: &CalibrateOptions,
+    progress: &dyn EvalProgress,
+) -> Result<(Int8Check, PathBuf)> {
+    if opts.data.is_none() && opts.slides.is_empty() {
+        return Err(Error::Usage(
+            "calibrate: give --data TILES, slides, or both".into(),
+        ));
+    }
+    let pair = Pair::load(model_dir)?;
+    let mut tally = Tally::default();
+    let mut what = Vec::new();
+    if let Some(data) = &opts.data {
+        let split = opts.split.as_deref();
+        let unique = unique_tiles(data, &pair.reference.card, split, opts.skip_bad, progress)?;
+        progress.started(unique.samples.len());
+        pair.tiles(&unique.samples, opts.batch_size, opts.threads, &mut tally)?;
+        progress.tiles_done(unique.samples.len());
+        what.push(match split {
+            Some(split) => format!("{}, split {split}", data.display()),
+            None => data.display().to_string(),
+        });
+    }
+    let stream = StreamOptions {
+        batch_size: opts.batch_size,
+        readers: opts.threads.max(1),
+        capacity: 2,
+    };
+    for path in &opts.slides {
+        pair.slide(path, opts.stride, &stream, &mut tally)?;
+        what.push(path.display().to_string());
+    }
+    let check = tally.check(what.join(" + "));
+    let card = record(model_dir, check.clone())?;
+    Ok((check, card))
+}
+
+/// int8 against f32 on `samples`, described as `data` in the check.
+pub fn measure(
+    model_dir: &Path,
+    samples: &[Sample],
+    data: String,
+    batch_size: usize,
+    threads: usize,
+) -> Result<Int8Check> {
+    let mut tally = Tally::default();
+    Pair::load(model_dir)?.tiles(samples, batch_size, threads, &mut tally)?;
+    Ok(tally.check(data))
+}
+
+/// Writes `check` into the card of `model_dir`; returns the card's path.
+pub fn record(model_dir: &Path, check: Int8Check) -> Result<PathBuf> {
+    let mut card = load_card(model_dir)?;
+    card.int8 = Some(check);
+    let path = model_dir.join(CARD_FILE);
+    write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(&card).expect("card serialises"),
+    )?;
+    Ok(path)
+}
