@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use histomap::cohort::run::{tissue_cells, THUMBNAIL_SIDE};
 use histomap::map::grid::ReadPlan;
 use histomap::map::mask::TissueMask;
+use histomap::map::mask::THUMBNAIL_SIDE;
+use histomap::map::select::tissue_cells;
 use histomap::map::slide;
 use histomap::map::stream::{self, StreamOptions};
 use histomap::model::Classifier;

@@ -257,12 +257,16 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let card: serde_json::Value =
         serde_json::from_slice(&fs::read(a.join("card.json")).unwrap()).unwrap();
     assert_eq!(card["training"]["ema"], 0.9, "the card records the average");
-    // The finished run measured int8 against f32 on its 16 validation tiles.
-    let check = whole.int8.as_ref().unwrap().as_ref().unwrap();
+    // What `train` records when a run finishes: int8 against f32 on the validation
+    // tiles, in the card.
+    let check = histomap::learn::calibrate::after_training(&a, &split.val, 8, 2).unwrap();
     assert_eq!(check.tiles, 16);
+    let card: serde_json::Value =
+        serde_json::from_slice(&fs::read(a.join("card.json")).unwrap()).unwrap();
     assert_eq!(card["int8"]["tiles"], 16);
     assert_eq!(card["int8"]["data"], "its 16 validation tiles");
-    assert!(first.int8.is_none(), "a paused run measures nothing yet");
+    let none = histomap::learn::calibrate::after_training(&a, &[], 8, 2).unwrap_err();
+    assert!(none.contains("no validation tiles"), "{none}");
     for (name, t) in &ta {
         assert!(
             max_abs_diff(t, &tb[name]) < 1e-6,

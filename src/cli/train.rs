@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 use histomap::learn::augment::Augment;
+use histomap::learn::calibrate;
 use histomap::learn::dataset;
 use histomap::learn::train::{self, Resume, Split, TrainOptions};
 use histomap::model::{Architecture, DeviceChoice, FineTune};
@@ -259,10 +260,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         ),
         _ => eprintln!("no epoch completed"),
     }
-    match &report.int8 {
-        Some(Ok(check)) => eprintln!("{check}: {}", super::calibrate::verdict(&report.model_dir)),
-        Some(Err(why)) => eprintln!("int8 not checked: {why}; --precision auto runs f32"),
-        None => {}
+    if report.finished {
+        let threads = opts.threads;
+        match calibrate::after_training(&report.model_dir, &split.val, a.batch_size, threads) {
+            Ok(check) => eprintln!("{check}: {}", super::calibrate::verdict(&report.model_dir)),
+            Err(why) => eprintln!("int8 not checked: {why}; --precision auto runs f32"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,8 +31,7 @@ use crate::pipeline::Pipeline;
 use crate::progress::Progress;
 use crate::sink::{self, SlideResult};
 
-/// Longer side of the thumbnail behind the tissue mask and the overlay.
-pub const THUMBNAIL_SIDE: u32 = 2048;
+pub use crate::map::mask::THUMBNAIL_SIDE;
 
 /// Settings shared by every slide of a run.
 pub struct Job {

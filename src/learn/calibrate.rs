@@ -9,14 +9,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use crate::cohort::run::THUMBNAIL_SIDE;
 use crate::error::{Error, Result};
 use crate::learn::dataset::Sample;
 use crate::learn::evaluate::{unique_tiles, EvalProgress};
 use crate::learn::train::predict_tiles;
 use crate::map::grid::ReadPlan;
 use crate::map::heatmap::argmax;
-use crate::map::mask::TissueMask;
+use crate::map::mask::{TissueMask, THUMBNAIL_SIDE};
 use crate::map::preprocess::Normalizer;
 use crate::map::select::{select, Tolerance};
 use crate::map::slide;
@@ -207,6 +206,31 @@ pub fn measure(
     let mut tally = Tally::default();
     Pair::load(model_dir)?.tiles(samples, batch_size, threads, &mut tally)?;
     Ok(tally.check(data))
+}
+
+/// What the end of `train` records: int8 against f32 on the validation tiles of the
+/// model trained into `model_dir`, or why nothing was measured. Only held-out tiles say
+/// whether int8 keeps the answer; the training tiles are the ones the model is surest
+/// of.
+pub fn after_training(
+    model_dir: &Path,
+    val: &[Sample],
+    batch_size: usize,
+    threads: usize,
+) -> std::result::Result<Int8Check, String> {
+    if val.is_empty() {
+        return Err(
+            "no validation tiles to check int8 on (`histomap calibrate` measures it on others)"
+                .into(),
+        );
+    }
+    let data = format!("its {} validation tiles", val.len());
+    measure(model_dir, val, data, batch_size, threads)
+        .and_then(|check| {
+            record(model_dir, check.clone())?;
+            Ok(check)
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// Writes `check` into the card of `model_dir`; returns the card's path.

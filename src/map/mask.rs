@@ -10,6 +10,9 @@
 
 use image::{Rgb, RgbImage};
 
+/// Longer side of the thumbnail behind the tissue mask and the overlay.
+pub const THUMBNAIL_SIDE: u32 = 2048;
+
 use crate::map::geom::{L0Rect, Size};
 use crate::map::slide::Thumbnail;
 

@@ -35,7 +35,6 @@ use crate::learn::augment::Augment;
 use crate::learn::dataset::Sample;
 use crate::learn::metrics;
 use crate::map::preprocess::Normalizer;
-use crate::model::card::Int8Check;
 use crate::model::{Architecture, FineTune, Network, WEIGHTS_FILE};
 use crate::pipeline::Pipeline;
 
@@ -104,9 +103,6 @@ pub struct TrainReport {
     pub best_metric: Option<f64>,
     pub finished: bool,
     pub model_dir: PathBuf,
-    /// int8 against f32 on the validation tiles, recorded in the card; or why it was
-    /// not measured. `None` until the run has finished.
-    pub int8: Option<std::result::Result<Int8Check, String>>,
 }
 
 /// How this run relates to earlier ones.
@@ -227,34 +223,12 @@ pub fn train(
         progress.epoch_done(&row);
         ran += 1;
     }
-    let finished = state.epochs_done >= opts.epochs || stopped_early(&state);
-    // Only held-out tiles say whether int8 keeps the answer: the training tiles are
-    // the ones the model is surest of.
-    let int8 = if !finished {
-        None
-    } else if split.val.is_empty() {
-        Some(Err(
-            "no validation tiles to check int8 on (`histomap calibrate` measures it on others)"
-                .to_string(),
-        ))
-    } else {
-        let data = format!("its {} validation tiles", split.val.len());
-        Some(
-            crate::learn::calibrate::measure(out, &split.val, data, opts.batch_size, opts.threads)
-                .and_then(|check| {
-                    crate::learn::calibrate::record(out, check.clone())?;
-                    Ok(check)
-                })
-                .map_err(|e| e.to_string()),
-        )
-    };
     Ok(TrainReport {
         epochs_done: state.epochs_done,
         best_epoch: state.best.map(|b| b.0),
         best_metric: state.best.map(|b| b.1),
-        finished,
+        finished: state.epochs_done >= opts.epochs || stopped_early(&state),
         model_dir: out.to_path_buf(),
-        int8,
     })
 }
 
