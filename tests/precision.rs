@@ -258,19 +258,7 @@ fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
     set("fc.weight", &[(0, 1.0)]);
     candle_core::safetensors::save(&weights, model.join("model.safetensors")).unwrap();
 
-    let out = work.path().join("out");
-    let run = histomap()
-        .args(["heatmap", "-q", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(&out)
-        .arg(svs())
-        .assert()
-        .success();
-    let stderr = String::from_utf8_lossy(&run.get_output().stderr).to_string();
-    let summary = json(&out.join("cmu_small_region/summary.json"));
+    let (summary, stderr) = heatmap_auto(&model, Some("kather8"), &work.path().join("out"));
     assert_eq!(summary["job"]["precision"], "auto");
     if histomap::model::int8::Isa::detect().name() == "portable" {
         return; // auto never tries the portable kernel
@@ -280,6 +268,23 @@ fn auto_falls_back_to_f32_with_a_warning_when_int8_is_off() {
         stderr.contains("warning") && stderr.contains("running in f32"),
         "{stderr}"
     );
+}
+
+/// `heatmap` of the real SVS with `model` (and a pipeline file, if named) at the default
+/// precision: its `summary.json` and what it printed on stderr.
+fn heatmap_auto(
+    model: &Path,
+    pipeline_name: Option<&str>,
+    out: &Path,
+) -> (serde_json::Value, String) {
+    let mut cmd = histomap();
+    cmd.args(["heatmap", "-q", "--model"]).arg(model);
+    if let Some(name) = pipeline_name {
+        cmd.arg("--pipeline").arg(pipeline(name));
+    }
+    let run = cmd.arg("--out").arg(out).arg(svs()).assert().success();
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    (json(&out.join("cmu_small_region/summary.json")), stderr)
 }
 
 /// Writes an int8 check of this version's scheme with `agreement` into a model's card.
@@ -313,17 +318,7 @@ fn auto_runs_f32_where_the_card_records_int8_below_the_bar_and_int8_where_above(
     let model = copy_model("pcam", work.path());
     let run = |agreement: f64| {
         record_int8_check(&model, agreement);
-        let out = work.path().join(format!("out-{agreement}"));
-        let run = histomap()
-            .args(["heatmap", "-q", "--model"])
-            .arg(&model)
-            .arg("--out")
-            .arg(&out)
-            .arg(svs())
-            .assert()
-            .success();
-        let stderr = String::from_utf8_lossy(&run.get_output().stderr).to_string();
-        (json(&out.join("cmu_small_region/summary.json")), stderr)
+        heatmap_auto(&model, None, &work.path().join(format!("out-{agreement}")))
     };
     let (summary, stderr) = run(0.99);
     assert_eq!(summary["model"]["precision"], "f32");
@@ -350,7 +345,7 @@ fn auto_runs_f32_where_the_card_records_int8_below_the_bar_and_int8_where_above(
 fn calibrate_records_int8_against_f32_in_the_card_and_info_shows_it() {
     let work = tempfile::tempdir().unwrap();
     let model = copy_model("pcam", work.path());
-    // Tiles (--data) are measured at the end of every `train` with validation tiles.
+    // Slides here; tiles are measured the same way at the end of `train` (tests/train.rs).
     let out = histomap()
         .args(["calibrate", "-q", "--stride", "48", "--model"])
         .arg(&model)

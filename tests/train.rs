@@ -259,7 +259,10 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     assert_eq!(card["training"]["ema"], 0.9, "the card records the average");
     // What `train` records when a run finishes: int8 against f32 on the validation
     // tiles, in the card.
-    let check = histomap::learn::calibrate::after_training(&a, &split.val, 8, 2).unwrap();
+    let check = histomap::learn::calibrate::after_training(&a, &split.val, 8, 2)
+        .unwrap()
+        .int8
+        .unwrap();
     assert_eq!(check.tiles, 16);
     let card: serde_json::Value =
         serde_json::from_slice(&fs::read(a.join("card.json")).unwrap()).unwrap();

@@ -1,12 +1,12 @@
 //! `histomap calibrate`: measure int8 against f32 on held-out tiles and record it in
 //! the model's card, which is what `--precision auto` goes by.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 use histomap::learn::calibrate::{calibrate, CalibrateOptions};
-use histomap::model::load_card;
+use histomap::model::{ModelCard, CARD_FILE};
 use histomap::progress::EvalBar;
 
 use super::args::{all_cores, batch_size, split_name};
@@ -54,18 +54,20 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
         threads: all_cores(),
         skip_bad: a.skip_bad,
     };
-    let (check, card) = calibrate(&a.model, &opts, &EvalBar::new(a.quiet))?;
-    println!("{check}");
-    println!("{}", verdict(&a.model));
-    println!("wrote {}", card.display());
+    let card = calibrate(&a.model, &opts, &EvalBar::new(a.quiet))?;
+    println!("{}", recorded(&card));
+    println!("wrote {}", a.model.join(CARD_FILE).display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `--precision auto` does with the model in `dir`, as its card now says.
-pub fn verdict(dir: &Path) -> String {
-    match load_card(dir).map(|c| c.int8_refusal()) {
-        Ok(None) => "--precision auto runs it in int8 where the CPU has AVX2".into(),
-        Ok(Some(why)) => format!("--precision auto runs it in f32: {why}"),
-        Err(e) => format!("cannot read the card back: {e}"),
-    }
+/// A card's int8 check and what `--precision auto` makes of it.
+pub fn recorded(card: &ModelCard) -> String {
+    let check = card
+        .int8
+        .as_ref()
+        .map_or("no int8 check".to_string(), |c| c.to_string());
+    format!(
+        "{check}\n--precision auto runs it in {}",
+        card.auto_precision()
+    )
 }

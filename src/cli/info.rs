@@ -95,12 +95,7 @@ fn print_model(dir: &Path) -> histomap::Result<()> {
         Some(check) => println!("  int8 check      {check}"),
         None => println!("  int8 check      none"),
     }
-    let auto = card
-        .int8_refusal()
-        .map_or("int8 (where the CPU has AVX2)".to_string(), |why| {
-            format!("f32: {why}")
-        });
-    println!("  auto precision  {auto}");
+    println!("  auto precision  {}", card.auto_precision());
     println!(
         "  no --pipeline   heatmap runs it as pipeline {:?}:",
         p.name

@@ -263,7 +263,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if report.finished {
         let threads = opts.threads;
         match calibrate::after_training(&report.model_dir, &split.val, a.batch_size, threads) {
-            Ok(check) => eprintln!("{check}: {}", super::calibrate::verdict(&report.model_dir)),
+            Ok(card) => eprintln!("{}", super::calibrate::recorded(&card)),
             Err(why) => eprintln!("int8 not checked: {why}; --precision auto runs f32"),
         }
     }

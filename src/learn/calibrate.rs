@@ -21,7 +21,7 @@ use crate::map::select::{select, Tolerance};
 use crate::map::slide;
 use crate::map::stream::{self, StreamOptions};
 use crate::model::card::Int8Check;
-use crate::model::{load_card, Classifier, Precision, CARD_FILE};
+use crate::model::{Classifier, ModelCard, Precision, CARD_FILE};
 use crate::output::write_atomic;
 use crate::progress::Silent;
 
@@ -130,6 +130,22 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// Writes `check` into the model's card (the one it was loaded with, so a WSInfer
+    /// folder gets a `card.json` made from its `config.json`); returns the new card.
+    fn record(&self, check: Int8Check) -> Result<ModelCard> {
+        let card = ModelCard {
+            int8: Some(check),
+            ..self.reference.card.clone()
+        };
+        write_atomic(
+            &self.reference.dir.join(CARD_FILE),
+            &serde_json::to_vec_pretty(&card).expect("card serialises"),
+        )?;
+        Ok(card)
+    }
+}
+
 impl Tally {
     fn add(&mut self, reference: &[f32], int8: &[f32], k: usize) {
         for (p, q) in reference.chunks(k).zip(int8.chunks(k)) {
@@ -154,14 +170,13 @@ impl Tally {
 }
 
 /// Measures int8 against f32 on the unique tiles of `opts.data` and the tissue patches
-/// of `opts.slides`, pooled, and records it in the card of `model_dir` (a WSInfer
-/// folder gets a `card.json` made from its `config.json`). Returns the check and the
-/// card's path.
+/// of `opts.slides`, pooled, and records it in the card of `model_dir`; returns the
+/// card as written (its `int8` is the check).
 pub fn calibrate(
     model_dir: &Path,
     opts: &CalibrateOptions,
     progress: &dyn EvalProgress,
-) -> Result<(Int8Check, PathBuf)> {
+) -> Result<ModelCard> {
     if opts.data.is_none() && opts.slides.is_empty() {
         return Err(Error::Usage(
             "calibrate: give --data TILES, slides, or both".into(),
@@ -190,57 +205,30 @@ pub fn calibrate(
         pair.slide(path, opts.stride, &stream, &mut tally)?;
         what.push(path.display().to_string());
     }
-    let check = tally.check(what.join(" + "));
-    let card = record(model_dir, check.clone())?;
-    Ok((check, card))
-}
-
-/// int8 against f32 on `samples`, described as `data` in the check.
-pub fn measure(
-    model_dir: &Path,
-    samples: &[Sample],
-    data: String,
-    batch_size: usize,
-    threads: usize,
-) -> Result<Int8Check> {
-    let mut tally = Tally::default();
-    Pair::load(model_dir)?.tiles(samples, batch_size, threads, &mut tally)?;
-    Ok(tally.check(data))
+    pair.record(tally.check(what.join(" + ")))
 }
 
 /// What the end of `train` records: int8 against f32 on the validation tiles of the
-/// model trained into `model_dir`, or why nothing was measured. Only held-out tiles say
-/// whether int8 keeps the answer; the training tiles are the ones the model is surest
-/// of.
+/// model trained into `model_dir`; returns the card as written, or why nothing was
+/// measured. Only held-out tiles say whether int8 keeps the answer; the training tiles
+/// are the ones the model is surest of.
 pub fn after_training(
     model_dir: &Path,
     val: &[Sample],
     batch_size: usize,
     threads: usize,
-) -> std::result::Result<Int8Check, String> {
+) -> std::result::Result<ModelCard, String> {
     if val.is_empty() {
         return Err(
             "no validation tiles to check int8 on (`histomap calibrate` measures it on others)"
                 .into(),
         );
     }
-    let data = format!("its {} validation tiles", val.len());
-    measure(model_dir, val, data, batch_size, threads)
-        .and_then(|check| {
-            record(model_dir, check.clone())?;
-            Ok(check)
-        })
-        .map_err(|e| e.to_string())
-}
-
-/// Writes `check` into the card of `model_dir`; returns the card's path.
-pub fn record(model_dir: &Path, check: Int8Check) -> Result<PathBuf> {
-    let mut card = load_card(model_dir)?;
-    card.int8 = Some(check);
-    let path = model_dir.join(CARD_FILE);
-    write_atomic(
-        &path,
-        &serde_json::to_vec_pretty(&card).expect("card serialises"),
-    )?;
-    Ok(path)
+    let measured = || {
+        let pair = Pair::load(model_dir)?;
+        let mut tally = Tally::default();
+        pair.tiles(val, batch_size, threads, &mut tally)?;
+        pair.record(tally.check(format!("its {} validation tiles", val.len())))
+    };
+    measured().map_err(|e| e.to_string())
 }

@@ -86,6 +86,14 @@ impl std::fmt::Display for Int8Check {
 }
 
 impl ModelCard {
+    /// What `--precision auto` runs this model in, and why, in words.
+    pub fn auto_precision(&self) -> String {
+        match self.int8_refusal() {
+            None => "int8 where the CPU has AVX2".into(),
+            Some(why) => format!("f32: {why}"),
+        }
+    }
+
     /// Why `--precision auto` must not run this model in int8, or `None` when its
     /// recorded check allows it.
     pub fn int8_refusal(&self) -> Option<String> {

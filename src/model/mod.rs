@@ -316,6 +316,7 @@ impl Classifier {
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         let isa = int8::Isa::detect();
         let cpu = self.device.is_cpu();
+        self.note = None;
         self.int8 = match precision {
             Precision::F32 => None,
             Precision::Int8 if !cpu => {
@@ -343,9 +344,6 @@ impl Classifier {
                 }
             },
         };
-        if self.int8.is_some() || precision != Precision::Auto {
-            self.note = None;
-        }
         self.precision = precision;
         self.int8_checked = std::sync::OnceLock::new();
         Ok(())
