@@ -10,6 +10,7 @@
 //! | [`sink`] | a finished slide to files: overlay and class PNGs, GeoJSON, CSV; the figures of reports |
 //! | [`learn`] | tiles to a model folder: datasets, splits, augmentation, training, evaluation, metrics |
 //! | [`cohort`] | many slides to an OUT folder: the batch runner, ledger, shards, Slurm, the report |
+//! | [`stain`] | stain normalisation: a source's H&E stains or colour statistics estimated once, mapped to a model's target |
 //! | [`view`] | a finished OUT folder in a browser: the zoomable slide viewer and its local server |
 //!
 //! Shared: [`pipeline`] loads the declarative pipeline files; [`progress`] is the only
@@ -25,6 +26,7 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;
+pub mod stain;
 pub mod view;
 
 pub use error::{Error, Result};

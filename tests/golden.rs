@@ -257,3 +257,105 @@ fn depthwise_convolution_and_gradients_match_pytorch() {
         }
     }
 }
+
+/// TIAToolbox 1.6's Macenko and Reinhard on two real Kather tiles
+/// (`scripts/make-stain-golden.py`, fixtures/stain).
+mod stain {
+    use histomap::stain::{pixels, Method, Stains, Target, Transform};
+    use image::RgbImage;
+
+    fn tile(name: &str) -> RgbImage {
+        image::open(super::common::root().join("fixtures/stain").join(name))
+            .unwrap()
+            .to_rgb8()
+    }
+
+    fn golden() -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(super::common::root().join("fixtures/stain/golden.json"));
+        serde_json::from_str(&text.unwrap()).unwrap()
+    }
+
+    fn floats(v: &serde_json::Value) -> Vec<f32> {
+        match v {
+            serde_json::Value::Array(a) => a.iter().flat_map(floats).collect(),
+            other => vec![other.as_f64().unwrap() as f32],
+        }
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// (mean, largest) byte difference between two images of one size.
+    fn pixel_diff(a: &RgbImage, b: &RgbImage) -> (f64, u8) {
+        let d: Vec<u8> = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .collect();
+        let mean = d.iter().map(|&v| f64::from(v)).sum::<f64>() / d.len() as f64;
+        (mean, d.into_iter().max().unwrap())
+    }
+
+    #[test]
+    fn macenko_stains_match_tiatoolbox() {
+        let g = golden();
+        for name in ["source", "target"] {
+            let s = Stains::estimate(pixels(&tile(&format!("{name}.png")))).unwrap();
+            let m = s.stain_matrix.concat();
+            let d = max_diff(&m, &floats(&g[name]["macenko_stain_matrix"]));
+            assert!(d < 2e-3, "{name}: stain matrix {m:?} differs by {d}");
+            let want = floats(&g[name]["macenko_max_concentrations"]);
+            for (c, w) in s.max_concentrations.iter().zip(&want) {
+                assert!(
+                    (c / w - 1.0).abs() < 2e-3,
+                    "{name}: max concentrations {:?} vs {want:?}",
+                    s.max_concentrations
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reinhard_statistics_match_tiatoolbox() {
+        let g = golden();
+        for name in ["source", "target"] {
+            let t = Target::fit(pixels(&tile(&format!("{name}.png"))), name.into()).unwrap();
+            let d = max_diff(&t.reinhard.means, &floats(&g[name]["reinhard_means"]));
+            let s = max_diff(&t.reinhard.stds, &floats(&g[name]["reinhard_stds"]));
+            assert!(
+                d < 0.05 && s < 0.05,
+                "{name}: {:?} differs by {d} (means), {s} (stds)",
+                t.reinhard
+            );
+        }
+    }
+
+    #[test]
+    fn normalised_pixels_match_tiatoolbox() {
+        let source = tile("source.png");
+        let target = Target::fit(pixels(&tile("target.png")), "target.png".into()).unwrap();
+        for (method, golden, mean_bound, max_bound) in [
+            (Method::Macenko, "macenko.png", 0.05, 1),
+            // OpenCV converts 8-bit LAB in fixed point: a few bytes apart here and there.
+            (Method::Reinhard, "reinhard.png", 0.5, 4),
+        ] {
+            let (transform, _) = Transform::new(method, &target, pixels(&source))
+                .unwrap()
+                .unwrap();
+            let mut ours = source.clone();
+            transform.apply(&mut ours);
+            let (mean, max) = pixel_diff(&ours, &tile(golden));
+            assert!(
+                mean < mean_bound && max <= max_bound,
+                "{method}: bytes differ from TIAToolbox's by {mean:.3} on average, {max} at most"
+            );
+        }
+    }
+}

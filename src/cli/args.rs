@@ -86,3 +86,52 @@ pub fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
 pub fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// Stain normalisation options, shared by `heatmap`, `evaluate` and `train`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StainArgs {
+    /// Stain normalisation: map each slide's (or tile's) colours, from its own stains
+    /// estimated once, to a target's. macenko maps H&E stain vectors and amounts;
+    /// reinhard matches LAB colour statistics. Default: what the model was trained
+    /// with (its card's stain_norm; none for a card that records none).
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub stain_norm: Option<histomap::stain::Method>,
+    /// An image (PNG, JPEG, TIFF: a tile or region stained as the model's training
+    /// data) whose stains are the target. Default: the model card's target (`histomap
+    /// stain-fit` records one).
+    #[arg(long, value_name = "IMAGE")]
+    pub stain_ref: Option<PathBuf>,
+}
+
+impl StainArgs {
+    /// The run's normalisation for a model with this card.
+    pub fn resolve(
+        &self,
+        card: &histomap::model::card::ModelCard,
+        model_dir: &std::path::Path,
+    ) -> anyhow::Result<Option<histomap::stain::Normalize>> {
+        let reference = match &self.stain_ref {
+            Some(p) => Some((
+                histomap::stain::Target::from_image(p)?,
+                p.display().to_string(),
+            )),
+            None => None,
+        };
+        card.stain(self.stain_norm, reference)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", model_dir.display()))
+    }
+
+    /// These options as arguments, with absolute paths (for the workers of a batch).
+    pub fn argv(&self) -> anyhow::Result<Vec<String>> {
+        let mut v = Vec::new();
+        if let Some(m) = self.stain_norm {
+            v.extend(["--stain-norm".into(), m.name().into()]);
+        }
+        if let Some(p) = &self.stain_ref {
+            let abs = std::path::absolute(p)
+                .map_err(|e| anyhow::anyhow!("{}: cannot make absolute: {e}", p.display()))?;
+            v.extend(["--stain-ref".into(), abs.display().to_string()]);
+        }
+        Ok(v)
+    }
+}

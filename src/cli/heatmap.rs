@@ -11,7 +11,7 @@ use histomap::map::stream::StreamOptions;
 use histomap::model::{Classifier, DeviceChoice, Precision};
 use histomap::progress::Bars;
 
-use super::args::{all_cores, batch_size, mpp, share, shown, threads, Tta};
+use super::args::{all_cores, batch_size, mpp, share, shown, threads, StainArgs, Tta};
 
 #[derive(Args)]
 pub struct HeatmapArgs {
@@ -58,6 +58,8 @@ pub struct HeatmapArgs {
     /// (8× the inference time).
     #[arg(long, value_enum, default_value = "none")]
     pub tta: Tta,
+    #[command(flatten)]
+    pub stain: StainArgs,
     /// Arithmetic of the classifier; what ran is recorded in summary.json.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: Precision,
@@ -151,6 +153,7 @@ impl HeatmapArgs {
         if self.tta == Tta::D4 {
             v.extend(["--tta".into(), "d4".into()]);
         }
+        v.extend(self.stain.argv()?);
         Ok(v)
     }
 }
@@ -199,6 +202,7 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
             classifier.dir.display()
         );
     }
+    let stain = a.stain.resolve(&classifier.card, &classifier.dir)?;
     let child = Box::new(a.child_command(threads, ran_on)?);
     let slides = run::collect_slides(&a.inputs)?;
     if slides.is_empty() {
@@ -217,6 +221,7 @@ pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {
         force: a.force,
         shard: a.shard.unwrap_or(Shard::ALL),
         max_unreadable: a.max_unreadable,
+        stain,
         child,
     };
     if let Some(name) = &a.child {

@@ -15,6 +15,7 @@ mod init_model;
 mod report;
 mod slurm;
 mod split;
+mod stain_fit;
 mod status;
 mod tiles;
 mod train;
@@ -55,6 +56,9 @@ pub enum Command {
     /// the model's card.json: `--precision auto` runs int8 only where int8 kept f32's
     /// class on at least 99.5% of such tiles. `train` does this on its validation tiles.
     Calibrate(calibrate::CalibrateArgs),
+    /// Fit the stain target that `--stain-norm` maps slides to, on tiles or slides
+    /// stained as the model's training data, and record it in the model's card.json.
+    StainFit(stain_fit::StainFitArgs),
     /// Write a Slurm job array that runs `heatmap` over the slides, N tasks each taking
     /// a deterministic part of them; with --submit, submit it through sbatch. Takes
     /// `heatmap`'s options but --shard and --threads, which each task sets (its array
@@ -91,6 +95,7 @@ impl Command {
             Command::Train(a) => train::run(a),
             Command::Evaluate(a) => evaluate::run(a),
             Command::Calibrate(a) => calibrate::run(a),
+            Command::StainFit(a) => stain_fit::run(a),
             Command::Slurm(a) => slurm::run(a),
             Command::Status(a) => status::run(a),
             Command::Report(a) => report::run(a),

@@ -23,13 +23,14 @@ use crate::map::grid::ReadPlan;
 use crate::map::heatmap::{Heatmap, Predictions, Unreadable};
 use crate::map::mask::TissueMask;
 use crate::map::select::{select, Tolerance};
-use crate::map::slide;
 use crate::map::stream::{Stream, StreamOptions};
+use crate::map::{slide, stains};
 use crate::model::Classifier;
 use crate::output::{write_atomic, Staging};
 use crate::pipeline::Pipeline;
 use crate::progress::Progress;
 use crate::sink::{self, SlideResult};
+use crate::stain::Normalize;
 
 pub use crate::map::mask::THUMBNAIL_SIDE;
 
@@ -48,6 +49,8 @@ pub struct Job {
     /// The largest share of a slide's tissue patches that may be unreadable before
     /// the slide fails.
     pub max_unreadable: f64,
+    /// Stain normalisation, each slide by its own stains.
+    pub stain: Option<Normalize>,
     /// The command that runs one slide (path, output name) in a child process, which
     /// the batch supervises (see [`child`]).
     pub child: Box<ChildCommand>,
@@ -75,6 +78,10 @@ impl Job {
             min_saturation: p.min_saturation,
             slide_mpp: self.slide_mpp.filter(|_| !slide_records_mpp),
             slide_bytes: std::fs::metadata(slide).ok().map(|m| m.len()),
+            stain: self
+                .stain
+                .as_ref()
+                .map(|n| format!("{} to {}", n.method, n.target_from)),
         }
     }
 }
@@ -477,13 +484,27 @@ pub fn process_slide(
     )?;
     timings.mask_s = t.elapsed().as_secs_f64();
 
+    let rects: Vec<_> = selection.cells.iter().map(|&c| plan.grid.rect(c)).collect();
+    let t = Instant::now();
+    let (stain, stain_record) = match &job.stain {
+        Some(norm) => {
+            let (transform, record) = stains::estimate(slide.as_ref(), &plan, &rects, norm);
+            if let Some(w) = &record.warning {
+                progress.warning(&format!("{}: {w}", path.display()));
+            }
+            (transform, Some(record))
+        }
+        None => (None, None),
+    };
+    timings.stain_s = t.elapsed().as_secs_f64();
+
     let t = Instant::now();
     progress.slide_started(name, selection.cells.len() as u64);
-    let rects: Vec<_> = selection.cells.iter().map(|&c| plan.grid.rect(c)).collect();
     let stream = Stream {
         slide: slide.as_ref(),
         plan: &plan,
         normalization: &job.classifier.card.normalization,
+        stain: stain.as_ref(),
         classifier: Some(&job.classifier),
         opts: job.stream,
     };
@@ -574,6 +595,7 @@ pub fn process_slide(
             precision: job.classifier.precision_used(),
             precision_note: job.classifier.precision_note().map(String::from),
         },
+        stain: stain_record,
     };
     let summary = summarise(&result, &mask, made, stats, timings, outputs);
     // Results of a file that changed under the readers mix two files: never commit them.

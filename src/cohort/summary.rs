@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::map::grid::ReadPlan;
 use crate::map::mask::TissueMask;
 use crate::map::slide::SlideInfo;
+use crate::map::stains::StainRecord;
 use crate::map::stream::StreamStats;
 use crate::model::{Architecture, Precision};
 use crate::sink::{self, SlideResult};
@@ -37,6 +38,9 @@ pub struct JobKey {
     /// Absent in summaries of earlier versions, and then not compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slide_bytes: Option<u64>,
+    /// Stain normalisation, as "macenko to TARGET"; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stain: Option<String>,
 }
 
 impl JobKey {
@@ -61,6 +65,9 @@ pub struct Summary {
     pub slide: SlideInfo,
     pub pipeline: PipelineRef,
     pub model: ModelRef,
+    /// Stain normalisation: the slide's estimate, or why it was mapped as read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stain: Option<StainRecord>,
     pub plan: ReadPlan,
     pub tissue: TissueSummary,
     pub patches: PatchCounts,
@@ -77,6 +84,7 @@ pub struct Made {
     pub job: JobKey,
     pub pipeline: PipelineRef,
     pub model: ModelRef,
+    pub stain: Option<StainRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,6 +142,8 @@ pub struct ClassSummary {
 pub struct Timings {
     pub open_s: f64,
     pub mask_s: f64,
+    /// Estimating the slide's stains (0 without stain normalisation).
+    pub stain_s: f64,
     pub stream_s: f64,
     pub write_s: f64,
     pub total_s: f64,
@@ -184,6 +194,7 @@ pub fn summarise(
         slide: r.info.clone(),
         pipeline: made.pipeline,
         model: made.model,
+        stain: made.stain,
         plan: *r.plan,
         tissue: TissueSummary {
             saturation_threshold: mask.threshold,

@@ -13,16 +13,12 @@ use crate::error::{Error, Result};
 use crate::learn::dataset::Sample;
 use crate::learn::evaluate::{unique_tiles, EvalProgress};
 use crate::learn::train::predict_tiles;
-use crate::map::grid::ReadPlan;
 use crate::map::heatmap::argmax;
-use crate::map::mask::{TissueMask, THUMBNAIL_SIDE};
 use crate::map::preprocess::Normalizer;
-use crate::map::select::{select, Tolerance};
-use crate::map::slide;
+use crate::map::select::{tissue_patches, TissuePatches};
 use crate::map::stream::{self, StreamOptions};
 use crate::model::card::Int8Check;
-use crate::model::{Classifier, ModelCard, Precision, CARD_FILE};
-use crate::output::write_atomic;
+use crate::model::{write_card, Classifier, ModelCard, Precision};
 use crate::progress::Silent;
 
 pub struct CalibrateOptions {
@@ -109,13 +105,7 @@ impl Pair {
         if let Some(stride) = stride {
             p.set_stride(stride)?;
         }
-        let slide = slide::open(path)?;
-        let plan = ReadPlan::new(slide.info(), p.patch_size, p.stride, p.mpp, None)?;
-        let thumb = slide::thumbnail(slide.as_ref(), THUMBNAIL_SIDE)?;
-        let mask = TissueMask::from_thumbnail(&thumb, p.min_saturation);
-        let none = Tolerance { max_share: 0.0 };
-        let cells = select(slide.as_ref(), &plan, &mask, p.min_tissue, none).cells;
-        let rects: Vec<_> = cells.iter().map(|&c| plan.grid.rect(c)).collect();
+        let TissuePatches { slide, plan, rects } = tissue_patches(path, &p)?;
         let probs = |c: &Classifier| {
             let norm = &card.normalization;
             stream::run(slide.as_ref(), &plan, norm, &rects, Some(c), opts, &Silent)
@@ -138,10 +128,7 @@ impl Pair {
             int8: Some(check),
             ..self.reference.card.clone()
         };
-        write_atomic(
-            &self.reference.dir.join(CARD_FILE),
-            &serde_json::to_vec_pretty(&card).expect("card serialises"),
-        )?;
+        write_card(&self.reference.dir, &card)?;
         Ok(card)
     }
 }

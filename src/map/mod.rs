@@ -8,6 +8,7 @@
 //! | [`grid`] | slide size, MPPs, patch size, stride | patch rectangles and the level to read them from |
 //! | [`select`] | the grid, the mask, the slide | the tissue patches to classify, and those unreadable |
 //! | [`preprocess`] | an RGB patch | the model's normalised input |
+//! | [`stains`] | the slide, its tissue patches, a stain target | the slide's stain normalisation, estimated once |
 //! | [`stream`] | a slide and patch rectangles | class probabilities, reading overlapped with inference |
 //! | [`heatmap`] | per-patch probabilities | a per-cell, per-class map |
 //! | [`regions`] | per-cell labels | dissolved class polygons |
@@ -23,4 +24,5 @@ pub mod preprocess;
 pub mod regions;
 pub mod select;
 pub mod slide;
+pub mod stains;
 pub mod stream;

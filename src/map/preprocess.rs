@@ -48,6 +48,16 @@ impl Normalizer {
     }
 }
 
+/// `patch` at `size` × `size`: as it is when it already is, else resized as
+/// [`Normalizer::write_chw`] resizes it.
+pub fn fit_to(patch: RgbImage, size: u32) -> RgbImage {
+    if patch.dimensions() == (size, size) {
+        patch
+    } else {
+        resize(&patch, size)
+    }
+}
+
 /// Bilinear resize to a square patch.
 fn resize(patch: &RgbImage, size: u32) -> RgbImage {
     resize_rgb(patch, Size::new(size, size))

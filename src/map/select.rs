@@ -6,16 +6,18 @@
 //! shares together reach `min_tissue` is read and judged by its own pixels: a patch the
 //! mask could not see is neither assumed to be tissue nor dropped as glass.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::map::geom::{Cell, Size};
+use crate::map::geom::{Cell, L0Rect, Size};
 use crate::map::grid::{Grid, ReadPlan};
 use crate::map::heatmap::Unreadable;
-use crate::map::mask::TissueMask;
-use crate::map::slide::SlideSource;
+use crate::map::mask::{TissueMask, THUMBNAIL_SIDE};
+use crate::map::slide::{self, SlideSource};
+use crate::pipeline::Pipeline;
 
 /// The cells whose patch is at least `min_tissue` tissue (and not empty), with their
 /// tissue fractions, in grid order.
@@ -29,6 +31,28 @@ pub fn tissue_cells(grid: &Grid, mask: &TissueMask, min_tissue: f32) -> (Vec<Cel
 /// Whether a patch with tissue fraction `f` is classified: some tissue, and enough.
 fn is_tissue(f: f32, min_tissue: f32) -> bool {
     f > 0.0 && f >= min_tissue
+}
+
+/// A slide opened, with its read plan and its tissue patches as `heatmap` selects them,
+/// for measurements over a slide's tissue (`calibrate`, `stain-fit`).
+pub struct TissuePatches {
+    pub slide: Box<dyn SlideSource>,
+    pub plan: ReadPlan,
+    /// Level-0 rectangles of the plan's grid, in grid order; unreadable ones left out.
+    pub rects: Vec<L0Rect>,
+}
+
+/// Opens the slide at `path` and selects its tissue patches under `p`, as `heatmap`
+/// does (the slide's own MPP).
+pub fn tissue_patches(path: &Path, p: &Pipeline) -> Result<TissuePatches> {
+    let slide = slide::open(path)?;
+    let plan = ReadPlan::new(slide.info(), p.patch_size, p.stride, p.mpp, None)?;
+    let thumb = slide::thumbnail(slide.as_ref(), THUMBNAIL_SIDE)?;
+    let mask = TissueMask::from_thumbnail(&thumb, p.min_saturation);
+    let none = Tolerance { max_share: 0.0 };
+    let cells = select(slide.as_ref(), &plan, &mask, p.min_tissue, none).cells;
+    let rects = cells.iter().map(|&c| plan.grid.rect(c)).collect();
+    Ok(TissuePatches { slide, plan, rects })
 }
 
 /// The patches to classify.

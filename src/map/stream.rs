@@ -23,11 +23,12 @@ use crossbeam_channel::bounded;
 use crate::error::{Error, Result};
 use crate::map::geom::{L0Rect, Size};
 use crate::map::grid::ReadPlan;
-use crate::map::preprocess::Normalizer;
+use crate::map::preprocess::{fit_to, Normalizer};
 use crate::map::slide::SlideSource;
 use crate::model::Classifier;
 use crate::pipeline::Normalization;
 use crate::progress::Progress;
+use crate::stain::Transform;
 
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOptions {
@@ -113,6 +114,7 @@ pub fn run(
         slide,
         plan,
         normalization,
+        stain: None,
         classifier,
         opts: *opts,
     };
@@ -128,6 +130,9 @@ pub struct Stream<'a> {
     pub slide: &'a dyn SlideSource,
     pub plan: &'a ReadPlan,
     pub normalization: &'a Normalization,
+    /// The slide's stain normalisation ([`crate::map::stains`]), applied to every
+    /// patch at the model's input size.
+    pub stain: Option<&'a Transform>,
     pub classifier: Option<&'a Classifier>,
     pub opts: StreamOptions,
 }
@@ -145,6 +150,7 @@ impl Stream<'_> {
             slide,
             plan,
             normalization,
+            stain,
             classifier,
             opts,
         } = *self;
@@ -195,11 +201,17 @@ impl Stream<'_> {
             let mut unreadable = Vec::new();
             for (i, &at) in order[first..first + len].iter().enumerate() {
                 match slide.read_region(patches[at].origin, plan.level, read) {
-                    Ok(patch) => normalizer.write_chw(
-                        &patch,
-                        plan.input_size,
-                        &mut pixels[i * patch_len..(i + 1) * patch_len],
-                    ),
+                    Ok(mut patch) => {
+                        if let Some(t) = stain {
+                            patch = fit_to(patch, plan.input_size);
+                            t.apply(&mut patch);
+                        }
+                        normalizer.write_chw(
+                            &patch,
+                            plan.input_size,
+                            &mut pixels[i * patch_len..(i + 1) * patch_len],
+                        )
+                    }
                     Err(e) => {
                         unreadable.push((at, e));
                         if failures.fetch_add(1, Ordering::SeqCst) >= tolerate {

@@ -15,6 +15,7 @@ use crate::learn::augment::Augment;
 use crate::pipeline::{
     check_classes, plausible_mpp, Class, Normalization, Pipeline, TissueSection, DEFAULT_BATCH,
 };
+use crate::stain;
 
 pub const CARD_FILE: &str = "card.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -48,7 +49,19 @@ pub struct ModelCard {
     /// `--precision auto` runs int8 only where this says it keeps the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8: Option<Int8Check>,
+    /// The stain normalisation the model was trained with: `heatmap` and `evaluate`
+    /// apply it unless told otherwise.
+    #[serde(default, skip_serializing_if = "is_no_stain_norm")]
+    pub stain_norm: stain::Method,
+    /// What normalised pixels should look like: fitted on the training tiles by
+    /// `train --stain-norm`, or recorded by `histomap stain-fit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stain_target: Option<stain::Target>,
     pub histomap_version: String,
+}
+
+fn is_no_stain_norm(m: &stain::Method) -> bool {
+    *m == stain::Method::None
 }
 
 /// Least share of tiles whose class int8 must keep for `--precision auto` to run it.
@@ -125,6 +138,34 @@ impl ModelCard {
 }
 
 impl ModelCard {
+    /// The stain normalisation a run of this model applies: `requested`, else the one
+    /// it was trained with; mapping to `reference` (a target and where it came from),
+    /// else to the card's own target. Fails for a method without a target.
+    pub fn stain(
+        &self,
+        requested: Option<stain::Method>,
+        reference: Option<(stain::Target, String)>,
+    ) -> std::result::Result<Option<stain::Normalize>, String> {
+        let method = requested.unwrap_or(self.stain_norm);
+        if method == stain::Method::None {
+            return Ok(None);
+        }
+        let (target, from) = match (reference, &self.stain_target) {
+            (Some(r), _) => r,
+            (None, Some(t)) => (
+                t.clone(),
+                format!("the model card's target ({})", t.fitted_on),
+            ),
+            (None, None) => {
+                return Err(format!(
+                    "--stain-norm {method} needs a target and the model card records none: \
+                     give --stain-ref IMAGE, or record one with `histomap stain-fit --model DIR`"
+                ));
+            }
+        };
+        Ok(stain::Normalize::new(method, target, from))
+    }
+
     /// The card of a model built for `pipeline`.
     pub fn for_pipeline(
         pipeline: &Pipeline,
@@ -147,6 +188,8 @@ impl ModelCard {
             metrics: BTreeMap::new(),
             training: None,
             int8: None,
+            stain_norm: stain::Method::None,
+            stain_target: None,
             histomap_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -303,6 +346,14 @@ impl Default for FineTune {
     }
 }
 
+/// Writes `card` as the `card.json` of `dir`, atomically.
+pub fn write_card(dir: &Path, card: &ModelCard) -> Result<()> {
+    crate::output::write_atomic(
+        &dir.join(CARD_FILE),
+        &serde_json::to_vec_pretty(card).expect("card serialises"),
+    )
+}
+
 pub fn read_card(dir: &Path) -> Result<ModelCard> {
     let path = dir.join(CARD_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -344,6 +395,8 @@ mod tests {
             metrics: BTreeMap::new(),
             training: None,
             int8: None,
+            stain_norm: stain::Method::None,
+            stain_target: None,
             histomap_version: String::new(),
         }
     }

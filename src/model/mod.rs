@@ -26,7 +26,9 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-pub use self::card::{read_card, FineTune, ModelCard, TrainingRecord, CARD_FILE, WEIGHTS_FILE};
+pub use self::card::{
+    read_card, write_card, FineTune, ModelCard, TrainingRecord, CARD_FILE, WEIGHTS_FILE,
+};
 pub use self::mobilenet::MobileNetV2;
 pub use self::resnet::{BlockKind, ResNet};
 pub use self::smallcnn::SmallCnn;
@@ -554,8 +556,5 @@ pub fn write_random(dir: &Path, card: &ModelCard, force: bool) -> Result<()> {
     varmap
         .save(&weights)
         .map_err(|e| Error::output(&weights, format!("cannot write weights: {}", one_line(&e))))?;
-    crate::output::write_atomic(
-        &dir.join(CARD_FILE),
-        &serde_json::to_vec_pretty(card).expect("card serialises"),
-    )
+    card::write_card(dir, card)
 }

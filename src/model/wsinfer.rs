@@ -99,6 +99,8 @@ pub fn card(dir: &Path) -> Result<ModelCard> {
         metrics: BTreeMap::new(),
         training: None,
         int8: None,
+        stain_norm: crate::stain::Method::None,
+        stain_target: None,
         histomap_version: env!("CARGO_PKG_VERSION").into(),
     };
     card.check(&path)?;

@@ -10,7 +10,7 @@ use super::checkpoint::State;
 use super::EpochRow;
 use crate::error::{one_line, Error, Result};
 use crate::learn::metrics::Metrics;
-use crate::model::{ModelCard, TrainingRecord, CARD_FILE, WEIGHTS_FILE};
+use crate::model::{write_card, ModelCard, TrainingRecord, WEIGHTS_FILE};
 use crate::output::write_atomic;
 use crate::pipeline::Pipeline;
 
@@ -119,8 +119,5 @@ pub(super) fn save_model(
         patience: Some(opts.patience),
         validation: Some(validation.to_string()),
     });
-    write_atomic(
-        &out.join(CARD_FILE),
-        &serde_json::to_vec_pretty(&card).expect("card serialises"),
-    )
+    write_card(out, &card)
 }
