@@ -846,3 +846,90 @@ fn odd_inputs_and_names_never_cost_outputs() {
         .code(2)
         .stderr(predicate::str::contains("between 0.01 and 100"));
 }
+
+/// `--stain-norm`: a target recorded by `stain-fit`, each slide's stains estimated once
+/// and recorded in its summary, a slide that is not H&E mapped as read with a warning,
+/// a changed normalisation never mistaken for a finished job, and a model without a
+/// target refused in one line.
+#[test]
+fn stain_norm_is_fitted_estimated_per_slide_recorded_and_falls_back_where_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("kather8");
+    fs::create_dir(&model).unwrap();
+    fs::copy(
+        root().join("models/kather8/model.safetensors"),
+        model.join("model.safetensors"),
+    )
+    .unwrap();
+    // The shipped card with its stain target taken out.
+    let card = fs::read_to_string(root().join("models/kather8/card.json")).unwrap();
+    let mut card: Value = serde_json::from_str(&card).unwrap();
+    card.as_object_mut().unwrap().remove("stain_target");
+    fs::write(model.join("card.json"), card.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let heatmap = |norm: &str| {
+        let mut cmd = histomap();
+        cmd.args(["heatmap", "-q", "--stain-norm", norm, "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .arg(svs())
+            .arg(ndpi());
+        cmd
+    };
+
+    // No target yet: one line naming the model and the way out.
+    let refused = heatmap("macenko").assert().code(1);
+    let stderr = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("kather8: --stain-norm macenko needs a target")
+            && stderr.contains("stain-fit")
+    );
+
+    histomap()
+        .args(["stain-fit", "-q", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(data().join("kather2016"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("stain target fitted on 228 tiles"));
+    histomap()
+        .args(["info", "--model"])
+        .arg(&model)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "stain target    fitted on 228 tiles",
+        ));
+
+    heatmap("macenko").assert().success();
+    let summary = |name: &str| -> Value {
+        let path = out.join(name).join("summary.json");
+        serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let svs_summary = summary("cmu_small_region");
+    let stain = &svs_summary["stain"];
+    assert_eq!(stain["method"], "macenko");
+    assert_eq!(stain["patches_sampled"], 64);
+    let h = stain["estimate"]["stain_matrix"][0].as_array().unwrap();
+    assert_eq!(h.len(), 3, "{stain}");
+    assert!(svs_summary["job"]["stain"]
+        .as_str()
+        .unwrap()
+        .starts_with("macenko to"));
+    // The DAPI fluorescence scan has no H&E to find.
+    let ndpi_stain = &summary("stritt_dapi_fluorescence")["stain"];
+    assert!(ndpi_stain["estimate"].is_null(), "{ndpi_stain}");
+    assert!(ndpi_stain["warning"]
+        .as_str()
+        .unwrap()
+        .contains("not those of H&E"));
+
+    // Results made with normalisation are not those of a run without it.
+    heatmap("none")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("stain was \"macenko to"));
+}

@@ -358,4 +358,24 @@ mod stain {
             );
         }
     }
+
+    /// Mean absolute byte difference over an image's channels.
+    fn mean_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+        pixel_diff(a, b).0
+    }
+
+    #[test]
+    fn macenko_undoes_a_restain_that_changes_the_raw_pixels() {
+        // restained.png: source.png with haematoxylin x1.35 and eosin x0.7.
+        let target = Target::fit(pixels(&tile("target.png")), "target.png".into()).unwrap();
+        let norm = histomap::stain::Normalize::new(Method::Macenko, target, "t".into()).unwrap();
+        let (mut a, mut b) = (tile("source.png"), tile("restained.png"));
+        let raw = mean_diff(&a, &b);
+        assert!(norm.own(&mut a) && norm.own(&mut b));
+        let normalised = mean_diff(&a, &b);
+        assert!(
+            raw > 5.0 && normalised < raw / 2.0,
+            "mean byte difference {raw:.1} as read, {normalised:.1} normalised"
+        );
+    }
 }

@@ -187,6 +187,8 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         ema: Some(0.9),
         fine_tune: Default::default(),
         warmup: None,
+        stain_norm: histomap::stain::Method::None,
+        stain_ref: None,
     };
     let dev = Device::Cpu;
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -318,6 +320,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         batch_size: 16,
         threads: 2,
         skip_bad: false,
+        stain: None,
     };
     let e = evaluate(
         &a,
@@ -707,6 +710,7 @@ fn predictions_csv_quotes_awkward_paths() {
         batch_size: 4,
         threads: 1,
         skip_bad: false,
+        stain: None,
     };
     let out = dir.path().join("eval");
     let models = root().join("models/pcam");

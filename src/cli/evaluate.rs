@@ -8,7 +8,7 @@ use histomap::learn::evaluate::{evaluate, EvalOptions};
 use histomap::model::{DeviceChoice, Precision};
 use histomap::progress::EvalBar;
 
-use super::args::{all_cores, batch_size, split_name, Tta};
+use super::args::{all_cores, batch_size, split_name, StainArgs, Tta};
 
 #[derive(Args)]
 pub struct EvaluateArgs {
@@ -42,6 +42,8 @@ pub struct EvaluateArgs {
     /// metrics.json (default: the first one is an error naming it).
     #[arg(long)]
     skip_bad: bool,
+    #[command(flatten)]
+    stain: StainArgs,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -58,8 +60,10 @@ pub fn run(a: EvaluateArgs) -> anyhow::Result<ExitCode> {
         batch_size,
         device,
         skip_bad,
+        stain,
         quiet,
     } = a;
+    let stain = stain.resolve(&histomap::model::load_card(&model)?, &model)?;
     let opts = EvalOptions {
         split,
         tta: tta == Tta::D4,
@@ -67,6 +71,7 @@ pub fn run(a: EvaluateArgs) -> anyhow::Result<ExitCode> {
         batch_size,
         threads: all_cores(),
         skip_bad,
+        stain,
     };
     let e = evaluate(
         &model,

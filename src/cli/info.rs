@@ -97,6 +97,14 @@ fn print_model(dir: &Path) -> histomap::Result<()> {
     }
     println!("  auto precision  {}", card.auto_precision());
     println!(
+        "  stain norm      {} (what heatmap and evaluate apply by default)",
+        card.stain_norm
+    );
+    match &card.stain_target {
+        Some(t) => println!("  stain target    fitted on {}", t.fitted_on),
+        None => println!("  stain target    none (`histomap stain-fit` records one)"),
+    }
+    println!(
         "  no --pipeline   heatmap runs it as pipeline {:?}:",
         p.name
     );

@@ -102,6 +102,15 @@ pub struct TrainArgs {
     /// U(-σ, σ)·0.1; 0.05 is light, 0.2 strong (the σ of Tellez et al. 2019).
     #[arg(long, default_value_t = 0.05)]
     hed: f32,
+    /// Stain normalisation of every tile by its own stains, to the target of
+    /// --stain-ref or, without it, of up to 1,000 training tiles. Recorded in the card
+    /// (method and target), so that `heatmap` and `evaluate` normalise each slide or
+    /// tile to the same target. --hed jitter still applies, after it.
+    #[arg(long, value_enum, default_value = "none", value_name = "METHOD")]
+    stain_norm: histomap::stain::Method,
+    /// An image whose stains are the target (default: the training tiles').
+    #[arg(long, value_name = "IMAGE")]
+    stain_ref: Option<PathBuf>,
     /// Zoom in by up to 1 + this (a random crop resized back). The crop may miss a
     /// tile's edges: where a label describes only the centre (PCam's central 32 px),
     /// keep it small enough that the centre stays in every crop (≤ 0.5 for PCam).
@@ -227,6 +236,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             .chain(a.extra_train.clone())
             .collect(),
         ema: a.ema,
+        stain_norm: a.stain_norm,
+        stain_ref: a.stain_ref.clone(),
     };
     let bars = TrainBars::new(a.quiet);
     let report = train::train(

@@ -12,9 +12,8 @@ use candle_core::Device;
 use crate::error::{Error, Result};
 use crate::learn::dataset::Sample;
 use crate::learn::evaluate::{unique_tiles, EvalProgress};
-use crate::learn::train::predict_tiles;
+use crate::learn::train::{predict_tiles, TileInput};
 use crate::map::heatmap::argmax;
-use crate::map::preprocess::Normalizer;
 use crate::map::select::{tissue_patches, TissuePatches};
 use crate::map::stream::{self, StreamOptions};
 use crate::model::card::Int8Check;
@@ -71,14 +70,15 @@ impl Pair {
             .build()
             .map_err(|e| Error::Usage(format!("cannot start loader threads: {e}")))?;
         let card = &self.reference.card;
-        let normalizer = Normalizer::new(&card.normalization);
+        // int8 against f32 on the same pixels: stain normalisation changes both alike.
+        let input = TileInput::new(&card.normalization, None);
         let probs = |c: &Classifier| {
             let logits = |x: &candle_core::Tensor| c.logits(x);
             predict_tiles(
                 &pool,
                 samples,
                 card.input_size,
-                &normalizer,
+                &input,
                 batch,
                 &logits,
                 false,

@@ -257,6 +257,27 @@ impl Dataset {
     }
 }
 
+/// Most tiles a stain target is fitted on: enough for steady percentiles, few enough
+/// to read in seconds.
+pub const STAIN_FIT_TILES: usize = 1000;
+
+/// The pixels of up to `most` of `samples`, spread evenly, each at `size` × `size` as
+/// the model sees it, pooled: what a stain target is fitted on.
+pub fn pooled_pixels(samples: &[Sample], size: u32, most: usize) -> Result<Vec<[u8; 3]>> {
+    let n = samples.len().min(most);
+    let tiles = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let tile = samples[i * samples.len() / n].tile.read()?;
+            Ok(crate::map::preprocess::fit_to(tile, size))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(tiles
+        .iter()
+        .flat_map(|t| crate::stain::pixels(t).iter().copied())
+        .collect())
+}
+
 /// Per class (of `classes`), how many of `samples`.
 pub fn class_counts(samples: &[Sample], classes: usize) -> Vec<usize> {
     let mut counts = vec![0; classes];

@@ -11,8 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::learn::dataset::{duplicates, BadTile, Dataset, Sample};
 use crate::learn::metrics::{self, Metrics};
-use crate::learn::train::predict_tiles;
-use crate::map::preprocess::Normalizer;
+use crate::learn::train::{predict_tiles, TileInput};
 use crate::model::{Classifier, ModelCard, Precision};
 use crate::output::write_atomic;
 
@@ -25,6 +24,8 @@ pub struct EvalOptions {
     pub threads: usize,
     /// Leave out unreadable tiles (listed in [`Evaluation::skipped`]) instead of failing.
     pub skip_bad: bool,
+    /// Stain normalisation, each tile by its own stains.
+    pub stain: Option<crate::stain::Normalize>,
 }
 
 /// What the caller sees while an evaluation runs.
@@ -84,7 +85,7 @@ pub fn evaluate(
         .num_threads(opts.threads.max(1))
         .build()
         .map_err(|e| Error::Usage(format!("cannot start loader threads: {e}")))?;
-    let normalizer = Normalizer::new(&model.card.normalization);
+    let input = TileInput::new(&model.card.normalization, opts.stain.clone());
     progress.started(samples.len());
     // Predicted a few batches at a time so that progress can be reported in between.
     let mut probs = Vec::with_capacity(samples.len() * classes.len());
@@ -93,7 +94,7 @@ pub fn evaluate(
             &pool,
             part,
             model.card.input_size,
-            &normalizer,
+            &input,
             opts.batch_size,
             &|x| model.logits(x),
             opts.tta,

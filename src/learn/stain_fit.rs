@@ -5,15 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::learn::dataset::{pooled_pixels, STAIN_FIT_TILES};
 use crate::learn::evaluate::{unique_tiles, EvalProgress};
-use crate::map::preprocess::fit_to;
 use crate::map::select::{tissue_patches, TissuePatches};
 use crate::map::stains;
 use crate::model::{write_card, CardFormat, ModelCard};
 use crate::stain::Target;
-
-/// Most tiles pooled: enough for steady percentiles, few enough to read in seconds.
-pub const MAX_TILES: usize = 1000;
 
 pub struct StainFitOptions {
     /// Tiles (any layout [`crate::learn::dataset::Dataset`] reads), if any.
@@ -26,7 +23,7 @@ pub struct StainFitOptions {
     pub skip_bad: bool,
 }
 
-/// Fits the target on the pooled pixels of up to [`MAX_TILES`] tiles of `opts.data`
+/// Fits the target on the pooled pixels of up to [`STAIN_FIT_TILES`] tiles of `opts.data`
 /// (spread evenly) and [`stains::SAMPLE_PATCHES`] tissue patches of each slide, and
 /// records it in the card of `model_dir`; returns the card as written.
 pub fn stain_fit(
@@ -46,12 +43,9 @@ pub fn stain_fit(
     if let Some(data) = &opts.data {
         let split = opts.split.as_deref();
         let unique = unique_tiles(data, &card, split, opts.skip_bad, progress)?;
-        let n = unique.samples.len().min(MAX_TILES);
+        let n = unique.samples.len().min(STAIN_FIT_TILES);
         progress.started(n);
-        for i in 0..n {
-            let tile = unique.samples[i * unique.samples.len() / n].tile.read()?;
-            pixels.extend_from_slice(crate::stain::pixels(&fit_to(tile, card.input_size)));
-        }
+        pixels = pooled_pixels(&unique.samples, card.input_size, STAIN_FIT_TILES)?;
         progress.tiles_done(n);
         what.push(format!("{n} tiles of {}", data.display()));
     }

@@ -23,6 +23,9 @@ const MAX_CONCENTRATION_PERCENTILE: f64 = 99.0;
 /// H and E closer than this (cosine of the angle between them) are one colour, not two
 /// stains: about 4.4 degrees.
 const MAX_STAIN_COSINE: f32 = 0.997;
+/// Least green component of an H or E unit OD vector (published H&E vectors have 0.7
+/// and 0.99; DAPI's blue fluorescence on black has about 0).
+const MIN_GREEN: f32 = 0.3;
 
 /// A source's or a target's stains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,7 +89,7 @@ impl Stains {
         let (v1, v2) = (at(min_phi), at(max_phi));
         // Haematoxylin absorbs more red than eosin does.
         let [h, e] = if v1[0] > v2[0] { [v1, v2] } else { [v2, v1] }.map(unit);
-        if dot(&h, &e) > MAX_STAIN_COSINE || h.iter().chain(&e).any(|&v| v < -0.1) {
+        if !plausible_he(&h, &e) {
             return Err(StainError::NotHe { h, e });
         }
         let stain_matrix = [h, e];
@@ -215,6 +218,16 @@ fn symmetric_eigen(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
         }
     }
     ([a[0][0], a[1][1], a[2][2]], v)
+}
+
+/// Whether two unit OD vectors can be haematoxylin and eosin: two colours, not one;
+/// no channel made brighter; both absorbing green strongly (eosin most of all). A
+/// fluorescence scan, or a slide of one stain, fails.
+fn plausible_he(h: &[f32; 3], e: &[f32; 3]) -> bool {
+    dot(h, e) <= MAX_STAIN_COSINE
+        && h.iter().chain(e).all(|&v| v >= -0.1)
+        && h[1] >= MIN_GREEN
+        && e[1] >= MIN_GREEN
 }
 
 fn rotate_columns(m: &mut [[f64; 3]; 3], p: usize, q: usize, c: f64, s: f64) {

@@ -15,6 +15,7 @@ use super::{EpochRow, Split, TrainOptions};
 use crate::error::{one_line, Error, Result};
 use crate::output::write_atomic;
 use crate::pipeline::{Normalization, Pipeline};
+use crate::stain::Target;
 
 pub(super) const STATE: &str = "checkpoint.json";
 
@@ -38,6 +39,9 @@ pub(super) struct State {
     /// What the pipeline asked for; absent in checkpoints of earlier versions.
     #[serde(default)]
     pub(super) task: Option<Task>,
+    /// The stain target tiles are normalised to, under `options.stain_norm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) stain_target: Option<Target>,
 }
 
 /// What a pipeline fixes about a network's input and output: a resumed run must keep it.

@@ -12,8 +12,39 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::learn::dataset::Sample;
-use crate::map::preprocess::Normalizer;
+use crate::map::preprocess::{fit_to, Normalizer};
 use crate::pipeline::Normalization;
+use crate::stain::Normalize;
+
+/// How a tile becomes model input, in training, validation and `evaluate` alike: stain
+/// normalisation by the tile's own stains (if any), then (in training) augmentation,
+/// then the normaliser.
+pub struct TileInput {
+    pub normalizer: Normalizer,
+    pub stain: Option<Normalize>,
+}
+
+impl TileInput {
+    pub fn new(normalization: &Normalization, stain: Option<Normalize>) -> Self {
+        Self {
+            normalizer: Normalizer::new(normalization),
+            stain,
+        }
+    }
+
+    /// The tile, stain-normalised at model size when normalisation is on; a tile with
+    /// too little tissue to estimate stains (glass) stays as read.
+    fn stained(&self, tile: image::RgbImage, size: u32) -> image::RgbImage {
+        match &self.stain {
+            Some(n) => {
+                let mut tile = fit_to(tile, size);
+                n.own(&mut tile);
+                tile
+            }
+            None => tile,
+        }
+    }
+}
 
 /// Mixes a seed with an epoch and a sample index into a per-sample seed.
 pub(super) fn mix(seed: u64, epoch: u64, index: u64) -> u64 {
@@ -29,7 +60,7 @@ pub(super) fn mix(seed: u64, epoch: u64, index: u64) -> u64 {
 pub(super) fn load_batch(
     samples: &[&Sample],
     size: u32,
-    normalizer: &Normalizer,
+    input: &TileInput,
     transform: &(dyn Fn(usize, image::RgbImage) -> image::RgbImage + Sync),
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     let plane = 3 * (size * size) as usize;
@@ -39,8 +70,8 @@ pub(super) fn load_batch(
         .zip(samples.par_iter())
         .enumerate()
         .try_for_each(|(i, (out, s))| {
-            let img = transform(i, s.tile.read()?);
-            normalizer.write_chw(&img, size, out);
+            let img = transform(i, input.stained(s.tile.read()?, size));
+            input.normalizer.write_chw(&img, size, out);
             Ok::<_, Error>(())
         })?;
     Ok((pixels, samples.iter().map(|s| s.label as u32).collect()))
@@ -79,7 +110,7 @@ pub fn predict_tiles(
     pool: &rayon::ThreadPool,
     samples: &[Sample],
     size: u32,
-    normalizer: &Normalizer,
+    input: &TileInput,
     batch: usize,
     logits: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
     tta: bool,
@@ -92,7 +123,7 @@ pub fn predict_tiles(
         chunks.len(),
         |b| {
             let refs: Vec<&Sample> = chunks[b].iter().collect();
-            load_batch(&refs, size, normalizer, &|_, img| img)
+            load_batch(&refs, size, input, &|_, img| img)
         },
         |(pixels, labels)| {
             let n = labels.len();

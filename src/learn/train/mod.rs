@@ -25,18 +25,18 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use self::checkpoint::{load_checkpoint, lock_out, save_checkpoint, State, Task, STATE};
-pub use self::loader::predict_tiles;
 use self::loader::{load_batch, measure_normalization, mix, stream_batches};
+pub use self::loader::{predict_tiles, TileInput};
 use self::optim::{init_from, init_weights, schedule, weighted_cross_entropy, AdamW, Ema};
 use self::record::{save_model, write_history};
 pub use self::validation::{split_dataset, Split};
 use crate::error::{Error, Result};
 use crate::learn::augment::Augment;
-use crate::learn::dataset::Sample;
+use crate::learn::dataset::{pooled_pixels, Sample, STAIN_FIT_TILES};
 use crate::learn::metrics;
-use crate::map::preprocess::Normalizer;
 use crate::model::{Architecture, FineTune, Network, WEIGHTS_FILE};
 use crate::pipeline::Pipeline;
+use crate::stain::{Method, Normalize, Target};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainOptions {
@@ -69,6 +69,13 @@ pub struct TrainOptions {
     /// The learning rate's linear warm-up as a fraction of all steps; `None`: one epoch.
     #[serde(default)]
     pub warmup: Option<f64>,
+    /// Stain normalisation of every tile by its own stains, to the target of
+    /// `stain_ref` or, without one, of the training tiles; recorded in the card, so
+    /// that `heatmap` and `evaluate` apply it too.
+    #[serde(default)]
+    pub stain_norm: Method,
+    #[serde(default)]
+    pub stain_ref: Option<PathBuf>,
 }
 
 /// What the caller sees while training runs.
@@ -157,7 +164,11 @@ pub fn train(
     )?;
     let opts = state.options.clone();
     progress.started(split.train.len(), split.val.len());
-    let normalizer = Normalizer::new(&state.normalization);
+    let stain = state.stain_target.clone().and_then(|t| {
+        let from = t.fitted_on.clone();
+        Normalize::new(opts.stain_norm, t, from)
+    });
+    let input = TileInput::new(&state.normalization, stain);
     let batches_per_epoch = (split.train.len() / opts.batch_size.max(2)).max(1);
     let fit = Fit {
         pool: rayon::ThreadPoolBuilder::new()
@@ -166,7 +177,7 @@ pub fn train(
             .map_err(|e| Error::Usage(format!("cannot start loader threads: {e}")))?,
         split,
         opts: &opts,
-        normalizer: &normalizer,
+        input: &input,
         size: pipeline.patch_size,
         device,
         net: &net,
@@ -191,7 +202,7 @@ pub fn train(
         let (train_loss, lr) = fit.epoch(epoch, &mut state.step, &mut opt, progress)?;
 
         // Without validation tiles every epoch is the best so far: the last one is kept.
-        let m = validate(&fit.pool, split, pipeline, &normalizer, &|x| {
+        let m = validate(&fit.pool, split, pipeline, &input, &|x| {
             let x = x.to_device(device)?;
             Ok(ema.as_ref().map_or(&net, |e| &e.net).forward_t(&x, false)?)
         })?;
@@ -292,9 +303,25 @@ fn start_or_resume(
             (None, Some(init)) => crate::model::load_card(init)?.normalization,
             (None, None) => measure_normalization(&split.train, pipeline.patch_size, opts.seed)?,
         };
+        let stain_target = match (opts.stain_norm, &opts.stain_ref) {
+            (Method::None, _) => None,
+            (_, Some(image)) => Some(Target::from_image(image)?),
+            (_, None) => {
+                let n = split.train.len().min(STAIN_FIT_TILES);
+                let pixels = pooled_pixels(&split.train, pipeline.patch_size, n)?;
+                let on = format!("{n} of its training tiles");
+                Some(Target::fit(&pixels, on).map_err(|e| {
+                    Error::Usage(format!(
+                        "--stain-norm {}: no target from the training tiles: {e}",
+                        opts.stain_norm
+                    ))
+                })?)
+            }
+        };
         let state = State {
             options: opts.clone(),
             normalization,
+            stain_target,
             epochs_done: 0,
             step: 0,
             best: None,
@@ -325,7 +352,7 @@ struct Fit<'a> {
     pool: rayon::ThreadPool,
     split: &'a Split,
     opts: &'a TrainOptions,
-    normalizer: &'a Normalizer,
+    input: &'a TileInput,
     size: u32,
     device: &'a Device,
     net: &'a Network,
@@ -381,7 +408,7 @@ impl Fit<'_> {
                     opts.augment
                         .apply(&img, mix(opts.seed, epoch as u64, batches[b][i] as u64))
                 };
-                load_batch(&samples, size, self.normalizer, &aug)
+                load_batch(&samples, size, self.input, &aug)
             },
             |(pixels, labels)| {
                 let n = labels.len();
@@ -413,7 +440,7 @@ fn validate(
     pool: &rayon::ThreadPool,
     split: &Split,
     pipeline: &Pipeline,
-    normalizer: &Normalizer,
+    input: &TileInput,
     logits: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
 ) -> Result<Option<(metrics::Metrics, f64)>> {
     if split.val.is_empty() {
@@ -423,7 +450,7 @@ fn validate(
         pool,
         &split.val,
         pipeline.patch_size,
-        normalizer,
+        input,
         64,
         logits,
         false,

@@ -91,6 +91,8 @@ pub(super) fn save_model(
         },
     );
     card.normalization = state.normalization.clone();
+    card.stain_norm = state.options.stain_norm;
+    card.stain_target = state.stain_target.clone();
     if let Some(m) = m {
         card.metrics.insert("val_accuracy".into(), m.accuracy);
         card.metrics
