@@ -1,6 +1,6 @@
 //! histomap: streamed whole-slide tissue maps.
 //!
-//! Five subsystems, each a folder with a module table of its own, and a few shared
+//! Seven subsystems, each a folder with a module table of its own, and a few shared
 //! files. `ARCHITECTURE.md` at the repository root is the map.
 //!
 //! | module | what it owns |

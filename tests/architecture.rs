@@ -124,8 +124,8 @@ fn the_tree_stays_readable() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n != "lib.rs" && n != "main.rs")
         .collect();
-    // Six subsystem folders, cli/ and four shared files: a new subsystem is a folder.
-    assert!(top.len() <= 11, "{} entries under src/: {top:?}", top.len());
+    // Seven subsystem folders, cli/ and four shared files: a new subsystem is a folder.
+    assert!(top.len() <= 12, "{} entries under src/: {top:?}", top.len());
     let main = std::fs::read_to_string(src.join("main.rs")).unwrap();
     assert!(main.lines().count() < 100, "main.rs is not thin");
     for (m, f) in modules() {

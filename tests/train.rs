@@ -425,7 +425,8 @@ fn train_resumes_after_kill_9() {
 
 /// `--init` copies the weights whose names and shapes match (the 2-class head of a PCam
 /// model does not fit kather8's 8 classes), `--extra-train` adds training tiles and
-/// `--no-val` trains on every tile with no validation metrics in the card.
+/// `--no-val` trains on every tile with no validation metrics in the card; `--stain-norm`
+/// fits its target on the training tiles and records both in the card.
 #[test]
 fn init_extra_train_and_no_val() {
     let dir = tempfile::tempdir().unwrap();
@@ -454,7 +455,7 @@ fn init_extra_train_and_no_val() {
     let out = dir.path().join("model");
     histomap()
         .args(["train", "-q", "--no-val", "--epochs", "1", "--lr", "0"])
-        .args(["--batch-size", "8", "--pipeline"])
+        .args(["--batch-size", "8", "--stain-norm", "macenko", "--pipeline"])
         .arg(pipeline("kather8"))
         .arg("--data")
         .arg(&tiles)
@@ -476,6 +477,10 @@ fn init_extra_train_and_no_val() {
     );
     assert_eq!(record.data, [tiles, extra]);
     assert!(card.metrics.is_empty(), "no validation, no metrics");
+    // Normalised in training, so heatmap and evaluate normalise by default.
+    assert_eq!(card.stain_norm, histomap::stain::Method::Macenko);
+    let target = card.stain_target.as_ref().unwrap();
+    assert_eq!(target.fitted_on, "24 of its training tiles");
     let json = |n: &histomap::pipeline::Normalization| serde_json::to_value(n).unwrap();
     assert_eq!(
         json(&card.normalization),

@@ -78,10 +78,7 @@ impl Job {
             min_saturation: p.min_saturation,
             slide_mpp: self.slide_mpp.filter(|_| !slide_records_mpp),
             slide_bytes: std::fs::metadata(slide).ok().map(|m| m.len()),
-            stain: self
-                .stain
-                .as_ref()
-                .map(|n| format!("{} to {}", n.method, n.target_from)),
+            stain: self.stain.as_ref().map(ToString::to_string),
         }
     }
 }

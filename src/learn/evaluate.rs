@@ -51,6 +51,9 @@ pub struct Evaluation {
     /// Why `Precision::Auto` fell back to f32, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision_warning: Option<String>,
+    /// Stain normalisation, as "macenko to TARGET" (each tile by its own stains).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stain_norm: Option<String>,
     pub duplicates_dropped: usize,
     /// Tiles left out as unreadable (`skip_bad`).
     pub skipped: Vec<BadTile>,
@@ -150,6 +153,7 @@ pub fn evaluate(
         tta: opts.tta,
         precision: model.precision_used(),
         precision_warning: model.take_warning(),
+        stain_norm: opts.stain.as_ref().map(ToString::to_string),
         duplicates_dropped: dropped,
         skipped,
         metrics,

@@ -146,6 +146,13 @@ impl Normalize {
     }
 }
 
+/// "macenko to TARGET", as job keys and `metrics.json` record it.
+impl std::fmt::Display for Normalize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} to {}", self.method, self.target_from)
+    }
+}
+
 /// What was estimated for a source, as recorded in `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
