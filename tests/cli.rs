@@ -933,3 +933,128 @@ fn stain_norm_is_fitted_estimated_per_slide_recorded_and_falls_back_where_it_can
         .code(1)
         .stderr(predicate::str::contains("stain was \"macenko to"));
 }
+
+/// `extract` over the real SVS with QuPath-style annotations (a polygon with a hole, a
+/// MultiPolygon of a square and a triangle): every kept tile lies in its class's
+/// region by its own geometry, a rerun skips the finished slide, the manifest trains a
+/// model that maps the slide, and a broken ring is one line naming file and feature.
+#[test]
+fn extract_cuts_tiles_inside_qupath_regions_and_trains_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let geojson = dir.path().join("cmu_small_region.geojson");
+    let ring = |pts: &[(u32, u32)]| {
+        let mut v: Vec<[u32; 2]> = pts.iter().map(|&(x, y)| [x, y]).collect();
+        v.push(v[0]);
+        v
+    };
+    let tumour_outer = ring(&[(200, 300), (1400, 300), (1400, 1500), (200, 1500)]);
+    let tumour_hole = ring(&[(600, 700), (1000, 700), (1000, 1100), (600, 1100)]);
+    let stroma_square = ring(&[(300, 1700), (1200, 1700), (1200, 2600), (300, 2600)]);
+    let stroma_triangle = ring(&[(1500, 1700), (2100, 1700), (1800, 2800)]);
+    let collection = serde_json::json!({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"objectType": "annotation",
+          "classification": {"name": "Tumor", "color": [200, 0, 0]}},
+         "geometry": {"type": "Polygon", "coordinates": [tumour_outer, tumour_hole]}},
+        {"type": "Feature", "properties": {"objectType": "annotation",
+          "classification": {"name": "Stroma", "color": [150, 200, 150]}},
+         "geometry": {"type": "MultiPolygon",
+          "coordinates": [[stroma_square], [stroma_triangle.clone()]]}}
+    ]});
+    fs::write(&geojson, collection.to_string()).unwrap();
+    let out = dir.path().join("tiles");
+    let extract = |annotations: &Path| {
+        let mut cmd = histomap();
+        cmd.args(["extract", "-q", "--stride", "75", "--pipeline"])
+            .arg(pipeline("kather8"))
+            .arg("--annotations")
+            .arg(annotations)
+            .arg("--out")
+            .arg(&out)
+            .arg(svs());
+        cmd
+    };
+    extract(&geojson).assert().success();
+
+    let manifest = fs::read_to_string(out.join("manifest.csv")).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for line in manifest.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let [x, y, w, h] = [f[3], f[4], f[5], f[6]].map(|v| v.parse::<f64>().unwrap());
+        let (cx, cy) = (x + w / 2.0, y + h / 2.0);
+        let inside = |x0: f64, y0: f64, x1: f64, y1: f64| cx > x0 && cx < x1 && cy > y0 && cy < y1;
+        // The triangle (1500,1700)-(2100,1700)-(1800,2800): within its edges' x at cy.
+        let half = 300.0 * (2800.0 - cy) / 1100.0;
+        let in_triangle = cy > 1700.0 && cy < 2800.0 && (cx - 1800.0).abs() < half;
+        let ok = match f[1] {
+            "TUMOR" => {
+                inside(200.0, 300.0, 1400.0, 1500.0) && !inside(600.0, 700.0, 1000.0, 1100.0)
+            }
+            "STROMA" => inside(300.0, 1700.0, 1200.0, 2600.0) || in_triangle,
+            other => panic!("class {other}"),
+        };
+        assert!(ok, "tile {line} lies outside its class's region");
+        assert_eq!(f[2], "cmu_small_region");
+        let tile = image::open(out.join(f[0])).unwrap();
+        assert_eq!((tile.width(), tile.height()), (150, 150));
+        *seen.entry(f[1].to_string()).or_insert(0) += 1;
+    }
+    assert!(seen["TUMOR"] > 20 && seen["STROMA"] > 20, "{seen:?}");
+    let report = fs::read_to_string(out.join("extract.csv")).unwrap();
+    assert!(report.starts_with("slide,class,kept,overlap,glass,over_max,unreadable\n"));
+
+    // A rerun skips the finished slide and writes the same manifest.
+    extract(&geojson)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("skipped"));
+    assert_eq!(
+        fs::read_to_string(out.join("manifest.csv")).unwrap(),
+        manifest
+    );
+
+    let model = dir.path().join("model");
+    histomap()
+        .args([
+            "train",
+            "-q",
+            "--no-val",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--pipeline",
+        ])
+        .arg(pipeline("kather8"))
+        .arg("--data")
+        .arg(out.join("manifest.csv"))
+        .arg("--out")
+        .arg(&model)
+        .assert()
+        .success();
+    histomap()
+        .args(["heatmap", "-q", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(dir.path().join("maps"))
+        .arg(svs())
+        .assert()
+        .success();
+
+    // A ring that does not close.
+    let broken = dir.path().join("broken.geojson");
+    let open = &stroma_triangle[..3];
+    fs::write(
+        &broken,
+        serde_json::json!([{"type": "Feature",
+        "properties": {"classification": {"name": "Tumor"}},
+        "geometry": {"type": "Polygon", "coordinates": [open]}}])
+        .to_string(),
+    )
+    .unwrap();
+    let failed = extract(&broken).arg("--force").assert().code(1);
+    let stderr = String::from_utf8_lossy(&failed.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("broken.geojson: feature 0: a ring that does not close"),
+        "{stderr}"
+    );
+}

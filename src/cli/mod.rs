@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod args;
 mod calibrate;
 mod evaluate;
+mod extract;
 mod heatmap;
 mod info;
 mod init_model;
@@ -40,6 +41,12 @@ pub enum Command {
     /// into OUT/<slide name>/. Finished slides are skipped on reruns; a failed slide
     /// is reported and the others go on (exit code 1 if any failed).
     Heatmap(heatmap::HeatmapArgs),
+    /// Cut training tiles from slides, by QuPath GeoJSON annotations (a tile is kept
+    /// where one class's regions cover --min-overlap of it, on tissue) or by one label
+    /// per slide, into OUT/<slide>/<CLASS>/<x>_<y>.png with OUT/manifest.csv
+    /// (path,label,slide,x,y,w,h), which `train --data OUT/manifest.csv` reads, and
+    /// OUT/extract.csv (tiles kept and left out per slide and class).
+    Extract(extract::ExtractArgs),
     /// Write a grouped, class-stratified K-fold split of a tile dataset (CSV with
     /// path, label, group, fold). Tiles of one group (patient or slide) and
     /// byte-identical tiles always share a fold. Reproducible from --seed.
@@ -91,6 +98,7 @@ impl Command {
         match self {
             Command::Info(a) => info::run(a),
             Command::Heatmap(a) => heatmap::run(a),
+            Command::Extract(a) => extract::run(a),
             Command::Split(a) => split::run(a),
             Command::Train(a) => train::run(a),
             Command::Evaluate(a) => evaluate::run(a),

@@ -3,6 +3,7 @@
 //! | module | in | out |
 //! |---|---|---|
 //! | [`run`] | slides and folders, a pipeline, a model | one complete output folder per slide |
+//! | [`extract`] | slides, QuPath annotations or slide labels, a pipeline | training tiles, `manifest.csv`, `extract.csv` |
 //! | [`child`] | a command that runs one slide | the slide's outcome, even if the child crashed |
 //! | [`ledger`] | an OUT folder | slide locks, failure records, the run's slide list and log |
 //! | [`shard`] | the slide list and a worker's index | the slides that worker runs |
@@ -14,6 +15,7 @@
 //! list, failure records) is a file in OUT.
 
 pub mod child;
+pub mod extract;
 pub mod ledger;
 pub mod report;
 pub mod run;

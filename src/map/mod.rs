@@ -3,6 +3,7 @@
 //!
 //! | module | in | out |
 //! |---|---|---|
+//! | [`annotations`] | a QuPath GeoJSON export | class regions, and how much of a rectangle each class covers |
 //! | [`slide`] | a path | a [`slide::SlideSource`] reading RGB regions on demand |
 //! | [`mask`] | a thumbnail | tissue fraction of any level-0 rectangle |
 //! | [`grid`] | slide size, MPPs, patch size, stride | patch rectangles and the level to read them from |
@@ -16,6 +17,7 @@
 //! [`geom`] holds the coordinate frames every stage speaks: level-0 pixels and grid
 //! cells are different types. Nothing here writes files: [`crate::sink`] does.
 
+pub mod annotations;
 pub mod geom;
 pub mod grid;
 pub mod heatmap;

@@ -1,0 +1,190 @@
+//! `histomap extract`: training tiles cut from slides, by QuPath annotations or one
+//! label per slide, into a folder `train` reads as it is.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use histomap::cohort::extract::{extract, ExtractJob, ExtractOutcome, Labels};
+use histomap::cohort::run::collect_slides;
+use histomap::map::annotations::ClassMap;
+use histomap::model::load_card;
+use histomap::pipeline::Pipeline;
+use histomap::progress::Bars;
+
+use super::args::{all_cores, mpp, share, shown, threads};
+
+#[derive(Args)]
+pub struct ExtractArgs {
+    /// Slide files and folders of slides.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// QuPath GeoJSON export (File › Export objects as GeoJSON; level-0 pixels): a file
+    /// for one slide, or a folder of `<slide stem>.geojson` files. Polygons and
+    /// MultiPolygons with holes; the class from `classification.name`. A slide without
+    /// a file is listed and skipped.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "labels",
+        conflicts_with = "labels"
+    )]
+    annotations: Option<PathBuf>,
+    /// CSV `slide,label`: every tissue tile of a slide (named by file stem or file
+    /// name) gets its label, e.g. "tumour" and "normal" slides.
+    #[arg(long, value_name = "CSV")]
+    labels: Option<PathBuf>,
+    /// Pipeline file: patch size, MPP, stride, tissue thresholds and classes.
+    #[arg(long, short, required_unless_present = "model")]
+    pipeline: Option<PathBuf>,
+    /// A model folder whose card gives the pipeline (when no --pipeline).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Stride in pixels at the pipeline's MPP (default: the pipeline's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    stride: Option<u32>,
+    /// Least share of a tile (0–1) one class's regions must cover for it to be kept.
+    #[arg(long, value_parser = share, default_value_t = 0.75)]
+    min_overlap: f64,
+    /// CSV `annotation,class`: annotation class names (any case) and the pipeline
+    /// class each becomes. Other names must be pipeline classes (any case).
+    #[arg(long, value_name = "CSV")]
+    class_map: Option<PathBuf>,
+    /// Leave out regions of classes the pipeline does not have (default: an error
+    /// listing the known ones).
+    #[arg(long)]
+    skip_unknown: bool,
+    /// At most this many tiles of one class per slide, drawn at random from --seed.
+    #[arg(long)]
+    max_per_class: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Microns per pixel of slides that do not record it.
+    #[arg(long, value_parser = mpp)]
+    slide_mpp: Option<f64>,
+    /// Reader threads; default: all cores.
+    #[arg(long, value_parser = threads)]
+    threads: Option<usize>,
+    /// Redo slides that are already finished.
+    #[arg(long)]
+    force: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// A two-column CSV with a header, as (first, second) per row.
+fn pairs(path: &PathBuf) -> anyhow::Result<Vec<(String, String)>> {
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("{}", path.display()))?;
+    r.records()
+        .map(|row| {
+            let row = row.with_context(|| format!("{}", path.display()))?;
+            match (row.get(0), row.get(1)) {
+                (Some(a), Some(b)) => Ok((a.trim().to_string(), b.trim().to_string())),
+                _ => bail!("{}: a row without two columns: {row:?}", path.display()),
+            }
+        })
+        .collect()
+}
+
+pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
+    let mut pipeline = match (&a.pipeline, &a.model) {
+        (Some(p), _) => Pipeline::load(p)?,
+        (None, Some(m)) => load_card(m)?.pipeline(m),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    if let Some(stride) = a.stride {
+        pipeline.set_stride(stride)?;
+    }
+    let classes = pipeline.class_names();
+    let class_of = |name: &str| classes.iter().position(|c| c.eq_ignore_ascii_case(name));
+    let labels = match (&a.annotations, &a.labels) {
+        (Some(path), _) => {
+            let mut map = ClassMap {
+                skip_unknown: a.skip_unknown,
+                ..Default::default()
+            };
+            if let Some(file) = &a.class_map {
+                for (from, to) in pairs(file)? {
+                    if class_of(&to).is_none() {
+                        bail!(
+                            "{}: {to:?} is none of the pipeline's classes ({})",
+                            file.display(),
+                            classes.join(", ")
+                        );
+                    }
+                    map.renames.insert(from.to_lowercase(), to);
+                }
+            }
+            Labels::Annotations {
+                path: path.clone(),
+                map,
+            }
+        }
+        (None, Some(file)) => {
+            let mut by_slide = HashMap::new();
+            for (slide, label) in pairs(file)? {
+                let Some(k) = class_of(&label) else {
+                    bail!(
+                        "{}: slide {slide}: label {label:?} is none of the pipeline's classes ({})",
+                        file.display(),
+                        classes.join(", ")
+                    );
+                };
+                by_slide.insert(slide, k);
+            }
+            Labels::Slides(by_slide)
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let slides = collect_slides(&a.inputs)?;
+    if slides.is_empty() {
+        bail!("no slides found in {}", shown(&a.inputs));
+    }
+    let job = ExtractJob {
+        pipeline,
+        labels,
+        out: a.out.clone(),
+        min_overlap: a.min_overlap,
+        max_per_class: a.max_per_class,
+        seed: a.seed,
+        slide_mpp: a.slide_mpp,
+        threads: a.threads.unwrap_or_else(all_cores),
+        force: a.force,
+    };
+    let outcomes = {
+        let bars = Bars::new(a.quiet);
+        extract(&slides, &job, &bars)?
+    };
+    let unlabelled: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, ExtractOutcome::Unlabelled))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !unlabelled.is_empty() {
+        eprintln!(
+            "histomap: no annotation or label for {} slide(s), skipped: {}",
+            unlabelled.len(),
+            unlabelled.join(", ")
+        );
+    }
+    println!(
+        "wrote {} and {}",
+        a.out.join("manifest.csv").display(),
+        a.out.join("extract.csv").display()
+    );
+    let failed = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, ExtractOutcome::Failed(_)))
+        .count();
+    if failed > 0 {
+        eprintln!("histomap: {failed} of {} slide(s) failed", outcomes.len());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

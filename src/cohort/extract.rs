@@ -1,0 +1,378 @@
+//! Training tiles cut from slides. In: slides, and either their QuPath annotations
+//! (class regions) or one label per slide; a pipeline (patch size, MPP, tissue
+//! thresholds, classes). Out, under OUT:
+//! - `<slide>/<CLASS>/<x>_<y>.png`: tiles at the pipeline's size and MPP (x, y: the
+//!   level-0 origin);
+//! - `<slide>/tiles.csv` and, over every slide of the run, `manifest.csv`:
+//!   `path,label,slide,x,y,w,h` (level-0 pixels; paths relative to OUT), which `train`
+//!   reads as it is, grouping splits by `slide`;
+//! - `extract.csv`: per slide and class, tiles kept and left out (in two classes'
+//!   regions at once, on glass, unreadable, over `--max-per-class`).
+//!
+//! A tile is kept when at least `min_overlap` of it lies in one class's regions (and in
+//! no other's as much) and the tissue mask says it is tissue, as `heatmap` selects
+//! patches. Each slide's folder is built in `OUT/.histomap/staging/` and renamed into
+//! place when complete, so a rerun skips finished slides and redoes the rest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::cohort::run::output_names;
+use crate::error::{Error, Result};
+use crate::map::annotations::{Annotations, ClassMap};
+use crate::map::geom::{L0Rect, Size};
+use crate::map::grid::ReadPlan;
+use crate::map::mask::{TissueMask, THUMBNAIL_SIDE};
+use crate::map::preprocess::fit_to;
+use crate::map::slide;
+use crate::output::{write_atomic, Staging};
+use crate::pipeline::Pipeline;
+use crate::progress::Progress;
+
+/// Where the classes come from.
+pub enum Labels {
+    /// A QuPath GeoJSON file (one slide) or a folder of `<slide stem>.geojson` files.
+    Annotations { path: PathBuf, map: ClassMap },
+    /// Slide file stem (or file name) → pipeline class: every tissue tile of the slide
+    /// gets the slide's label.
+    Slides(HashMap<String, usize>),
+}
+
+pub struct ExtractJob {
+    pub pipeline: Pipeline,
+    pub labels: Labels,
+    pub out: PathBuf,
+    /// Least share of a tile that one class's regions must cover.
+    pub min_overlap: f64,
+    /// Most tiles of one class per slide, drawn at random (seeded) where there are more.
+    pub max_per_class: Option<usize>,
+    pub seed: u64,
+    /// Microns per pixel for slides that do not record it.
+    pub slide_mpp: Option<f64>,
+    pub threads: usize,
+    /// Redo slides that are already finished.
+    pub force: bool,
+}
+
+/// Per class of one slide: tiles kept, and left out and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassCounts {
+    pub kept: usize,
+    /// In this class's regions and in another's as much.
+    pub overlap: usize,
+    /// In this class's regions, but glass by the tissue mask.
+    pub glass: usize,
+    /// Over `--max-per-class`.
+    pub over_max: usize,
+    pub unreadable: usize,
+}
+
+/// How one slide went.
+#[derive(Debug)]
+pub enum ExtractOutcome {
+    Done(BTreeMap<String, ClassCounts>),
+    /// Finished by an earlier run.
+    Skipped(BTreeMap<String, ClassCounts>),
+    /// No annotation file or label for it: listed, and skipped.
+    Unlabelled,
+    Failed(String),
+}
+
+const TILES: &str = "tiles.csv";
+const MANIFEST_HEADER: [&str; 7] = ["path", "label", "slide", "x", "y", "w", "h"];
+const COUNTS: &str = "counts.json";
+
+/// Cuts tiles from every slide; a slide's failure is its own. Writes `manifest.csv` and
+/// `extract.csv` over the slides finished (now or before). Returns each slide's output
+/// name and outcome.
+pub fn extract(
+    slides: &[PathBuf],
+    job: &ExtractJob,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, ExtractOutcome)>> {
+    if let Labels::Annotations { path, .. } = &job.labels {
+        if path.is_file() && slides.len() > 1 {
+            return Err(Error::Usage(format!(
+                "--annotations {} is one file, for one slide, and {} slides were given: \
+                 give a folder of <slide stem>.geojson files",
+                path.display(),
+                slides.len()
+            )));
+        }
+    }
+    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
+    let names = output_names(slides);
+    progress.begin(slides.len());
+    let mut outcomes = Vec::new();
+    for (path, name) in slides.iter().zip(names) {
+        let outcome = match one_slide(path, &name, job, progress) {
+            Ok(o) => o,
+            Err(e) => ExtractOutcome::Failed(e.to_string()),
+        };
+        progress.slide_finished(&match &outcome {
+            ExtractOutcome::Done(c) => format!("done    {name}  {} tiles", total(c)),
+            ExtractOutcome::Skipped(c) => {
+                format!("skipped {name}  {} tiles (finished before)", total(c))
+            }
+            ExtractOutcome::Unlabelled => format!("skipped {name}  no annotation or label for it"),
+            ExtractOutcome::Failed(e) => format!("FAILED  {name}  {e}"),
+        });
+        outcomes.push((name, outcome));
+    }
+    write_totals(&job.out, &outcomes)?;
+    Ok(outcomes)
+}
+
+fn total(counts: &BTreeMap<String, ClassCounts>) -> usize {
+    counts.values().map(|c| c.kept).sum()
+}
+
+/// The annotations or label of the slide at `path`; `None` when there are none.
+fn labels_of(path: &Path, job: &ExtractJob, size: Size) -> Result<Option<SlideLabels>> {
+    let stem = path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    let classes = job.pipeline.class_names();
+    Ok(match &job.labels {
+        Labels::Annotations { path: a, map } => {
+            let file = if a.is_dir() {
+                a.join(format!("{stem}.geojson"))
+            } else {
+                a.clone()
+            };
+            if !file.is_file() {
+                return Ok(None);
+            }
+            let regions = Annotations::read(&file, &classes, map, size)?;
+            if regions.is_empty() {
+                return Err(Error::dataset(
+                    &file,
+                    "no class region (Polygon or MultiPolygon with a class)",
+                ));
+            }
+            Some(SlideLabels::Regions(regions))
+        }
+        Labels::Slides(by_slide) => {
+            let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+            by_slide
+                .get(&stem)
+                .or_else(|| by_slide.get(file_name.as_ref()))
+                .map(|&c| SlideLabels::Whole(c))
+        }
+    })
+}
+
+enum SlideLabels {
+    Regions(Annotations),
+    Whole(usize),
+}
+
+fn one_slide(
+    path: &Path,
+    name: &str,
+    job: &ExtractJob,
+    progress: &dyn Progress,
+) -> Result<ExtractOutcome> {
+    let dir = job.out.join(name);
+    if !job.force && dir.join(COUNTS).is_file() {
+        return Ok(ExtractOutcome::Skipped(read_counts(&dir)?));
+    }
+    let slide = slide::open(path)?;
+    let info = slide.info();
+    let Some(labels) = labels_of(path, job, info.size)? else {
+        return Ok(ExtractOutcome::Unlabelled);
+    };
+    let p = &job.pipeline;
+    let plan = ReadPlan::new(info, p.patch_size, p.stride, p.mpp, job.slide_mpp)?;
+    let thumb = slide::thumbnail(slide.as_ref(), THUMBNAIL_SIDE)?;
+    let mask = TissueMask::from_thumbnail(&thumb, p.min_saturation);
+    let classes = p.class_names();
+    let mut counts: BTreeMap<String, ClassCounts> = BTreeMap::new();
+    let mut kept: Vec<Vec<L0Rect>> = vec![Vec::new(); classes.len()];
+    for cell in plan.grid.cells() {
+        let rect = plan.grid.rect(cell);
+        let class = match &labels {
+            SlideLabels::Whole(c) => *c,
+            SlideLabels::Regions(regions) => {
+                let cover = regions.coverage(rect, classes.len());
+                let mut reaching = (0..classes.len()).filter(|&k| cover[k] >= job.min_overlap);
+                let Some(k) = reaching.next() else { continue };
+                if reaching.next().is_some() {
+                    for k in (0..classes.len()).filter(|&k| cover[k] >= job.min_overlap) {
+                        counts.entry(classes[k].clone()).or_default().overlap += 1;
+                    }
+                    continue;
+                }
+                k
+            }
+        };
+        let tissue = mask.fraction(rect);
+        if tissue > 0.0 && tissue >= p.min_tissue {
+            kept[class].push(rect);
+        } else if matches!(labels, SlideLabels::Regions(_)) {
+            counts.entry(classes[class].clone()).or_default().glass += 1;
+        }
+    }
+    if let Some(most) = job.max_per_class {
+        let mut rng = ChaCha8Rng::seed_from_u64(job.seed ^ fnv(name));
+        for (k, rects) in kept.iter_mut().enumerate() {
+            if rects.len() > most {
+                counts.entry(classes[k].clone()).or_default().over_max += rects.len() - most;
+                rects.shuffle(&mut rng);
+                rects.truncate(most);
+                rects.sort_by_key(|r| (r.origin.y, r.origin.x));
+            }
+        }
+    }
+    let todo: Vec<(usize, L0Rect)> = kept
+        .iter()
+        .enumerate()
+        .flat_map(|(k, rects)| rects.iter().map(move |&r| (k, r)))
+        .collect();
+    progress.slide_started(name, todo.len() as u64);
+
+    let staging = Staging::new(&job.out.join(".histomap/staging"), &job.out, name)?;
+    for k in kept
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(k, _)| k)
+    {
+        let d = staging.dir().join(&classes[k]);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    let read = Size::new(plan.read_size, plan.read_size);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(job.threads.max(1))
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start reader threads: {e}")))?;
+    // Batches in the order patches lie, so neighbouring reads share decoded slide tiles.
+    let written: Vec<Result<bool>> = pool.install(|| {
+        todo.par_chunks(64)
+            .flat_map_iter(|chunk| {
+                let out = chunk
+                    .iter()
+                    .map(|&(k, rect)| {
+                        let Ok(tile) = slide.read_region(rect.origin, plan.level, read) else {
+                            return Ok(false);
+                        };
+                        let file = staging.dir().join(&classes[k]).join(tile_name(rect));
+                        fit_to(tile, plan.input_size)
+                            .save(&file)
+                            .map_err(|e| Error::output(&file, e))?;
+                        Ok(true)
+                    })
+                    .collect::<Vec<_>>();
+                progress.patches_done(chunk.len() as u64);
+                out
+            })
+            .collect()
+    });
+    // Through a CSV writer: slide and class names may hold commas or quotes.
+    let tiles_path = staging.dir().join(TILES);
+    let fail = |e: csv::Error| Error::output(&tiles_path, e);
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    csv.write_record(MANIFEST_HEADER).map_err(fail)?;
+    for ((k, rect), ok) in todo.iter().zip(written) {
+        let c = counts.entry(classes[*k].clone()).or_default();
+        if !ok? {
+            c.unreadable += 1;
+            continue;
+        }
+        c.kept += 1;
+        let (o, s) = (rect.origin, rect.size);
+        let file = format!("{name}/{}/{}", classes[*k], tile_name(*rect));
+        let nums = [o.x, o.y, s.w, s.h].map(|v| v.to_string());
+        csv.write_record(
+            [file.as_str(), &classes[*k], name]
+                .into_iter()
+                .chain(nums.iter().map(String::as_str)),
+        )
+        .map_err(fail)?;
+    }
+    let bytes = csv
+        .into_inner()
+        .map_err(|e| Error::output(&tiles_path, e.error()))?;
+    write_atomic(&tiles_path, &bytes)?;
+    let json = serde_json::to_vec_pretty(&counts).expect("counts serialise");
+    write_atomic(&staging.dir().join(COUNTS), &json)?;
+    staging.commit()?;
+    Ok(ExtractOutcome::Done(counts))
+}
+
+fn tile_name(rect: L0Rect) -> String {
+    format!("{}_{}.png", rect.origin.x, rect.origin.y)
+}
+
+/// A stable hash of a slide's name, so each slide draws its own seeded sample.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn read_counts(dir: &Path) -> Result<BTreeMap<String, ClassCounts>> {
+    let path = dir.join(COUNTS);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::output(&path, format!("unreadable: {e}")))
+}
+
+/// `manifest.csv` (every finished slide's tiles) and `extract.csv` (per slide and
+/// class, what was kept and left out).
+fn write_totals(out: &Path, outcomes: &[(String, ExtractOutcome)]) -> Result<()> {
+    let (manifest_path, report_path) = (out.join("manifest.csv"), out.join("extract.csv"));
+    let mut manifest = format!("{}\n", MANIFEST_HEADER.join(","));
+    let fail = |e: csv::Error| Error::output(&report_path, e);
+    let mut report = csv::Writer::from_writer(Vec::new());
+    report
+        .write_record([
+            "slide",
+            "class",
+            "kept",
+            "overlap",
+            "glass",
+            "over_max",
+            "unreadable",
+        ])
+        .map_err(fail)?;
+    for (name, outcome) in outcomes {
+        let earlier;
+        let counts = match outcome {
+            ExtractOutcome::Done(c) | ExtractOutcome::Skipped(c) => c,
+            // A forced redo that failed left the finished folder of an earlier run.
+            ExtractOutcome::Failed(_) if out.join(name).join(COUNTS).is_file() => {
+                earlier = read_counts(&out.join(name))?;
+                &earlier
+            }
+            _ => continue,
+        };
+        // Each slide's rows as its tiles.csv wrote them (already quoted).
+        let tiles = out.join(name).join(TILES);
+        let text = std::fs::read_to_string(&tiles).map_err(|e| Error::io(&tiles, e))?;
+        manifest.extend(text.lines().skip(1).map(|l| format!("{l}\n")));
+        for (class, c) in counts {
+            let nums =
+                [c.kept, c.overlap, c.glass, c.over_max, c.unreadable].map(|v| v.to_string());
+            report
+                .write_record(
+                    [name.as_str(), class]
+                        .into_iter()
+                        .chain(nums.iter().map(String::as_str)),
+                )
+                .map_err(fail)?;
+        }
+    }
+    write_atomic(&manifest_path, manifest.as_bytes())?;
+    let bytes = report
+        .into_inner()
+        .map_err(|e| Error::output(&report_path, e.error()))?;
+    write_atomic(&report_path, &bytes)
+}
