@@ -4,7 +4,7 @@
 # copy and an unrestained copy written the same way (factors 1, so both went through
 # the same JPEG pyramid) with --stain-norm none, macenko and reinhard, and report the
 # share of patch classes the restained copy keeps, and on the mosaic the accuracy
-# against the tiles' labels (scripts/score-mosaic.py).
+# against the tiles' labels (scripts/mosaic.py score).
 # Python with numpy, scikit-image and Pillow: PY (default: the stain peer's venv of
 # scripts/make-stain-golden.py, /tmp/stainpeer/bin/python).
 # usage: scripts/restain-bar.sh [MODEL=models/kather8] [OUT=target/restain]
@@ -45,7 +45,7 @@ PY
 )
     line="$s $norm: restained keeps $kept of classes"
     if [[ $s == mosaic ]]; then
-      line+="; accuracy original $(python3 scripts/score-mosaic.py "$a" "$data"), restained $(python3 scripts/score-mosaic.py "$b" "$data")"
+      line+="; accuracy original $(python3 scripts/mosaic.py score "$a" "$data"), restained $(python3 scripts/mosaic.py score "$b" "$data")"
     fi
     echo "$line"
   done

@@ -48,6 +48,14 @@ pub struct ExtractArgs {
     /// Stride in pixels at the pipeline's MPP (default: the pipeline's).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     stride: Option<u32>,
+    /// Override the pipeline's minimum tissue fraction (0..=1) for a tile to be kept;
+    /// a tile with no tissue at all never is.
+    #[arg(long, value_parser = share)]
+    min_tissue: Option<f64>,
+    /// Keep annotated tiles the tissue mask calls glass too: for a background class
+    /// such as Kather's EMPTY, drawn on glass on purpose.
+    #[arg(long)]
+    keep_glass: bool,
     /// Least share of a tile (0–1) one class's regions must cover for it to be kept.
     #[arg(long, value_parser = share, default_value_t = 0.75)]
     min_overlap: f64,
@@ -101,6 +109,9 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
     if let Some(stride) = a.stride {
         pipeline.set_stride(stride)?;
     }
+    if let Some(v) = a.min_tissue {
+        pipeline.min_tissue = v as f32;
+    }
     let classes = pipeline.class_names();
     let class_of = |name: &str| classes.iter().position(|c| c.eq_ignore_ascii_case(name));
     let labels = match (&a.annotations, &a.labels) {
@@ -151,6 +162,7 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
         labels,
         out: a.out.clone(),
         min_overlap: a.min_overlap,
+        keep_glass: a.keep_glass,
         max_per_class: a.max_per_class,
         seed: a.seed,
         slide_mpp: a.slide_mpp,

@@ -50,6 +50,8 @@ pub struct ExtractJob {
     pub out: PathBuf,
     /// Least share of a tile that one class's regions must cover.
     pub min_overlap: f64,
+    /// Keep annotated tiles on glass (a background class drawn on purpose).
+    pub keep_glass: bool,
     /// Most tiles of one class per slide, drawn at random (seeded) where there are more.
     pub max_per_class: Option<usize>,
     pub seed: u64,
@@ -215,7 +217,7 @@ fn one_slide(
             }
         };
         let tissue = mask.fraction(rect);
-        if tissue > 0.0 && tissue >= p.min_tissue {
+        if job.keep_glass || (tissue > 0.0 && tissue >= p.min_tissue) {
             kept[class].push(rect);
         } else if matches!(labels, SlideLabels::Regions(_)) {
             counts.entry(classes[class].clone()).or_default().glass += 1;
@@ -265,9 +267,7 @@ fn one_slide(
                             return Ok(false);
                         };
                         let file = staging.dir().join(&classes[k]).join(tile_name(rect));
-                        fit_to(tile, plan.input_size)
-                            .save(&file)
-                            .map_err(|e| Error::output(&file, e))?;
+                        save_png(&fit_to(tile, plan.input_size), &file)?;
                         Ok(true)
                     })
                     .collect::<Vec<_>>();
@@ -306,6 +306,20 @@ fn one_slide(
     write_atomic(&staging.dir().join(COUNTS), &json)?;
     staging.commit()?;
     Ok(ExtractOutcome::Done(counts))
+}
+
+/// Lossless, but compressed fast: a tile is read back once per epoch, and the best
+/// compression took longer than reading the slide.
+fn save_png(tile: &image::RgbImage, path: &Path) -> Result<()> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let encoder = PngEncoder::new_with_quality(
+        std::io::BufWriter::new(file),
+        CompressionType::Fast,
+        FilterType::Adaptive,
+    );
+    tile.write_with_encoder(encoder)
+        .map_err(|e| Error::output(path, e))
 }
 
 fn tile_name(rect: L0Rect) -> String {
