@@ -1002,11 +1002,19 @@ fn extract_cuts_tiles_inside_qupath_regions_and_trains_on_them() {
     let report = fs::read_to_string(out.join("extract.csv")).unwrap();
     assert!(report.starts_with("slide,class,kept,overlap,glass,over_max,unreadable\n"));
 
-    // A rerun skips the finished slide and writes the same manifest.
-    extract(&geojson)
+    // A rerun skips the finished slide and writes the same manifest; from a folder of
+    // annotations, a file named after no slide is named.
+    let folder = dir.path().join("annotations");
+    fs::create_dir(&folder).unwrap();
+    fs::copy(&geojson, folder.join("cmu_small_region.geojson")).unwrap();
+    fs::copy(&geojson, folder.join("cmu_smal_region.geojson")).unwrap();
+    extract(&folder)
         .assert()
         .success()
-        .stderr(predicate::str::contains("skipped"));
+        .stderr(predicate::str::contains("skipped"))
+        .stderr(predicate::str::contains(
+            "cmu_smal_region.geojson: no slide given is named after it",
+        ));
     assert_eq!(
         fs::read_to_string(out.join("manifest.csv")).unwrap(),
         manifest

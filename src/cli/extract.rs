@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use histomap::cohort::extract::{extract, ExtractJob, ExtractOutcome, Labels};
+use histomap::cohort::extract::{extract, ExtractJob, ExtractOutcome, Extracted, Labels};
 use histomap::cohort::run::collect_slides;
 use histomap::map::annotations::ClassMap;
 use histomap::model::load_card;
@@ -169,10 +169,19 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
         threads: a.threads.unwrap_or_else(all_cores),
         force: a.force,
     };
-    let outcomes = {
+    let Extracted {
+        slides: outcomes,
+        orphans,
+    } = {
         let bars = Bars::new(a.quiet);
         extract(&slides, &job, &bars)?
     };
+    for file in &orphans {
+        eprintln!(
+            "histomap: {}: no slide given is named after it; not used",
+            file.display()
+        );
+    }
     let unlabelled: Vec<&str> = outcomes
         .iter()
         .filter(|(_, o)| matches!(o, ExtractOutcome::Unlabelled))

@@ -90,14 +90,18 @@ const TILES: &str = "tiles.csv";
 const MANIFEST_HEADER: [&str; 7] = ["path", "label", "slide", "x", "y", "w", "h"];
 const COUNTS: &str = "counts.json";
 
+/// What a run did.
+pub struct Extracted {
+    /// Each slide's output name and outcome.
+    pub slides: Vec<(String, ExtractOutcome)>,
+    /// Annotation files of the `--annotations` folder that no slide given is named
+    /// after: a misspelt name, or a slide left out.
+    pub orphans: Vec<PathBuf>,
+}
+
 /// Cuts tiles from every slide; a slide's failure is its own. Writes `manifest.csv` and
-/// `extract.csv` over the slides finished (now or before). Returns each slide's output
-/// name and outcome.
-pub fn extract(
-    slides: &[PathBuf],
-    job: &ExtractJob,
-    progress: &dyn Progress,
-) -> Result<Vec<(String, ExtractOutcome)>> {
+/// `extract.csv` over the slides finished (now or before).
+pub fn extract(slides: &[PathBuf], job: &ExtractJob, progress: &dyn Progress) -> Result<Extracted> {
     if let Labels::Annotations { path, .. } = &job.labels {
         if path.is_file() && slides.len() > 1 {
             return Err(Error::Usage(format!(
@@ -128,7 +132,31 @@ pub fn extract(
         outcomes.push((name, outcome));
     }
     write_totals(&job.out, &outcomes)?;
-    Ok(outcomes)
+    Ok(Extracted {
+        slides: outcomes,
+        orphans: orphans(slides, &job.labels)?,
+    })
+}
+
+fn orphans(slides: &[PathBuf], labels: &Labels) -> Result<Vec<PathBuf>> {
+    let Labels::Annotations { path, .. } = labels else {
+        return Ok(Vec::new());
+    };
+    if !path.is_dir() {
+        return Ok(Vec::new());
+    }
+    let stems: std::collections::HashSet<_> = slides.iter().filter_map(|s| s.file_stem()).collect();
+    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "geojson")
+                && !crate::is_hidden(p)
+                && p.file_stem().is_none_or(|s| !stems.contains(s))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
 }
 
 fn total(counts: &BTreeMap<String, ClassCounts>) -> usize {
