@@ -1048,6 +1048,35 @@ fn extract_cuts_tiles_inside_qupath_regions_and_trains_on_them() {
         .assert()
         .success();
 
+    // Slide labels: every tissue tile of a labelled slide; a bad slide fails alone.
+    let labels = dir.path().join("labels.csv");
+    fs::write(&labels, "slide,label\ncmu_small_region,stroma\nbad,TUMOR\n").unwrap();
+    let bad = dir.path().join("bad.svs");
+    fs::write(&bad, "not a slide").unwrap();
+    let by_slide = dir.path().join("by-slide");
+    let failed = histomap()
+        .args(["extract", "-q", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--out")
+        .arg(&by_slide)
+        .arg(svs())
+        .arg(&bad)
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&failed.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("FAILED  bad  ") && stderr.contains("bad.svs"),
+        "{stderr}"
+    );
+    let rows = fs::read_to_string(by_slide.join("manifest.csv")).unwrap();
+    assert!(rows.lines().count() > 50);
+    assert!(rows
+        .lines()
+        .skip(1)
+        .all(|l| l.contains(",STROMA,cmu_small_region,")));
+
     // A ring that does not close.
     let broken = dir.path().join("broken.geojson");
     let open = &stroma_triangle[..3];

@@ -128,10 +128,16 @@ impl StainArgs {
             v.extend(["--stain-norm".into(), m.name().into()]);
         }
         if let Some(p) = &self.stain_ref {
-            let abs = std::path::absolute(p)
-                .map_err(|e| anyhow::anyhow!("{}: cannot make absolute: {e}", p.display()))?;
-            v.extend(["--stain-ref".into(), abs.display().to_string()]);
+            v.extend(["--stain-ref".into(), absolute(p)?]);
         }
         Ok(v)
     }
+}
+
+/// `p` as an absolute path, for the command lines of child processes and workers.
+pub fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
+    Ok(std::path::absolute(p)
+        .map_err(|e| anyhow::anyhow!("{}: cannot make absolute: {e}", p.display()))?
+        .display()
+        .to_string())
 }

@@ -2,19 +2,22 @@
 //! label per slide, into a folder `train` reads as it is.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use histomap::cohort::extract::{extract, ExtractJob, ExtractOutcome, Extracted, Labels};
+use histomap::cohort::extract::{
+    extract, serve_child, ExtractJob, ExtractOutcome, Extracted, Labels,
+};
 use histomap::cohort::run::collect_slides;
+use histomap::cohort::run::ChildCommand;
 use histomap::map::annotations::ClassMap;
 use histomap::model::load_card;
 use histomap::pipeline::Pipeline;
 use histomap::progress::Bars;
 
-use super::args::{all_cores, mpp, share, shown, threads};
+use super::args::{absolute, all_cores, mpp, share, shown, threads};
 
 #[derive(Args)]
 pub struct ExtractArgs {
@@ -81,9 +84,64 @@ pub struct ExtractArgs {
     /// Redo slides that are already finished.
     #[arg(long)]
     force: bool,
+    /// Cut the one slide given under this output name and report on stdout: each slide
+    /// of a run is cut so, in a child process the run supervises and locks for.
+    #[arg(long, hide = true)]
+    child: Option<String>,
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
+}
+
+impl ExtractArgs {
+    /// The command that cuts `slide` alone under `name` in a child process, with these
+    /// settings (absolute paths) and `threads` threads.
+    fn child_command(&self, threads: usize) -> anyhow::Result<Box<ChildCommand>> {
+        let exe = std::env::current_exe().context("finding the histomap executable")?;
+        let mut v: Vec<String> = Vec::new();
+        let mut path = |flag: &str, p: &Option<PathBuf>| -> anyhow::Result<()> {
+            if let Some(p) = p {
+                v.extend([flag.to_string(), absolute(p)?]);
+            }
+            Ok(())
+        };
+        path("--annotations", &self.annotations)?;
+        path("--labels", &self.labels)?;
+        path("--pipeline", &self.pipeline)?;
+        path("--model", &self.model)?;
+        path("--class-map", &self.class_map)?;
+        v.extend(["--out".into(), absolute(&self.out)?]);
+        let mut opt = |flag: &str, value: Option<String>| {
+            if let Some(value) = value {
+                v.extend([flag.to_string(), value]);
+            }
+        };
+        opt("--stride", self.stride.map(|x| x.to_string()));
+        opt("--min-tissue", self.min_tissue.map(|x| x.to_string()));
+        opt("--min-overlap", Some(self.min_overlap.to_string()));
+        opt("--max-per-class", self.max_per_class.map(|x| x.to_string()));
+        opt("--seed", Some(self.seed.to_string()));
+        opt("--slide-mpp", self.slide_mpp.map(|x| x.to_string()));
+        opt("--threads", Some(threads.to_string()));
+        for (flag, on) in [
+            ("--keep-glass", self.keep_glass),
+            ("--skip-unknown", self.skip_unknown),
+        ] {
+            if on {
+                v.push(flag.into());
+            }
+        }
+        // The run decided the slide is to be cut: the child never skips it.
+        v.extend(["--force".into(), "--quiet".into()]);
+        Ok(Box::new(move |slide: &Path, name: &str| {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("extract")
+                .arg(slide)
+                .args(&v)
+                .args(["--child", name]);
+            cmd
+        }))
+    }
 }
 
 /// A two-column CSV with a header, as (first, second) per row.
@@ -157,6 +215,11 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
     if slides.is_empty() {
         bail!("no slides found in {}", shown(&a.inputs));
     }
+    let threads = a.threads.unwrap_or_else(all_cores);
+    let child = match &a.child {
+        Some(_) => None,
+        None => Some(a.child_command(threads)?),
+    };
     let job = ExtractJob {
         pipeline,
         labels,
@@ -166,9 +229,20 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
         max_per_class: a.max_per_class,
         seed: a.seed,
         slide_mpp: a.slide_mpp,
-        threads: a.threads.unwrap_or_else(all_cores),
+        threads,
         force: a.force,
+        child,
     };
+    if let Some(name) = &a.child {
+        let [slide] = &slides[..] else {
+            bail!("--child cuts exactly one slide");
+        };
+        return Ok(if serve_child(slide, name, &job) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     let Extracted {
         slides: outcomes,
         orphans,

@@ -11,7 +11,7 @@ use histomap::map::stream::StreamOptions;
 use histomap::model::{Classifier, DeviceChoice, Precision};
 use histomap::progress::Bars;
 
-use super::args::{all_cores, batch_size, mpp, share, shown, threads, StainArgs, Tta};
+use super::args::{absolute, all_cores, batch_size, mpp, share, shown, threads, StainArgs, Tta};
 
 #[derive(Args)]
 pub struct HeatmapArgs {
@@ -156,13 +156,6 @@ impl HeatmapArgs {
         v.extend(self.stain.argv()?);
         Ok(v)
     }
-}
-
-fn absolute(p: &Path) -> anyhow::Result<String> {
-    Ok(std::path::absolute(p)
-        .with_context(|| format!("{}: cannot make absolute", p.display()))?
-        .display()
-        .to_string())
 }
 
 pub fn run(a: HeatmapArgs) -> anyhow::Result<ExitCode> {

@@ -23,7 +23,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cohort::run::output_names;
+use crate::cohort::child::{self, Finished};
+use crate::cohort::ledger::Ledger;
+use crate::cohort::run::{output_names, ChildCommand};
 use crate::error::{Error, Result};
 use crate::map::annotations::{Annotations, ClassMap};
 use crate::map::geom::{L0Rect, Size};
@@ -60,6 +62,10 @@ pub struct ExtractJob {
     pub threads: usize,
     /// Redo slides that are already finished.
     pub force: bool,
+    /// The command that cuts one slide (path, output name) in a child process the run
+    /// supervises, as `heatmap`'s batch does: a crash in a C decoder costs that slide
+    /// alone. `None`: in this process (the child itself).
+    pub child: Option<Box<ChildCommand>>,
 }
 
 /// Per class of one slide: tiles kept, and left out and why.
@@ -83,6 +89,8 @@ pub enum ExtractOutcome {
     Skipped(BTreeMap<String, ClassCounts>),
     /// No annotation file or label for it: listed, and skipped.
     Unlabelled,
+    /// Another worker holds its lock.
+    Busy,
     Failed(String),
 }
 
@@ -112,12 +120,12 @@ pub fn extract(slides: &[PathBuf], job: &ExtractJob, progress: &dyn Progress) ->
             )));
         }
     }
-    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
+    let ledger = Ledger::create(&job.out)?;
     let names = output_names(slides);
     progress.begin(slides.len());
     let mut outcomes = Vec::new();
     for (path, name) in slides.iter().zip(names) {
-        let outcome = match one_slide(path, &name, job, progress) {
+        let outcome = match supervised(path, &name, job, &ledger, progress) {
             Ok(o) => o,
             Err(e) => ExtractOutcome::Failed(e.to_string()),
         };
@@ -127,6 +135,7 @@ pub fn extract(slides: &[PathBuf], job: &ExtractJob, progress: &dyn Progress) ->
                 format!("skipped {name}  {} tiles (finished before)", total(c))
             }
             ExtractOutcome::Unlabelled => format!("skipped {name}  no annotation or label for it"),
+            ExtractOutcome::Busy => format!("busy    {name}  (another worker has it)"),
             ExtractOutcome::Failed(e) => format!("FAILED  {name}  {e}"),
         });
         outcomes.push((name, outcome));
@@ -161,6 +170,76 @@ fn orphans(slides: &[PathBuf], labels: &Labels) -> Result<Vec<PathBuf>> {
 
 fn total(counts: &BTreeMap<String, ClassCounts>) -> usize {
     counts.values().map(|c| c.kept).sum()
+}
+
+/// One slide under its lock, in a child process when the job has a child command.
+fn supervised(
+    path: &Path,
+    name: &str,
+    job: &ExtractJob,
+    ledger: &Ledger,
+    progress: &dyn Progress,
+) -> Result<ExtractOutcome> {
+    let dir = job.out.join(name);
+    let finished = || !job.force && dir.join(COUNTS).is_file();
+    if finished() {
+        return Ok(ExtractOutcome::Skipped(read_counts(&dir)?));
+    }
+    if !has_labels(path, job) {
+        return Ok(ExtractOutcome::Unlabelled);
+    }
+    let Some(_lock) = ledger.try_lock(name)? else {
+        return Ok(ExtractOutcome::Busy);
+    };
+    // Another worker may have finished it between the check and the lock.
+    if finished() {
+        return Ok(ExtractOutcome::Skipped(read_counts(&dir)?));
+    }
+    let Some(command) = &job.child else {
+        return one_slide(path, name, job, progress);
+    };
+    let (outcome, _) = child::supervise(command(path, name), path, name, progress);
+    Ok(match outcome {
+        Ok(f) => ExtractOutcome::Done(read_counts(&f.dir)?),
+        Err(e) => {
+            // A child that crashed left its staging folder behind.
+            let staged = ledger.staging().join(name);
+            if staged.exists() {
+                std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+            }
+            ExtractOutcome::Failed(e)
+        }
+    })
+}
+
+/// The child's side of [`child::supervise`]: cuts one slide (the run that started the
+/// child holds its lock) and reports how it ended. True when the slide finished.
+pub fn serve_child(path: &Path, name: &str, job: &ExtractJob) -> bool {
+    let outcome = match one_slide(path, name, job, &child::Reporter) {
+        Ok(ExtractOutcome::Done(counts)) => Ok(Finished {
+            dir: job.out.join(name),
+            patches: total(&counts),
+            unreadable: counts.values().map(|c| c.unreadable).sum(),
+        }),
+        Ok(_) => Err("nothing to cut: no annotation or label for it".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    child::report(&outcome);
+    outcome.is_ok()
+}
+
+/// Whether the slide at `path` has an annotation file or a label, by name alone.
+fn has_labels(path: &Path, job: &ExtractJob) -> bool {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    match &job.labels {
+        Labels::Annotations { path: a, .. } => {
+            !a.is_dir() || a.join(format!("{stem}.geojson")).is_file()
+        }
+        Labels::Slides(by_slide) => {
+            let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+            by_slide.contains_key(stem.as_ref()) || by_slide.contains_key(file_name.as_ref())
+        }
+    }
 }
 
 /// The annotations or label of the slide at `path`; `None` when there are none.
@@ -211,10 +290,6 @@ fn one_slide(
     job: &ExtractJob,
     progress: &dyn Progress,
 ) -> Result<ExtractOutcome> {
-    let dir = job.out.join(name);
-    if !job.force && dir.join(COUNTS).is_file() {
-        return Ok(ExtractOutcome::Skipped(read_counts(&dir)?));
-    }
     let slide = slide::open(path)?;
     let info = slide.info();
     let Some(labels) = labels_of(path, job, info.size)? else {
@@ -269,7 +344,7 @@ fn one_slide(
         .collect();
     progress.slide_started(name, todo.len() as u64);
 
-    let staging = Staging::new(&job.out.join(".histomap/staging"), &job.out, name)?;
+    let staging = Staging::new(&Ledger::at(&job.out).staging(), &job.out, name)?;
     for k in kept
         .iter()
         .enumerate()
