@@ -110,11 +110,9 @@ impl StainArgs {
         card: &histomap::model::card::ModelCard,
         model_dir: &std::path::Path,
     ) -> anyhow::Result<Option<histomap::stain::Normalize>> {
+        // An image's target is named after the image (its `fitted_on`).
         let reference = match &self.stain_ref {
-            Some(p) => Some((
-                histomap::stain::Target::from_image(p)?,
-                p.display().to_string(),
-            )),
+            Some(p) => Some(histomap::stain::Target::from_image(p)?),
             None => None,
         };
         card.stain(self.stain_norm, reference)

@@ -185,7 +185,7 @@ fn supervised(
     if finished() {
         return Ok(ExtractOutcome::Skipped(read_counts(&dir)?));
     }
-    if !has_labels(path, job) {
+    if named_labels(path, job).is_none() {
         return Ok(ExtractOutcome::Unlabelled);
     }
     let Some(_lock) = ledger.try_lock(name)? else {
@@ -202,11 +202,7 @@ fn supervised(
     Ok(match outcome {
         Ok(f) => ExtractOutcome::Done(read_counts(&f.dir)?),
         Err(e) => {
-            // A child that crashed left its staging folder behind.
-            let staged = ledger.staging().join(name);
-            if staged.exists() {
-                std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
-            }
+            ledger.discard_staged(name)?;
             ExtractOutcome::Failed(e)
         }
     })
@@ -228,53 +224,48 @@ pub fn serve_child(path: &Path, name: &str, job: &ExtractJob) -> bool {
     outcome.is_ok()
 }
 
-/// Whether the slide at `path` has an annotation file or a label, by name alone.
-fn has_labels(path: &Path, job: &ExtractJob) -> bool {
+/// Where the classes of the slide at `path` come from, found by name alone: its
+/// annotation file, or its label; `None` when nothing names it.
+fn named_labels<'a>(path: &Path, job: &'a ExtractJob) -> Option<Named<'a>> {
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
     match &job.labels {
-        Labels::Annotations { path: a, .. } => {
-            !a.is_dir() || a.join(format!("{stem}.geojson")).is_file()
-        }
-        Labels::Slides(by_slide) => {
-            let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-            by_slide.contains_key(stem.as_ref()) || by_slide.contains_key(file_name.as_ref())
-        }
-    }
-}
-
-/// The annotations or label of the slide at `path`; `None` when there are none.
-fn labels_of(path: &Path, job: &ExtractJob, size: Size) -> Result<Option<SlideLabels>> {
-    let stem = path
-        .file_stem()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .to_string();
-    let classes = job.pipeline.class_names();
-    Ok(match &job.labels {
         Labels::Annotations { path: a, map } => {
             let file = if a.is_dir() {
                 a.join(format!("{stem}.geojson"))
             } else {
                 a.clone()
             };
-            if !file.is_file() {
-                return Ok(None);
-            }
-            let regions = Annotations::read(&file, &classes, map, size)?;
+            file.is_file().then_some(Named::File(file, map))
+        }
+        Labels::Slides(by_slide) => {
+            let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+            by_slide
+                .get(stem.as_ref())
+                .or_else(|| by_slide.get(file_name.as_ref()))
+                .map(|&c| Named::Label(c))
+        }
+    }
+}
+
+enum Named<'a> {
+    File(PathBuf, &'a ClassMap),
+    Label(usize),
+}
+
+/// The slide's labels: its annotation file read for a slide of `size` level-0 pixels,
+/// or its label.
+fn labels_of(named: Named, job: &ExtractJob, size: Size) -> Result<SlideLabels> {
+    Ok(match named {
+        Named::Label(c) => SlideLabels::Whole(c),
+        Named::File(file, map) => {
+            let regions = Annotations::read(&file, &job.pipeline.class_names(), map, size)?;
             if regions.is_empty() {
                 return Err(Error::dataset(
                     &file,
                     "no class region (Polygon or MultiPolygon with a class)",
                 ));
             }
-            Some(SlideLabels::Regions(regions))
-        }
-        Labels::Slides(by_slide) => {
-            let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-            by_slide
-                .get(&stem)
-                .or_else(|| by_slide.get(file_name.as_ref()))
-                .map(|&c| SlideLabels::Whole(c))
+            SlideLabels::Regions(regions)
         }
     })
 }
@@ -290,11 +281,12 @@ fn one_slide(
     job: &ExtractJob,
     progress: &dyn Progress,
 ) -> Result<ExtractOutcome> {
-    let slide = slide::open(path)?;
-    let info = slide.info();
-    let Some(labels) = labels_of(path, job, info.size)? else {
+    let Some(named) = named_labels(path, job) else {
         return Ok(ExtractOutcome::Unlabelled);
     };
+    let slide = slide::open(path)?;
+    let info = slide.info();
+    let labels = labels_of(named, job, info.size)?;
     let p = &job.pipeline;
     let plan = ReadPlan::new(info, p.patch_size, p.stride, p.mpp, job.slide_mpp)?;
     let thumb = slide::thumbnail(slide.as_ref(), THUMBNAIL_SIDE)?;

@@ -236,6 +236,15 @@ impl Ledger {
         self.dir.join("staging")
     }
 
+    /// Removes what a child that crashed left of `name` in the staging folder.
+    pub fn discard_staged(&self, name: &str) -> Result<()> {
+        let staged = self.staging().join(name);
+        if staged.exists() {
+            fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+        }
+        Ok(())
+    }
+
     fn slides_file(&self) -> PathBuf {
         self.dir.join("slides.json")
     }

@@ -368,11 +368,7 @@ fn run_one(
             }
         }
         Err(error) => {
-            // A child that crashed left its staging folder behind.
-            let staged = ledger.staging().join(name);
-            if staged.exists() {
-                std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
-            }
+            ledger.discard_staged(name)?;
             ledger.record_failure(
                 name,
                 &Failure {

@@ -262,8 +262,8 @@ impl Dataset {
 pub const STAIN_FIT_TILES: usize = 1000;
 
 /// The pixels of up to `most` of `samples`, spread evenly, each at `size` × `size` as
-/// the model sees it, pooled: what a stain target is fitted on.
-pub fn pooled_pixels(samples: &[Sample], size: u32, most: usize) -> Result<Vec<[u8; 3]>> {
+/// the model sees it, pooled: what a stain target is fitted on; and how many tiles.
+pub fn pooled_pixels(samples: &[Sample], size: u32, most: usize) -> Result<(Vec<[u8; 3]>, usize)> {
     let n = samples.len().min(most);
     let tiles = (0..n)
         .into_par_iter()
@@ -272,10 +272,11 @@ pub fn pooled_pixels(samples: &[Sample], size: u32, most: usize) -> Result<Vec<[
             Ok(crate::map::preprocess::fit_to(tile, size))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(tiles
+    let pixels = tiles
         .iter()
         .flat_map(|t| crate::stain::pixels(t).iter().copied())
-        .collect())
+        .collect();
+    Ok((pixels, n))
 }
 
 /// Per class (of `classes`), how many of `samples`.

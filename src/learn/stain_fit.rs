@@ -43,9 +43,9 @@ pub fn stain_fit(
     if let Some(data) = &opts.data {
         let split = opts.split.as_deref();
         let unique = unique_tiles(data, &card, split, opts.skip_bad, progress)?;
-        let n = unique.samples.len().min(STAIN_FIT_TILES);
-        progress.started(n);
-        pixels = pooled_pixels(&unique.samples, card.input_size, STAIN_FIT_TILES)?;
+        progress.started(unique.samples.len().min(STAIN_FIT_TILES));
+        let n;
+        (pixels, n) = pooled_pixels(&unique.samples, card.input_size, STAIN_FIT_TILES)?;
         progress.tiles_done(n);
         what.push(format!("{n} tiles of {}", data.display()));
     }

@@ -139,19 +139,22 @@ impl ModelCard {
 
 impl ModelCard {
     /// The stain normalisation a run of this model applies: `requested`, else the one
-    /// it was trained with; mapping to `reference` (a target and where it came from),
-    /// else to the card's own target. Fails for a method without a target.
+    /// it was trained with; mapping to `reference` (an image's target), else to the
+    /// card's own target. Fails for a method without a target.
     pub fn stain(
         &self,
         requested: Option<stain::Method>,
-        reference: Option<(stain::Target, String)>,
+        reference: Option<stain::Target>,
     ) -> std::result::Result<Option<stain::Normalize>, String> {
         let method = requested.unwrap_or(self.stain_norm);
         if method == stain::Method::None {
             return Ok(None);
         }
         let (target, from) = match (reference, &self.stain_target) {
-            (Some(r), _) => r,
+            (Some(r), _) => {
+                let from = r.fitted_on.clone();
+                (r, from)
+            }
             (None, Some(t)) => (
                 t.clone(),
                 format!("the model card's target ({})", t.fitted_on),

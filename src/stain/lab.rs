@@ -41,20 +41,37 @@ fn byte(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
 }
 
+fn luminance(lin: [f32; 3]) -> f32 {
+    0.212_671 * lin[0] + 0.715_160 * lin[1] + 0.072_169 * lin[2]
+}
+
+/// 8-bit lightness `L · 255/100` of luminance `y`, whose `f(y)` is `fy`.
+fn lightness_byte(y: f32, fy: f32) -> u8 {
+    let l = if y > T0 { 116.0 * fy - 16.0 } else { 903.3 * y };
+    byte(l * 255.0 / 100.0)
+}
+
 /// An 8-bit RGB pixel as 8-bit LAB: `[L · 255/100, a + 128, b + 128]`, rounded.
 pub fn rgb_to_lab8(px: [u8; 3]) -> [u8; 3] {
     let lin = linear_table();
     let [r, g, b] = px.map(|v| lin[v as usize]);
     let x = (0.412_453 * r + 0.357_580 * g + 0.180_423 * b) / WHITE_X;
-    let y = 0.212_671 * r + 0.715_160 * g + 0.072_169 * b;
+    let y = luminance([r, g, b]);
     let z = (0.019_334 * r + 0.119_193 * g + 0.950_227 * b) / WHITE_Z;
     let (fx, fy, fz) = (f(x), f(y), f(z));
-    let l = if y > T0 { 116.0 * fy - 16.0 } else { 903.3 * y };
     [
-        byte(l * 255.0 / 100.0),
+        lightness_byte(y, fy),
         byte(500.0 * (fx - fy) + 128.0),
         byte(200.0 * (fy - fz) + 128.0),
     ]
+}
+
+/// The first byte of [`rgb_to_lab8`] alone: one cube root instead of three, for masks
+/// that need only lightness.
+pub fn lightness8(px: [u8; 3]) -> u8 {
+    let lin = linear_table();
+    let y = luminance(px.map(|v| lin[v as usize]));
+    lightness_byte(y, f(y))
 }
 
 /// 8-bit LAB (as [`rgb_to_lab8`] writes it) back to 8-bit RGB.
@@ -111,6 +128,14 @@ mod tests {
 
     fn close(a: [u8; 3], b: [u8; 3]) -> bool {
         a.iter().zip(b).all(|(&x, y)| x.abs_diff(y) <= 1)
+    }
+
+    #[test]
+    fn lightness_alone_is_lab_lightness() {
+        for v in (0..=255u32).step_by(5) {
+            let px = [v as u8, (v * 7 % 256) as u8, (255 - v) as u8];
+            assert_eq!(lightness8(px), rgb_to_lab8(px)[0]);
+        }
     }
 
     #[test]

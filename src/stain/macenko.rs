@@ -134,7 +134,7 @@ fn tissue_od(pixels: &[[u8; 3]]) -> Vec<[f32; 3]> {
     });
     pixels
         .iter()
-        .filter(|p| lab::rgb_to_lab8(p.map(|v| stretch[v as usize]))[0] < LUMINOSITY_THRESHOLD)
+        .filter(|p| lab::lightness8(p.map(|v| stretch[v as usize])) < LUMINOSITY_THRESHOLD)
         .map(|&p| od(p))
         .collect()
 }

@@ -307,8 +307,8 @@ fn start_or_resume(
             (Method::None, _) => None,
             (_, Some(image)) => Some(Target::from_image(image)?),
             (_, None) => {
-                let n = split.train.len().min(STAIN_FIT_TILES);
-                let pixels = pooled_pixels(&split.train, pipeline.patch_size, n)?;
+                let (pixels, n) =
+                    pooled_pixels(&split.train, pipeline.patch_size, STAIN_FIT_TILES)?;
                 let on = format!("{n} of its training tiles");
                 Some(Target::fit(&pixels, on).map_err(|e| {
                     Error::Usage(format!(
