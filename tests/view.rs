@@ -1,6 +1,8 @@
-//! `histomap view` on real files: the viewer in headless Chromium on the real SVS and
-//! the generated 100,000 × 80,000 pyramid, zoomed to full resolution over tissue; the
-//! server's memory under 500 tile requests; paths outside OUT.
+//! `histomap view` on real files: the viewer (OpenSeadragon) in headless Chromium on
+//! the real SVS and the generated 100,000 × 80,000 pyramid, zoomed to full resolution
+//! over tissue; the Deep Zoom descriptors and tiles as a client reads them; the
+//! server's memory under 500 tile requests; paths outside OUT; idle, slow and many
+//! clients; Ctrl-C.
 
 mod common;
 
@@ -30,7 +32,7 @@ fn out() -> &'static Path {
     })
 }
 
-/// `histomap view OUT --port 0`, stopped on drop.
+/// `histomap view OUT --port 0`, killed on drop.
 struct Viewer {
     child: Child,
     addr: String,
@@ -167,6 +169,10 @@ fn check_viewer(viewer: &Viewer, name: &str) {
         "await v.ready; const w = v.view; await v.goTo(w.cx, w.cy, w.scale); \
          return { stats: { ...v.stats }, view: v.view };",
     );
+    assert!(
+        whole["view"]["scale"].as_f64().unwrap() < 1.0,
+        "{name}: {whole}"
+    );
     let s = &whole["stats"];
     assert!(s["loaded"].as_u64().unwrap() >= 1, "{name}: {s}");
     assert_eq!(s["failed"], 0, "{name}: {s}");
@@ -177,14 +183,17 @@ fn check_viewer(viewer: &Viewer, name: &str) {
         &format!("viewer-{name}-full.png"),
         &format!(
             "await v.ready; await v.goTo({x}, {y}, 1); \
-             const c = document.getElementById('view'), r = c.getBoundingClientRect(); \
+             const c = document.querySelector('#view .openseadragon-canvas'), \
+               r = c.getBoundingClientRect(); \
              c.dispatchEvent(new PointerEvent('pointermove', {{ bubbles: true, \
-               clientX: r.left + c.width / 2, clientY: r.top + c.height / 2 }})); \
-             return {{ stats: {{ ...v.stats }}, view: v.view, probe: v.probe({x}, {y}) }};"
+               clientX: r.left + r.width / 2, clientY: r.top + r.height / 2 }})); \
+             return {{ stats: {{ ...v.stats }}, view: v.view, probe: await v.probe({x}, {y}) }};"
         ),
     );
     let v = &full;
-    assert_eq!(v["view"]["level"], 0, "{name}: full resolution: {v}");
+    let scale = v["view"]["scale"].as_f64().unwrap();
+    assert!((scale - 1.0).abs() < 1e-6, "{name}: full resolution: {v}");
+    assert!(v["stats"]["loaded"].as_u64().unwrap() >= 1, "{name}: {v}");
     assert_eq!(v["stats"]["failed"], 0, "{name}: {v}");
     let p = &v["probe"];
     assert_eq!(
@@ -204,6 +213,9 @@ fn check_viewer(viewer: &Viewer, name: &str) {
         "{name}: the slide shows tissue (stained, not glass) under the map's cell: {rgb:?}"
     );
 }
+
+/// The 100,000 × 80,000 pyramid's full-resolution Deep Zoom level: ⌈log2 100,000⌉.
+const GIGAPIXEL_MAX_LEVEL: u32 = 17;
 
 #[test]
 fn viewer_shows_the_map_over_tissue_at_full_resolution() {
@@ -250,8 +262,9 @@ fn server_holds_its_memory_cap_and_serves_nothing_outside_out() {
     }
     let mut bytes = 0;
     for (k, c, r) in &tiles {
-        let (status, body) = viewer.get(&format!("/.view/gigapixel/tiles/{k}/{c}_{r}.jpg"));
-        assert_eq!(status, 200, "tile {k}/{c}_{r}");
+        let level = GIGAPIXEL_MAX_LEVEL - k;
+        let (status, body) = viewer.get(&format!("/.view/gigapixel_files/{level}/{c}_{r}.jpg"));
+        assert_eq!(status, 200, "tile {level}/{c}_{r}");
         assert!(image::load_from_memory(&body).is_ok());
         bytes += body.len();
     }
@@ -274,17 +287,251 @@ fn server_holds_its_memory_cap_and_serves_nothing_outside_out() {
         "/.view/../../etc/passwd",
         "/etc/passwd",
         "/.view/no-such-slide",
-        "/.view/gigapixel/tiles/10/0_0.jpg",
-        "/.view/gigapixel/tiles/0/391_0.jpg",
-        "/.view/gigapixel/tiles/x/0_0.jpg",
+        "/.view/gigapixel_files/18/0_0.jpg",
+        "/.view/gigapixel_files/17/391_0.jpg",
+        "/.view/gigapixel_files/x/0_0.jpg",
+        "/.view/gigapixel_files/17/0_0.png",
+        "/.view/gigapixel/map/8.dzi",
+        "/.view/gigapixel/map/../../etc/passwd",
+        "/.view/gigapixel/map/classes_files/x/0_0.png",
+        "/.view/gigapixel/tiles/0/0_0.jpg",
+        "/.assets/../Cargo.toml",
+        "/.assets/",
     ] {
         assert_eq!(viewer.get(path).0, 404, "{path}");
     }
     for path in [
         "/gigapixel/summary.json",
         "/.assets/viewer.js",
+        "/.assets/openseadragon/openseadragon.min.js",
         "/.view/gigapixel/map.bin",
+        "/.view/gigapixel.dzi",
+        "/.view/gigapixel/map/classes.dzi",
     ] {
         assert_eq!(viewer.get(path).0, 200, "{path}");
     }
+}
+
+/// A Deep Zoom descriptor's size and tile size.
+fn dzi(viewer: &Viewer, path: &str) -> (u32, u32, u32) {
+    let (status, body) = viewer.get(path);
+    assert_eq!(status, 200, "{path}");
+    let xml = String::from_utf8(body).unwrap();
+    let attr = |name: &str| -> u32 {
+        let at = xml
+            .find(&format!(" {name}=\""))
+            .unwrap_or_else(|| panic!("{name}: {xml}"));
+        let rest = &xml[at + name.len() + 3..];
+        rest[..rest.find('"').unwrap()].parse().unwrap()
+    };
+    assert!(xml.contains("Overlap=\"0\""), "{xml}");
+    (attr("Width"), attr("Height"), attr("TileSize"))
+}
+
+#[test]
+fn deep_zoom_slide_and_map_layers_read_as_a_client_reads_them() {
+    let viewer = Viewer::start(out(), &[]);
+    let (w, h, tile) = dzi(&viewer, "/.view/gigapixel.dzi");
+    assert_eq!((w, h, tile), (100_000, 80_000, 256));
+    let max = GIGAPIXEL_MAX_LEVEL;
+    let size_of = |path: &str| {
+        let (status, body) = viewer.get(path);
+        assert_eq!(status, 200, "{path}");
+        let img = image::load_from_memory(&body).unwrap();
+        (img.width(), img.height())
+    };
+    // Full resolution: whole tiles, then the remainder; level 0 is one pixel; each
+    // level's tiles add up to ⌈size / 2^(max − level)⌉ as a client computes it.
+    assert_eq!(
+        size_of(&format!("/.view/gigapixel_files/{max}/0_0.jpg")),
+        (256, 256)
+    );
+    assert_eq!(
+        size_of(&format!("/.view/gigapixel_files/{max}/390_312.jpg")),
+        (100_000 - 390 * 256, 80_000 - 312 * 256)
+    );
+    assert_eq!(size_of("/.view/gigapixel_files/0/0_0.jpg"), (1, 1));
+    assert_eq!(size_of("/.view/gigapixel_files/8/0_0.jpg"), (196, 157));
+    assert_eq!(viewer.get("/.view/gigapixel_files/8/1_0.jpg").0, 404);
+
+    // The map layer: 8 layer pixels per grid cell; the cell under the tissue point is
+    // its most probable class's colour, opaque, in the argmax layer, and as opaque as
+    // that class is probable in the class's own layer.
+    let (_, info) = viewer.get("/.view/gigapixel/info.json");
+    let info: serde_json::Value = serde_json::from_slice(&info).unwrap();
+    let g = &info["grid"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap() as u32;
+    let (cols, rows, stride) = (n(&g["cols"]), n(&g["rows"]), g["stride"].as_f64().unwrap());
+    assert_eq!(
+        dzi(&viewer, "/.view/gigapixel/map/classes.dzi"),
+        (cols * 8, rows * 8, 256)
+    );
+    let (x, y) = tissue_point(&out().join("gigapixel"));
+    let offset = info["core_offset"].as_f64().unwrap();
+    let (col, row) = (
+        ((x - offset) / stride) as u32,
+        ((y - offset) / stride) as u32,
+    );
+    let (_, cells) = viewer.get("/.view/gigapixel/map.bin");
+    let classes = info["classes"].as_array().unwrap();
+    let cell = &cells[(row * cols + col) as usize * (classes.len() + 1)..][..classes.len() + 1];
+    assert_eq!(cell[0], 1, "classified");
+    let best = (0..classes.len()).fold(0, |b, k| if cell[k + 1] > cell[b + 1] { k } else { b });
+    let hex = classes[best]["color"].as_str().unwrap();
+    let rgb: Vec<u8> = (0..3)
+        .map(|i| u8::from_str_radix(&hex[1 + 2 * i..3 + 2 * i], 16).unwrap())
+        .collect();
+    let map_max = (cols.max(rows) * 8).next_power_of_two().trailing_zeros();
+    let (px, py) = (col * 8 + 4, row * 8 + 4);
+    let pixel = |layer: &str| {
+        let path = format!(
+            "/.view/gigapixel/map/{layer}_files/{map_max}/{}_{}.png",
+            px / 256,
+            py / 256
+        );
+        let (status, body) = viewer.get(&path);
+        assert_eq!(status, 200, "{path}");
+        let img = image::load_from_memory(&body).unwrap().to_rgba8();
+        img.get_pixel(px % 256, py % 256).0
+    };
+    assert_eq!(pixel("classes"), [rgb[0], rgb[1], rgb[2], 255]);
+    assert_eq!(
+        pixel(&best.to_string()),
+        [rgb[0], rgb[1], rgb[2], cell[best + 1]]
+    );
+}
+
+/// Reads from `s` until the server closes it; the time that took.
+fn time_to_close(s: &mut TcpStream, start: std::time::Instant) -> std::time::Duration {
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    start.elapsed()
+}
+
+#[test]
+fn idle_and_slow_clients_cannot_hold_the_server() {
+    use std::time::{Duration, Instant};
+    let timeout = 12;
+    let viewer = Viewer::start(
+        out(),
+        &["--workers", "2", "--timeout-s", &timeout.to_string()],
+    );
+    // 50 connections that send nothing, then a request: answered at once.
+    let start = Instant::now();
+    let mut idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(&viewer.addr).unwrap())
+        .collect();
+    let asked = Instant::now();
+    let (status, _) = viewer.get("/.view/gigapixel/info.json");
+    let answered = asked.elapsed();
+    assert_eq!(status, 200);
+    eprintln!("view: with 50 idle connections open, a request was answered in {answered:?}");
+    assert!(answered < Duration::from_secs(5), "{answered:?}");
+
+    // A client that sends one byte of its head every 5 s is cut off once the head
+    // has taken the timeout, however steadily it trickles.
+    let mut slow = TcpStream::connect(&viewer.addr).unwrap();
+    let trickle = Instant::now();
+    let mut writer = slow.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" {
+            if writer.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    let cut = time_to_close(&mut slow, trickle);
+    eprintln!(
+        "view: a client sending a byte every 5 s was cut off after {cut:?} (--timeout-s {timeout})"
+    );
+    let limit = Duration::from_secs(timeout + 3);
+    assert!(
+        cut >= Duration::from_secs(timeout - 1) && cut < limit,
+        "{cut:?}"
+    );
+    // The idle ones are closed by then too.
+    for s in &mut idle {
+        assert!(time_to_close(s, start) < limit + Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn two_hundred_concurrent_tile_requests_are_all_answered() {
+    use std::time::Instant;
+    let viewer = Viewer::start(out(), &[]);
+    // Distinct tiles over the gigapixel's tissue at the three finest levels, none cut
+    // before: each is a read and a JPEG encode.
+    let mut tiles: Vec<String> = Vec::new();
+    let mut csv = csv::Reader::from_path(out().join("gigapixel/predictions.csv")).unwrap();
+    for r in csv.records().map(Result::unwrap) {
+        let (x, y): (u32, u32) = (r[0].parse().unwrap(), r[1].parse().unwrap());
+        for k in 0..3 {
+            let t = format!(
+                "/.view/gigapixel_files/{}/{}_{}.jpg",
+                GIGAPIXEL_MAX_LEVEL - k,
+                x / (256 << k),
+                y / (256 << k)
+            );
+            if !tiles.contains(&t) {
+                tiles.push(t);
+            }
+        }
+    }
+    tiles.truncate(200);
+    assert_eq!(tiles.len(), 200);
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(tiles.len()));
+    let start = Instant::now();
+    let mut latencies: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = tiles
+            .iter()
+            .map(|t| {
+                let (gate, viewer) = (gate.clone(), &viewer);
+                s.spawn(move || {
+                    gate.wait();
+                    let asked = Instant::now();
+                    let (status, body) = viewer.get(t);
+                    assert_eq!(status, 200, "{t}");
+                    assert!(image::load_from_memory(&body).is_ok(), "{t}");
+                    asked.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all = start.elapsed();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "view: 200 concurrent tile requests, all answered in {all:.2?}: p50 {:.0} ms, p99 {:.0} ms",
+        at(0.5) * 1e3,
+        at(0.99) * 1e3
+    );
+    assert_eq!(latencies.len(), 200);
+}
+
+#[test]
+fn ctrl_c_stops_the_server_cleanly() {
+    let mut viewer = Viewer::start(out(), &[]);
+    assert_eq!(viewer.get("/").0, 200);
+    let pid = viewer.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = viewer.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "still running after Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
 }

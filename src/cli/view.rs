@@ -4,6 +4,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use histomap::view::{Server, ServerOptions};
@@ -25,9 +26,16 @@ pub struct ViewArgs {
     /// OpenSlide's own cache and a 3 MiB overview).
     #[arg(long, default_value_t = 256, value_parser = at_least::<1>)]
     cache_mib: usize,
-    /// Requests served at once (each cuts one tile at a time).
+    /// Requests worked on at once (each cuts one tile at a time); more wait their turn.
     #[arg(long, default_value_t = 4, value_parser = super::args::threads)]
     workers: usize,
+    /// Connections open at once; more wait to be accepted. Browsers open about six.
+    #[arg(long, default_value_t = 256, value_parser = at_least::<1>)]
+    max_connections: usize,
+    /// Seconds a request's head may take to arrive (however slowly it trickles in),
+    /// an idle connection may stay open, and an answer may take to be ready (408).
+    #[arg(long, default_value_t = 20, value_parser = at_least::<1>)]
+    timeout_s: usize,
 }
 
 pub fn run(a: ViewArgs) -> anyhow::Result<ExitCode> {
@@ -37,6 +45,8 @@ pub fn run(a: ViewArgs) -> anyhow::Result<ExitCode> {
         port: a.port,
         cache_bytes: a.cache_mib << 20,
         workers: a.workers,
+        max_connections: a.max_connections,
+        timeout: Duration::from_secs(a.timeout_s as u64),
     })?;
     // The first line is the address, for people and for scripts that start the
     // server with --port 0.
@@ -48,5 +58,6 @@ pub fn run(a: ViewArgs) -> anyhow::Result<ExitCode> {
         server.url()
     );
     server.run()?;
+    eprintln!("histomap: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -3,13 +3,12 @@
 //! buffers. Out: the buffers still held; the oldest go first when a new one would pass
 //! the cap.
 
-use std::hash::Hash;
-use std::sync::Arc;
-
+use bytes::Bytes;
 use lru::LruCache;
+use std::hash::Hash;
 
 pub struct ByteLru<K: Hash + Eq> {
-    entries: LruCache<K, Arc<[u8]>>,
+    entries: LruCache<K, Bytes>,
     bytes: usize,
     cap: usize,
 }
@@ -23,13 +22,13 @@ impl<K: Hash + Eq> ByteLru<K> {
         }
     }
 
-    pub fn get(&mut self, key: &K) -> Option<Arc<[u8]>> {
+    pub fn get(&mut self, key: &K) -> Option<Bytes> {
         self.entries.get(key).cloned()
     }
 
     /// Keeps `value` unless it alone is over the cap, dropping the least recently used
     /// entries until the rest fit.
-    pub fn put(&mut self, key: K, value: Arc<[u8]>) {
+    pub fn put(&mut self, key: K, value: Bytes) {
         let size = value.len();
         if size > self.cap {
             return;
@@ -51,7 +50,7 @@ impl<K: Hash + Eq> ByteLru<K> {
 mod tests {
     use super::*;
 
-    fn bytes(n: usize) -> Arc<[u8]> {
+    fn bytes(n: usize) -> Bytes {
         vec![0; n].into()
     }
 

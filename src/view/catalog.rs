@@ -26,8 +26,6 @@ pub struct SlideView {
     /// layer's cell `(c, r)` covers the stride square at `c·stride + offset`.
     pub core_offset: f64,
     pub classes: Vec<ClassView>,
-    pub tile: u32,
-    pub top_level: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,9 +72,8 @@ pub fn slide(out: &Path, name: &str) -> Option<std::result::Result<SlideView, St
     if !is_finished(out, name) {
         return None;
     }
-    Some(read_summary::<SummaryFile>(&out.join(name)).map(|s| {
-        let pyramid = super::tiles::Pyramid::new(s.slide.size);
-        SlideView {
+    Some(
+        read_summary::<SummaryFile>(&out.join(name)).map(|s| SlideView {
             name: name.to_string(),
             slide: s.slide.path,
             size: s.slide.size,
@@ -84,10 +81,8 @@ pub fn slide(out: &Path, name: &str) -> Option<std::result::Result<SlideView, St
             core_offset: s.plan.grid.core_offset(),
             grid: s.plan.grid,
             classes: s.classes,
-            tile: super::tiles::TILE,
-            top_level: pyramid.top,
-        }
-    }))
+        }),
+    )
 }
 
 /// The finished slides in OUT, by name.

@@ -6,17 +6,21 @@
 //! | file | owns |
 //! |---|---|
 //! | `catalog.rs` | the finished slides in OUT and what the viewer needs of each: size, grid, classes, the map's bytes |
-//! | `tiles.rs` | the **deep-zoom pyramid**: tile geometry, and cutting a tile from the slide or its overview |
+//! | `tiles.rs` | the **Deep Zoom pyramid**: tile geometry as DZI numbers it, and cutting a tile from the slide or its overview |
+//! | `maplayer.rs` | the class map as Deep Zoom layers: the most probable class, or one class's probability |
 //! | `cache.rs` | the byte-capped LRU that bounds the server's memory |
-//! | `server.rs` | routes, static files confined to OUT, the worker threads |
-//! | `assets/` | the viewer's page and script, compiled into the binary: nothing is fetched from a network |
+//! | `routes.rs` | what each path answers; files confined to OUT |
+//! | `server.rs` | the HTTP server (hyper, tower-http): connection cap, timeouts, limits, graceful shutdown |
+//! | `assets/` | the viewer's page and script, and OpenSeadragon's, compiled into the binary: nothing is fetched from a network |
 //!
 //! The server opens no file outside OUT but the slides that OUT's summaries name.
 
 mod cache;
 mod catalog;
+mod maplayer;
+mod routes;
 mod server;
 mod tiles;
 
-pub use server::{Server, ServerOptions};
+pub use server::{Server, ServerOptions, GRACE, MAX_BODY, MAX_HEAD, MAX_OPEN_SLIDES};
 pub use tiles::TILE;
