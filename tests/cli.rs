@@ -1095,3 +1095,107 @@ fn extract_cuts_tiles_inside_qupath_regions_and_trains_on_them() {
         "{stderr}"
     );
 }
+
+/// Each patch's most probable class, by its position, from a slide folder's CSV.
+fn classes_by_patch(dir: &Path) -> std::collections::HashMap<(u32, u32), usize> {
+    let mut csv = csv::Reader::from_path(dir.join("predictions.csv")).unwrap();
+    let h = csv.headers().unwrap().clone();
+    let probs: Vec<usize> = (0..h.len())
+        .filter(|&i| h[i].starts_with("prob_"))
+        .collect();
+    csv.records()
+        .map(Result::unwrap)
+        .filter(|r| &r[h.iter().position(|c| c == "status").unwrap()] == "ok")
+        .map(|r| {
+            let p = |i: usize| r[i].parse::<f64>().unwrap();
+            let best = (0..probs.len())
+                .max_by(|&a, &b| p(probs[a]).total_cmp(&p(probs[b])))
+                .unwrap();
+            ((r[0].parse().unwrap(), r[1].parse().unwrap()), best)
+        })
+        .collect()
+}
+
+#[test]
+fn dicom_series_are_slides_named_after_their_folders() {
+    let series = dicom();
+    let svs_series = series.join("cmu_small_region");
+    let mut files: Vec<_> = fs::read_dir(&svs_series)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    // A series is opened by its folder or by any of its files, with OpenSlide 4.
+    for input in [&svs_series, files.last().unwrap()] {
+        histomap()
+            .arg("info")
+            .arg(input)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("dicom"))
+            .stdout(predicate::str::contains("OpenSlide 4."))
+            .stdout(predicate::str::contains("2220 × 2967"))
+            .stdout(predicate::str::contains("0.4990 µm/px"));
+    }
+
+    // One batch: the folder of three series, one of them again by a file (run once),
+    // and a non-conformant series, which fails alone with one line naming it.
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken_series");
+    fs::create_dir(&broken).unwrap();
+    let mut junk = vec![0u8; 128];
+    junk.extend_from_slice(b"DICM");
+    junk.extend_from_slice(&[7u8; 400]);
+    fs::write(broken.join("1.2.840.1.dcm"), junk).unwrap();
+    let out = tmp.path().join("out");
+    let model = root().join("models/kather8");
+    let run = heatmap("kather8", &model, &out, series)
+        .arg(files.first().unwrap())
+        .arg(&broken)
+        .assert()
+        .failure()
+        .code(1);
+    let err = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    for name in [
+        "cmu_small_region",
+        "cmu_small_region_transcoded",
+        "stritt_dapi_fluorescence",
+    ] {
+        assert!(err.contains(&format!("done    {name} ")), "{err}");
+        let s = summary(&out.join(name));
+        assert_eq!(s["slide"]["format"], "dicom", "{name}");
+        assert!(
+            s["slide"]["path"].as_str().unwrap().ends_with(name),
+            "{name}: {s}"
+        );
+    }
+    assert_eq!(err.matches("done    cmu_small_region ").count(), 1, "{err}");
+    let failed: Vec<&str> = err.lines().filter(|l| l.contains("FAILED")).collect();
+    assert_eq!(failed.len(), 1, "{err}");
+    assert!(
+        failed[0].contains("broken_series") && failed[0].contains("1.2.840.1.dcm"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // The series with the SVS's own JPEG tiles maps as the SVS does.
+    let direct = tmp.path().join("direct");
+    heatmap("kather8", &model, &direct, &svs())
+        .assert()
+        .success();
+    let want = classes_by_patch(&direct.join("cmu_small_region"));
+    for (name, at_least) in [
+        ("cmu_small_region", 0.99),
+        ("cmu_small_region_transcoded", 0.9),
+    ] {
+        let got = classes_by_patch(&out.join(name));
+        assert_eq!(got.len(), want.len(), "{name}");
+        let same = want.iter().filter(|(k, c)| got.get(k) == Some(c)).count();
+        let share = same as f64 / want.len() as f64;
+        eprintln!(
+            "dicom: {name} keeps the SVS's class on {same} of {} patches",
+            want.len()
+        );
+        assert!(share >= at_least, "{name}: {same} of {}", want.len());
+    }
+}

@@ -46,7 +46,7 @@ fn raster_reader_matches_openslide_on_a_tiled_tiff() {
     vips(&["copy".as_ref(), flat.as_os_str(), target.as_ref()]);
 
     let raster = RasterSource::open(&tif).unwrap();
-    let os = OpenSlideSource::try_open(&tif)
+    let os = OpenSlideSource::try_open(&tif, &tif)
         .unwrap()
         .expect("OpenSlide opens tiled TIFF");
     assert_eq!(raster.info().size, os.info().size);

@@ -35,6 +35,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
                 }
                 println!("{}", i.path.display());
                 println!("  format      {}", i.format);
+                println!("  reader      {}", i.reader);
                 println!("  dimensions  {} × {}", i.size.w, i.size.h);
                 let mpp = i.mpp.map_or("unknown".into(), |m| format!("{m:.4} µm/px"));
                 println!("  mpp         {mpp}");
@@ -42,6 +43,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
                     .objective_power
                     .map_or("unknown".into(), |p| format!("{p}×"));
                 println!("  objective   {power}");
+                let icc = i.icc_profile_bytes.map_or("none".into(), |b| {
+                    format!("{b} bytes (recorded; pixels are used as scanned)")
+                });
+                println!("  ICC profile {icc}");
                 println!("  levels      {}", i.levels.len());
                 for (n, l) in i.levels.iter().enumerate() {
                     println!(

@@ -77,7 +77,7 @@ impl Job {
             min_tissue: (f64::from(p.min_tissue) * 1e6).round() / 1e6,
             min_saturation: p.min_saturation,
             slide_mpp: self.slide_mpp.filter(|_| !slide_records_mpp),
-            slide_bytes: std::fs::metadata(slide).ok().map(|m| m.len()),
+            slide_bytes: slide::stat(slide).ok().map(|(bytes, _)| bytes),
             stain: self.stain.as_ref().map(ToString::to_string),
         }
     }
@@ -159,8 +159,10 @@ impl SlideReport {
     }
 }
 
-/// Expands folders into the slide files they hold (not recursive), sorted by path; an
-/// error only when no input exists.
+/// Expands folders into the slides they hold (not recursive): their slide files, and
+/// their subfolders that hold a DICOM series, sorted by path. A DICOM series is its
+/// folder, whether given as the folder or as any of its files. An error only when no
+/// input exists.
 pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if let Some(first) = inputs
         .first()
@@ -170,20 +172,26 @@ pub fn collect_slides(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     }
     let mut slides = Vec::new();
     for input in inputs {
-        if input.is_dir() {
+        if input.is_dir() && slide::dicom::series_file(input).is_none() {
             let entries = std::fs::read_dir(input).map_err(|e| Error::io(input, e))?;
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    !crate::is_hidden(p)
-                        && p.is_file()
-                        && p.extension()
-                            .and_then(|e| e.to_str())
-                            .is_some_and(|e| slide::is_slide_extension(&e.to_ascii_lowercase()))
+                    let slide_file = || {
+                        p.is_file()
+                            && p.extension()
+                                .and_then(|e| e.to_str())
+                                .is_some_and(|e| slide::is_slide_extension(&e.to_ascii_lowercase()))
+                    };
+                    let series = || p.is_dir() && slide::dicom::series_file(p).is_some();
+                    !crate::is_hidden(p) && (slide_file() || series())
                 })
                 .collect();
             found.sort();
             slides.extend(found);
+        } else if input.is_file() && slide::dicom::is_dicom_file(input) {
+            let folder = input.parent().filter(|p| !p.as_os_str().is_empty());
+            slides.push(folder.unwrap_or(Path::new(".")).to_path_buf());
         } else {
             // A missing file among others fails on its own, as a bad slide does, and the
             // rest of the batch goes on.
@@ -205,8 +213,18 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
     let text = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
     // A stem that is hidden, `.`, `..` or one of the report's files names no folder of
     // ours: it keeps its dots as `_` behind a prefix.
+    // A DICOM series' folder is named whole: its name has no suffix to drop.
     let stem = |p: &Path| {
-        let stem = text(p.file_stem()).unwrap_or_default();
+        let stem = match p.is_dir() {
+            true => text(
+                std::path::absolute(p)
+                    .ok()
+                    .as_deref()
+                    .and_then(Path::file_name),
+            ),
+            false => text(p.file_stem()),
+        }
+        .unwrap_or_default();
         let reserved = [
             crate::cohort::report::COHORT_CSV,
             crate::cohort::report::INDEX_HTML,
@@ -411,11 +429,8 @@ struct FileState {
 
 impl FileState {
     fn of(path: &Path) -> std::io::Result<Self> {
-        let meta = std::fs::metadata(path)?;
-        Ok(Self {
-            bytes: meta.len(),
-            modified: meta.modified().ok(),
-        })
+        let (bytes, modified) = slide::stat(path)?;
+        Ok(Self { bytes, modified })
     }
 
     fn unchanged(&self, path: &Path) -> Result<()> {

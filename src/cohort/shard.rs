@@ -103,11 +103,11 @@ fn assign(sizes: &[u64], count: usize) -> Vec<usize> {
     owner
 }
 
-/// File sizes of the slides (0 for any that cannot be read: they fail later, in order).
+/// Sizes of the slides (0 for any that cannot be read: they fail later, in order).
 pub fn sizes(slides: &[PathBuf]) -> Vec<u64> {
     slides
         .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .map(|p| crate::map::slide::stat(p).map_or(0, |(bytes, _)| bytes))
         .collect()
 }
 

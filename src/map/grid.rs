@@ -231,6 +231,7 @@ mod tests {
         let info = SlideInfo {
             path: "s.svs".into(),
             format: "aperio".into(),
+            reader: "OpenSlide".into(),
             size: Size::new(40_000, 30_000),
             levels: vec![
                 Level {
@@ -244,6 +245,7 @@ mod tests {
             ],
             mpp: Some(0.25),
             objective_power: Some(40.0),
+            icc_profile_bytes: None,
         };
         // 96 px at 1 µm/px on a 0.25 µm/px slide: 384 level-0 px, read 96 px at 4×.
         let plan = ReadPlan::new(&info, 96, 96, 1.0, None).unwrap();

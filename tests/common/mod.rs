@@ -38,16 +38,19 @@ pub fn pipeline(name: &str) -> PathBuf {
 /// The generated slides folder (`kather5000.tif`, `gigapixel.tif`).
 pub fn generated() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = root().join("target/slides");
-        let status = Command::new("bash")
-            .arg(root().join("scripts/make-slides.sh"))
-            .arg(&dir)
-            .status()
-            .expect("run scripts/make-slides.sh");
-        assert!(status.success(), "scripts/make-slides.sh failed");
-        dir
-    })
+    DIR.get_or_init(|| made_by("make-slides.sh", "target/slides"))
+}
+
+/// `dir` under the root, after `scripts/<script> <dir>` made what is missing there.
+fn made_by(script: &str, dir: &str) -> PathBuf {
+    let dir = root().join(dir);
+    let status = Command::new("bash")
+        .arg(root().join("scripts").join(script))
+        .arg(&dir)
+        .status()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(status.success(), "scripts/{script} failed");
+    dir
 }
 
 /// A random (untrained) model for a pipeline, written once per test process.
@@ -113,4 +116,12 @@ pub fn heatmap_command(pipeline_name: &str, model: &Path, out: &Path, input: &Pa
 
 pub fn histomap() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("histomap").unwrap()
+}
+
+/// DICOM series made from the real slides by scripts/make-dicom.sh (wsidicomizer), once
+/// per test process: `cmu_small_region` (the SVS's JPEG tiles kept),
+/// `cmu_small_region_transcoded` (re-encoded) and `stritt_dapi_fluorescence` (the NDPI).
+pub fn dicom() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| made_by("make-dicom.sh", "target/slides/dicom"))
 }

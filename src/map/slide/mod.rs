@@ -1,9 +1,12 @@
 //! Slide readers. In: a path. Out: a [`SlideSource`] that reports the pyramid and
 //! reads RGB regions on demand, so no stage ever holds a whole slide in memory.
 //!
-//! Two backends: OpenSlide for everything it opens (Aperio, Hamamatsu, tiled TIFF, ...)
-//! and a raster reader for plain strip TIFFs, PNG and JPEG, which OpenSlide refuses.
+//! Two backends: OpenSlide for everything it opens (Aperio, Hamamatsu, tiled TIFF,
+//! DICOM series with OpenSlide 4, ...) and a raster reader for plain strip TIFFs, PNG
+//! and JPEG, which OpenSlide refuses. A slide is a file, or a folder holding one DICOM
+//! series (`dicom.rs`).
 
+pub mod dicom;
 mod openslide;
 mod raster;
 
@@ -15,7 +18,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::map::geom::{L0Point, Size};
 
-pub use self::openslide::OpenSlideSource;
+pub use self::openslide::{openslide_version, OpenSlideSource};
 pub use self::raster::RasterSource;
 
 /// One level of the pyramid.
@@ -31,11 +34,17 @@ pub struct Level {
 pub struct SlideInfo {
     pub path: PathBuf,
     pub format: String,
+    /// What reads it: "OpenSlide 4.0.1" (the library loaded, which scripts/fetch-openslide.sh
+    /// decides), or histomap's own raster reader.
+    pub reader: String,
     pub size: Size,
     pub levels: Vec<Level>,
     /// Microns per level-0 pixel, when the file says.
     pub mpp: Option<f64>,
     pub objective_power: Option<f64>,
+    /// Bytes of the ICC colour profile the slide embeds (OpenSlide 4 reports it). It is
+    /// recorded, not applied: the models were trained on pixels as scanned.
+    pub icc_profile_bytes: Option<u64>,
 }
 
 /// A readable slide. Implementations are shared between reader threads.
@@ -61,9 +70,49 @@ pub fn is_slide_extension(ext: &str) -> bool {
     VENDOR_EXTENSIONS.contains(&ext) || RASTER_EXTENSIONS.contains(&ext)
 }
 
+/// Bytes and modification time of a slide: its file's, or its series folder's files'
+/// together. A job key records the bytes; a slide that changes while read is caught
+/// by both.
+pub fn stat(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime>)> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return dicom::stat(path);
+    }
+    Ok((meta.len(), meta.modified().ok()))
+}
+
 /// Opens `path` with the backend that can read it.
 pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        let Some(file) = dicom::series_file(path) else {
+            return Err(Error::slide(
+                path,
+                "a folder with no DICOM file: not a slide (a slide is a file, or a folder \
+                 of one DICOM series)",
+            ));
+        };
+        return match OpenSlideSource::try_open(&file, path)? {
+            Some(source) => Ok(Box::new(source)),
+            None => {
+                let v = openslide_version();
+                Err(Error::slide(
+                    path,
+                    match v.starts_with("3.") {
+                        true => format!(
+                            "DICOM needs OpenSlide 4, and histomap was built with OpenSlide \
+                             {v} (run scripts/fetch-openslide.sh, then build again)"
+                        ),
+                        false => format!(
+                            "OpenSlide {v} does not read {} as a DICOM whole-slide image \
+                             (not conformant, or not a slide)",
+                            file.display()
+                        ),
+                    },
+                ))
+            }
+        };
+    }
     if !meta.is_file() {
         return Err(Error::slide(path, "not a file"));
     }
@@ -77,7 +126,7 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
     if !tiff && matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
         return Ok(Box::new(RasterSource::open(path)?));
     }
-    if let Some(source) = OpenSlideSource::try_open(path)? {
+    if let Some(source) = OpenSlideSource::try_open(path, path)? {
         return Ok(Box::new(source));
     }
     // A scanner's own format that OpenSlide declines is damaged, even when its first

@@ -7,7 +7,7 @@
 //! no other thread's failure can reach it); a region that fails there too is reported
 //! unreadable, and the slide goes on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use image::RgbImage;
@@ -17,21 +17,32 @@ use super::{Level, SlideInfo, SlideSource};
 use crate::error::{Error, Result};
 use crate::map::geom::{L0Point, Size};
 
+/// The version of the OpenSlide library loaded: 4.x where scripts/fetch-openslide.sh
+/// provided it at build time, else the system's (Debian's 3.4.1).
+pub fn openslide_version() -> String {
+    OpenSlide::version().unwrap_or_else(|_| "(version unknown)".into())
+}
+
 pub struct OpenSlideSource {
     /// The handle in use and how many times it has been replaced, so that threads
     /// that saw the same failure reopen it once between them.
     handle: RwLock<(u64, Arc<OpenSlide>)>,
+    /// The file OpenSlide opens: the slide's own, or one file of a DICOM series, whose
+    /// folder is then `info.path`.
+    file: PathBuf,
     info: SlideInfo,
 }
 
 impl OpenSlideSource {
-    /// Opens `path` if OpenSlide recognises its format; `Ok(None)` if it does not, so
+    /// Opens `file` if OpenSlide recognises its format; `Ok(None)` if it does not, so
     /// another backend can try. A recognised file that fails to open is an error.
-    pub fn try_open(path: &Path) -> Result<Option<Self>> {
-        let Ok(vendor) = OpenSlide::detect_vendor(path) else {
+    /// `path` is the slide as the user knows it: `file`, or the folder of the DICOM
+    /// series `file` is one of; errors and [`SlideInfo`] name it.
+    pub fn try_open(file: &Path, path: &Path) -> Result<Option<Self>> {
+        let Ok(vendor) = OpenSlide::detect_vendor(file) else {
             return Ok(None);
         };
-        let slide = OpenSlide::new(path)
+        let slide = OpenSlide::new(file)
             .map_err(|e| Error::slide(path, format!("OpenSlide ({vendor}): {e}")))?;
         let levels: Vec<Level> = slide
             .all_level_dimensions()
@@ -69,13 +80,16 @@ impl OpenSlideSource {
         let info = SlideInfo {
             path: path.to_path_buf(),
             format: vendor,
+            reader: format!("OpenSlide {}", openslide_version()),
             size: levels[0].size,
             levels,
             mpp,
             objective_power: number("openslide.objective-power"),
+            icc_profile_bytes: number("openslide.icc-size").map(|b| b as u64),
         };
         Ok(Some(Self {
             handle: RwLock::new((0, Arc::new(slide))),
+            file: file.to_path_buf(),
             info,
         }))
     }
@@ -89,7 +103,10 @@ impl OpenSlideSource {
     fn reopen(&self, generation: u64) -> Result<()> {
         let mut h = self.handle.write().expect("handle lock");
         if h.0 == generation {
-            *h = (generation + 1, Arc::new(reopened(&self.info.path)?));
+            *h = (
+                generation + 1,
+                Arc::new(reopened(&self.file, &self.info.path)?),
+            );
         }
         Ok(())
     }
@@ -128,7 +145,7 @@ impl SlideSource for OpenSlideSource {
                 // The error may be another thread's, on the shared handle: retry on a
                 // handle of this read's own, so only this region's bytes decide.
                 self.reopen(generation)?;
-                read(&reopened(path)?)?
+                read(&reopened(&self.file, path)?)?
             }
         };
         Ok(argb_to_rgb(&argb, size))
@@ -136,8 +153,9 @@ impl SlideSource for OpenSlideSource {
 }
 
 /// A new handle on a slide whose handle a read error spoiled.
-fn reopened(path: &Path) -> Result<OpenSlide> {
-    OpenSlide::new(path)
+/// A new handle on `file`, for the slide `path`.
+fn reopened(file: &Path, path: &Path) -> Result<OpenSlide> {
+    OpenSlide::new(file)
         .map_err(|e| Error::slide(path, format!("reopening after a read error: {e}")))
 }
 

@@ -118,10 +118,13 @@ impl RasterSource {
     }
 }
 
+const RASTER_READER: &str = "histomap raster (image, tiff)";
+
 fn single_level_info(path: &Path, format: &str, size: Size, mpp: Option<f64>) -> SlideInfo {
     SlideInfo {
         path: path.to_path_buf(),
         format: format.to_string(),
+        reader: RASTER_READER.into(),
         size,
         levels: vec![Level {
             size,
@@ -129,6 +132,7 @@ fn single_level_info(path: &Path, format: &str, size: Size, mpp: Option<f64>) ->
         }],
         mpp,
         objective_power: None,
+        icc_profile_bytes: None,
     }
 }
 
