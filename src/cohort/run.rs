@@ -555,6 +555,7 @@ pub fn process_slide(
     check(&unreadable, complete)?;
     predictions.unreadable = unreadable;
     timings.stream_s = t.elapsed().as_secs_f64();
+    timings.classify_s = stats.classify_s;
 
     let t = Instant::now();
     let heatmap = Heatmap::assemble(&plan.grid, &predictions);

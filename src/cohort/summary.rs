@@ -144,7 +144,11 @@ pub struct Timings {
     pub mask_s: f64,
     /// Estimating the slide's stains (0 without stain normalisation).
     pub stain_s: f64,
+    /// Reading and classifying the patches, overlapped.
     pub stream_s: f64,
+    /// Of `stream_s`, the time the classifier was busy; the rest it waited for reads,
+    /// so `stream_s − classify_s` is what reading costs beyond classifying.
+    pub classify_s: f64,
     pub write_s: f64,
     pub total_s: f64,
     pub patches_per_s: f64,
