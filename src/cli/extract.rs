@@ -17,7 +17,7 @@ use histomap::model::load_card;
 use histomap::pipeline::Pipeline;
 use histomap::progress::Bars;
 
-use super::args::{absolute, all_cores, mpp, share, shown, threads};
+use super::args::{absolute, all_cores, mpp, share, shown, threads, StainArgs};
 
 #[derive(Args)]
 pub struct ExtractArgs {
@@ -78,6 +78,12 @@ pub struct ExtractArgs {
     /// Microns per pixel of slides that do not record it.
     #[arg(long, value_parser = mpp)]
     slide_mpp: Option<f64>,
+    /// Write the tiles stain-normalised (default: as scanned, whatever the model).
+    /// Each slide's stains are estimated once, from the tiles it keeps, and recorded
+    /// in its folder's stain.json; the target is --stain-ref's, else the card's of
+    /// --model (or of the pipeline's model).
+    #[command(flatten)]
+    stain: StainArgs,
     /// Reader threads; default: all cores.
     #[arg(long, value_parser = threads)]
     threads: Option<usize>,
@@ -131,6 +137,7 @@ impl ExtractArgs {
                 v.push(flag.into());
             }
         }
+        v.extend(self.stain.argv()?);
         // The run decided the slide is to be cut: the child never skips it.
         v.extend(["--force".into(), "--quiet".into()]);
         Ok(Box::new(move |slide: &Path, name: &str| {
@@ -163,6 +170,14 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
         (Some(p), _) => Pipeline::load(p)?,
         (None, Some(m)) => load_card(m)?.pipeline(m),
         (None, None) => unreachable!("clap requires one"),
+    };
+    // Extracted tiles are training data: normalised only when asked, never by default.
+    let stain = match a.stain.stain_norm {
+        None => None,
+        Some(_) => {
+            let model = a.model.clone().unwrap_or_else(|| pipeline.model_path.clone());
+            a.stain.resolve(&load_card(&model)?, &model)?
+        }
     };
     if let Some(stride) = a.stride {
         pipeline.set_stride(stride)?;
@@ -229,6 +244,7 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
         max_per_class: a.max_per_class,
         seed: a.seed,
         slide_mpp: a.slide_mpp,
+        stain,
         threads,
         force: a.force,
         child,

@@ -33,9 +33,11 @@ use crate::map::grid::ReadPlan;
 use crate::map::mask::{TissueMask, THUMBNAIL_SIDE};
 use crate::map::preprocess::fit_to;
 use crate::map::slide;
+use crate::map::stains;
 use crate::output::{write_atomic, Staging};
 use crate::pipeline::Pipeline;
 use crate::progress::Progress;
+use crate::stain::Normalize;
 
 /// Where the classes come from.
 pub enum Labels {
@@ -59,6 +61,9 @@ pub struct ExtractJob {
     pub seed: u64,
     /// Microns per pixel for slides that do not record it.
     pub slide_mpp: Option<f64>,
+    /// Stain normalisation of the tiles written, each slide by its own stains
+    /// estimated once from the tiles it keeps; None writes them as scanned.
+    pub stain: Option<Normalize>,
     pub threads: usize,
     /// Redo slides that are already finished.
     pub force: bool,
@@ -97,6 +102,9 @@ pub enum ExtractOutcome {
 const TILES: &str = "tiles.csv";
 const MANIFEST_HEADER: [&str; 7] = ["path", "label", "slide", "x", "y", "w", "h"];
 const COUNTS: &str = "counts.json";
+/// A slide folder's stain normalisation (`--stain-norm`): method, target, the slide's
+/// estimate, or why its tiles were written as scanned.
+const STAIN: &str = "stain.json";
 
 /// What a run did.
 pub struct Extracted {
@@ -334,6 +342,9 @@ fn one_slide(
         .enumerate()
         .flat_map(|(k, rects)| rects.iter().map(move |&r| (k, r)))
         .collect();
+    let rects: Vec<L0Rect> = todo.iter().map(|&(_, r)| r).collect();
+    let (stain, stain_record) =
+        stains::for_slide(slide.as_ref(), &plan, &rects, job.stain.as_ref(), progress);
     progress.slide_started(name, todo.len() as u64);
 
     let staging = Staging::new(&Ledger::at(&job.out).staging(), &job.out, name)?;
@@ -362,7 +373,11 @@ fn one_slide(
                             return Ok(false);
                         };
                         let file = staging.dir().join(&classes[k]).join(tile_name(rect));
-                        save_png(&fit_to(tile, plan.input_size), &file)?;
+                        let mut tile = fit_to(tile, plan.input_size);
+                        if let Some(t) = &stain {
+                            t.apply(&mut tile);
+                        }
+                        save_png(&tile, &file)?;
                         Ok(true)
                     })
                     .collect::<Vec<_>>();
@@ -399,6 +414,10 @@ fn one_slide(
     write_atomic(&tiles_path, &bytes)?;
     let json = serde_json::to_vec_pretty(&counts).expect("counts serialise");
     write_atomic(&staging.dir().join(COUNTS), &json)?;
+    if let Some(record) = &stain_record {
+        let json = serde_json::to_vec_pretty(record).expect("a stain record serialises");
+        write_atomic(&staging.dir().join(STAIN), &json)?;
+    }
     staging.commit()?;
     Ok(ExtractOutcome::Done(counts))
 }

@@ -494,16 +494,8 @@ pub fn process_slide(
 
     let rects: Vec<_> = selection.cells.iter().map(|&c| plan.grid.rect(c)).collect();
     let t = Instant::now();
-    let (stain, stain_record) = match &job.stain {
-        Some(norm) => {
-            let (transform, record) = stains::estimate(slide.as_ref(), &plan, &rects, norm);
-            if let Some(w) = &record.warning {
-                progress.warning(&format!("{}: {w}", path.display()));
-            }
-            (transform, Some(record))
-        }
-        None => (None, None),
-    };
+    let (stain, stain_record) =
+        stains::for_slide(slide.as_ref(), &plan, &rects, job.stain.as_ref(), progress);
     timings.stain_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

@@ -15,6 +15,7 @@ use crate::map::geom::{L0Rect, Size};
 use crate::map::grid::ReadPlan;
 use crate::map::preprocess::fit_to;
 use crate::map::slide::SlideSource;
+use crate::progress::Progress;
 use crate::stain::{Estimate, Method, Normalize, Transform};
 
 /// Most patches a slide's estimate reads.
@@ -88,4 +89,24 @@ pub fn estimate(
             (None, record)
         }
     }
+}
+
+/// The slide's transform under `norm` and what `summary.json` records of it, with a
+/// warning naming the slide through `progress` where it falls back to none; nothing
+/// without normalisation.
+pub fn for_slide(
+    slide: &dyn SlideSource,
+    plan: &ReadPlan,
+    patches: &[L0Rect],
+    norm: Option<&Normalize>,
+    progress: &dyn Progress,
+) -> (Option<Transform>, Option<StainRecord>) {
+    let Some(norm) = norm else {
+        return (None, None);
+    };
+    let (transform, record) = estimate(slide, plan, patches, norm);
+    if let Some(w) = &record.warning {
+        progress.warning(&format!("{}: {w}", slide.info().path.display()));
+    }
+    (transform, Some(record))
 }
