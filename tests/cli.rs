@@ -1077,6 +1077,37 @@ fn extract_cuts_tiles_inside_qupath_regions_and_trains_on_them() {
         .skip(1)
         .all(|l| l.contains(",STROMA,cmu_small_region,")));
 
+    // --stain-norm: the same tiles, normalised to the kather8 card's target from the
+    // slide's own stains, estimated once and recorded in the slide's stain.json.
+    let normalised = dir.path().join("by-slide-macenko");
+    histomap()
+        .args(["extract", "-q", "--stain-norm", "macenko", "--pipeline"])
+        .arg(pipeline("kather8"))
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--out")
+        .arg(&normalised)
+        .arg(svs())
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_to_string(normalised.join("manifest.csv")).unwrap(),
+        rows
+    );
+    let record: Value =
+        serde_json::from_slice(&fs::read(normalised.join("cmu_small_region/stain.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["method"], "macenko", "{record}");
+    assert!(record["estimate"].is_object(), "{record}");
+    assert!(!by_slide.join("cmu_small_region/stain.json").exists());
+    let first = rows.lines().nth(1).unwrap().split(',').next().unwrap();
+    let (a, b) = (
+        image::open(by_slide.join(first)).unwrap().to_rgb8(),
+        image::open(normalised.join(first)).unwrap().to_rgb8(),
+    );
+    assert_eq!(a.dimensions(), b.dimensions());
+    assert_ne!(a, b, "{first}: normalised as scanned");
+
     // A ring that does not close.
     let broken = dir.path().join("broken.geojson");
     let open = &stroma_triangle[..3];

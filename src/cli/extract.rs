@@ -175,7 +175,10 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<ExitCode> {
     let stain = match a.stain.stain_norm {
         None => None,
         Some(_) => {
-            let model = a.model.clone().unwrap_or_else(|| pipeline.model_path.clone());
+            let model = a
+                .model
+                .clone()
+                .unwrap_or_else(|| pipeline.model_path.clone());
             a.stain.resolve(&load_card(&model)?, &model)?
         }
     };
