@@ -1053,18 +1053,19 @@ fn extract_cuts_tiles_inside_qupath_regions_and_trains_on_them() {
     fs::write(&labels, "slide,label\ncmu_small_region,stroma\nbad,TUMOR\n").unwrap();
     let bad = dir.path().join("bad.svs");
     fs::write(&bad, "not a slide").unwrap();
+    let by_labels = |out: &Path| {
+        let mut cmd = histomap();
+        cmd.args(["extract", "-q", "--pipeline"])
+            .arg(pipeline("kather8"))
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--out")
+            .arg(out)
+            .arg(svs());
+        cmd
+    };
     let by_slide = dir.path().join("by-slide");
-    let failed = histomap()
-        .args(["extract", "-q", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--labels")
-        .arg(&labels)
-        .arg("--out")
-        .arg(&by_slide)
-        .arg(svs())
-        .arg(&bad)
-        .assert()
-        .code(1);
+    let failed = by_labels(&by_slide).arg(&bad).assert().code(1);
     let stderr = String::from_utf8_lossy(&failed.get_output().stderr).to_string();
     assert!(
         stderr.contains("FAILED  bad  ") && stderr.contains("bad.svs"),
@@ -1080,14 +1081,8 @@ fn extract_cuts_tiles_inside_qupath_regions_and_trains_on_them() {
     // --stain-norm: the same tiles, normalised to the kather8 card's target from the
     // slide's own stains, estimated once and recorded in the slide's stain.json.
     let normalised = dir.path().join("by-slide-macenko");
-    histomap()
-        .args(["extract", "-q", "--stain-norm", "macenko", "--pipeline"])
-        .arg(pipeline("kather8"))
-        .arg("--labels")
-        .arg(&labels)
-        .arg("--out")
-        .arg(&normalised)
-        .arg(svs())
+    by_labels(&normalised)
+        .args(["--stain-norm", "macenko"])
         .assert()
         .success();
     assert_eq!(

@@ -215,14 +215,15 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
     // ours: it keeps its dots as `_` behind a prefix.
     // A DICOM series' folder is named whole: its name has no suffix to drop.
     let stem = |p: &Path| {
-        let stem = match p.is_dir() {
-            true => text(
+        let stem = if p.is_dir() {
+            text(
                 std::path::absolute(p)
                     .ok()
                     .as_deref()
                     .and_then(Path::file_name),
-            ),
-            false => text(p.file_stem()),
+            )
+        } else {
+            text(p.file_stem())
         }
         .unwrap_or_default();
         let reserved = [

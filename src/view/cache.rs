@@ -3,9 +3,10 @@
 //! buffers. Out: the buffers still held; the oldest go first when a new one would pass
 //! the cap.
 
+use std::hash::Hash;
+
 use bytes::Bytes;
 use lru::LruCache;
-use std::hash::Hash;
 
 pub struct ByteLru<K: Hash + Eq> {
     entries: LruCache<K, Bytes>,

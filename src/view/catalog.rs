@@ -31,7 +31,8 @@ pub struct SlideView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassView {
     pub name: String,
-    pub color: String,
+    #[serde(with = "crate::pipeline::hex_color")]
+    pub color: [u8; 3],
 }
 
 #[derive(Deserialize)]

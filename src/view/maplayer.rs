@@ -22,7 +22,7 @@ pub const CELL_PX: u32 = 8;
 const GREY: Rgba<u8> = Rgba([128, 128, 128, 255]);
 
 /// Which map a layer shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layer {
     /// Each cell in the colour of its most probable class.
     Classes,
@@ -50,28 +50,13 @@ pub fn pyramid(view: &SlideView) -> Pyramid {
     Pyramid::new(Size::new(g.cols * CELL_PX, g.rows * CELL_PX))
 }
 
-/// `#rrggbb` as RGB; grey for anything else (a card's colours are checked when it is
-/// read, so this is a fallback, not a path).
-fn rgb(color: &str) -> [u8; 3] {
-    let hex = |i: usize| {
-        color
-            .get(i..i + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-    };
-    match (color.len(), hex(1), hex(3), hex(5)) {
-        (7, Some(r), Some(g), Some(b)) => [r, g, b],
-        _ => [128; 3],
-    }
-}
-
 /// A tile of `layer`; None outside the pyramid. Each tile pixel takes the cell under
 /// its centre.
 pub fn tile(view: &SlideView, cells: &[u8], layer: Layer, t: TileId) -> Option<RgbaImage> {
     let p = pyramid(view);
     let (span, out) = p.tile(t)?;
     let ds = p.downsample(t.level);
-    let colors: Vec<[u8; 3]> = view.classes.iter().map(|c| rgb(&c.color)).collect();
-    let stride = colors.len() + 1;
+    let stride = view.classes.len() + 1;
     let g = &view.grid;
     // A coarse level's last pixel may reach past the layer's edge: it takes the edge.
     let cell_of = |x0: u32, i: u32, n: u32| {
@@ -96,7 +81,7 @@ pub fn tile(view: &SlideView, cells: &[u8], layer: Layer, t: TileId) -> Option<R
                     }
                     Layer::Class(k) => (k, probs[k]),
                 };
-                let [r, g, b] = colors[k];
+                let [r, g, b] = view.classes[k].color;
                 Rgba([r, g, b, alpha])
             }
             _ => Rgba([0; 4]),
@@ -109,6 +94,15 @@ mod tests {
     use super::*;
     use crate::map::grid::Grid;
     use crate::view::catalog::ClassView;
+
+    /// The first tile of `level`: the whole layer, at the levels used here.
+    fn whole(level: u32) -> TileId {
+        TileId {
+            level,
+            col: 0,
+            row: 0,
+        }
+    }
 
     #[test]
     fn cells_become_colours_and_layers_parse() {
@@ -123,42 +117,22 @@ mod tests {
             classes: vec![
                 ClassView {
                     name: "a".into(),
-                    color: "#ff0000".into(),
+                    color: [255, 0, 0],
                 },
                 ClassView {
                     name: "b".into(),
-                    color: "#0000ff".into(),
+                    color: [0, 0, 255],
                 },
             ],
         };
         // Cell 0: b is more probable (0.2 vs 0.8); cell 1 unreadable.
         let cells = [CELL_CLASSIFIED, 51, 204, CELL_UNREADABLE, 0, 0];
         let top = pyramid(&view).max_level;
-        let t = tile(
-            &view,
-            &cells,
-            Layer::Classes,
-            TileId {
-                level: top,
-                col: 0,
-                row: 0,
-            },
-        )
-        .unwrap();
+        let t = tile(&view, &cells, Layer::Classes, whole(top)).unwrap();
         assert_eq!(t.dimensions(), (16, 8));
         assert_eq!(t.get_pixel(3, 3), &Rgba([0, 0, 255, 255]));
         assert_eq!(t.get_pixel(12, 3), &GREY);
-        let a = tile(
-            &view,
-            &cells,
-            Layer::Class(0),
-            TileId {
-                level: top,
-                col: 0,
-                row: 0,
-            },
-        )
-        .unwrap();
+        let a = tile(&view, &cells, Layer::Class(0), whole(top)).unwrap();
         assert_eq!(a.get_pixel(3, 3), &Rgba([255, 0, 0, 51]));
         assert_eq!(Layer::parse("classes", 2), Some(Layer::Classes));
         assert_eq!(Layer::parse("1", 2), Some(Layer::Class(1)));
@@ -167,18 +141,9 @@ mod tests {
         }
         // One pixel at level 0: the cell under its centre.
         assert_eq!(
-            tile(
-                &view,
-                &cells,
-                Layer::Classes,
-                TileId {
-                    level: 0,
-                    col: 0,
-                    row: 0
-                }
-            )
-            .unwrap()
-            .dimensions(),
+            tile(&view, &cells, Layer::Classes, whole(0))
+                .unwrap()
+                .dimensions(),
             (1, 1)
         );
     }

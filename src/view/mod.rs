@@ -22,5 +22,5 @@ mod routes;
 mod server;
 mod tiles;
 
-pub use server::{Server, ServerOptions, GRACE, MAX_BODY, MAX_HEAD, MAX_OPEN_SLIDES};
+pub use server::{Server, ServerOptions};
 pub use tiles::TILE;

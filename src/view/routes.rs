@@ -129,7 +129,8 @@ pub struct Routes {
 enum Key {
     Tile(String, TileId),
     Map(String),
-    MapTile(String, Layer, TileId),
+    /// Slide, layer as the path names it, tile.
+    MapTile(String, String, TileId),
 }
 
 impl Routes {
@@ -161,10 +162,9 @@ impl Routes {
                     Reply::ok(XML, Pyramid::new(v.size).dzi("jpg"))
                 })
             }
-            [".view", name] | [".view", name, ""] => match self.is_slide(name) {
-                true => self.route("/.assets/viewer.html"),
-                false => Reply::not_found(),
-            },
+            [".view", name] | [".view", name, ""] if self.is_slide(name) => {
+                self.route("/.assets/viewer.html")
+            }
             [".view", name, "info.json"] => self.with_view(name, |v| {
                 Reply::ok(JSON, serde_json::to_vec(v).expect("serialisable"))
             }),
@@ -191,17 +191,16 @@ impl Routes {
                     files.strip_suffix("_files"),
                     TileId::parse(level, tile, "png"),
                 ) {
-                    (Some(layer), Some(t)) => self.map_layer(name, layer, |view, cells, layer| {
-                        self.map_tile(view, cells, layer, t)
-                    }),
+                    (Some(layer), Some(t)) => self.map_tile(name, layer, t),
                     _ => Reply::not_found(),
                 }
             }
             [""] => {
                 let report = self.out.join(crate::cohort::report::INDEX_HTML);
-                match report.is_file() {
-                    true => Reply::File(report),
-                    false => Reply::ok(HTML, self.listing()),
+                if report.is_file() {
+                    Reply::File(report)
+                } else {
+                    Reply::ok(HTML, self.listing())
                 }
             }
             _ => self.file(&parts),
@@ -322,19 +321,23 @@ impl Routes {
         }
     }
 
-    fn map_tile(&self, view: &SlideView, cells: &[u8], layer: Layer, t: TileId) -> Reply {
-        let key = Key::MapTile(view.name.clone(), layer, t);
+    /// A tile of slide `name`'s map layer `layer` (as the path names it). A cached one
+    /// is answered before the slide's summary is read: a page asks for many.
+    fn map_tile(&self, name: &str, layer: &str, t: TileId) -> Reply {
+        let key = Key::MapTile(name.to_string(), layer.to_string(), t);
         if let Some(b) = self.cached(&key) {
             return Reply::ok(PNG, b);
         }
-        let Some(image) = maplayer::tile(view, cells, layer, t) else {
-            return Reply::not_found();
-        };
-        let mut png = Vec::new();
-        match image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png) {
-            Ok(()) => Reply::ok(PNG, self.keep(key, png)),
-            Err(e) => Reply::error(format!("{}: map tile {t}: {e}", view.name)),
-        }
+        self.map_layer(name, layer, |view, cells, layer| {
+            let Some(image) = maplayer::tile(view, cells, layer, t) else {
+                return Reply::not_found();
+            };
+            let mut png = Vec::new();
+            match image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png) {
+                Ok(()) => Reply::ok(PNG, self.keep(key, png)),
+                Err(e) => Reply::error(format!("{name}: map tile {t}: {e}")),
+            }
+        })
     }
 
     fn tile(&self, name: &str, t: TileId) -> Reply {

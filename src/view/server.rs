@@ -11,7 +11,8 @@
 //!   [`MAX_BODY`] too (413): the viewer only reads;
 //! - at most `workers` requests do blocking work (cutting a tile, reading a CSV) at
 //!   once: tokio's blocking pool is that size;
-//! - memory: one byte-capped cache and at most [`MAX_OPEN_SLIDES`] open slides.
+//! - memory: one byte-capped cache and at most
+//!   [`MAX_OPEN_SLIDES`](super::routes::MAX_OPEN_SLIDES) open slides.
 //!
 //! Ctrl-C or SIGTERM stops accepting, lets the requests in flight finish for up to
 //! [`GRACE`], and returns.
@@ -39,14 +40,12 @@ use tower_http::timeout::TimeoutLayer;
 use super::routes::{Reply, Routes};
 use crate::error::{Error, Result};
 
-pub use super::routes::MAX_OPEN_SLIDES;
-
 /// Longest request head; browsers send well under 2 KiB.
-pub const MAX_HEAD: usize = 8 << 10;
+const MAX_HEAD: usize = 8 << 10;
 /// Longest request body: GET and HEAD carry none.
-pub const MAX_BODY: usize = 1 << 10;
+const MAX_BODY: usize = 1 << 10;
 /// How long requests in flight may finish after Ctrl-C.
-pub const GRACE: Duration = Duration::from_secs(5);
+const GRACE: Duration = Duration::from_secs(5);
 
 pub struct ServerOptions {
     pub out: PathBuf,

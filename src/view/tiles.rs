@@ -185,8 +185,9 @@ mod tests {
     #[test]
     fn pyramid_numbers_levels_as_deep_zoom_and_covers_the_image_once_per_level() {
         let p = Pyramid::new(Size::new(100_000, 80_000));
-        assert_eq!(p.max_level, 17); // 2^17 = 131,072 ≥ 100,000 > 65,536
-                                     // Level 8 (downsample 512) holds the whole slide in one tile.
+        // 2^17 = 131,072 ≥ 100,000 > 65,536.
+        assert_eq!(p.max_level, 17);
+        // Level 8 (downsample 512) holds the whole slide in one tile.
         let (span, out) = p.tile(id(8, 0, 0)).unwrap();
         assert_eq!((span.w, span.h), (100_000, 80_000));
         assert_eq!(out, Size::new(196, 157));

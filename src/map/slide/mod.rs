@@ -98,16 +98,17 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
                 let v = openslide_version();
                 Err(Error::slide(
                     path,
-                    match v.starts_with("3.") {
-                        true => format!(
+                    if v.starts_with("3.") {
+                        format!(
                             "DICOM needs OpenSlide 4, and histomap was built with OpenSlide \
                              {v} (run scripts/fetch-openslide.sh, then build again)"
-                        ),
-                        false => format!(
+                        )
+                    } else {
+                        format!(
                             "OpenSlide {v} does not read {} as a DICOM whole-slide image \
                              (not conformant, or not a slide)",
                             file.display()
-                        ),
+                        )
                     },
                 ))
             }

@@ -152,8 +152,7 @@ impl SlideSource for OpenSlideSource {
     }
 }
 
-/// A new handle on a slide whose handle a read error spoiled.
-/// A new handle on `file`, for the slide `path`.
+/// A new handle on `file` (of the slide `path`), whose handle a read error spoiled.
 fn reopened(file: &Path, path: &Path) -> Result<OpenSlide> {
     OpenSlide::new(file)
         .map_err(|e| Error::slide(path, format!("reopening after a read error: {e}")))
