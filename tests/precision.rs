@@ -113,17 +113,22 @@ fn int8_agrees_with_f32_on_the_kather_tiles() {
 
 #[test]
 fn int8_agrees_with_f32_on_pcam_valid_and_keeps_its_auc() {
-    let out = tempfile::tempdir().unwrap();
     let data = data().join("pcam/labels.csv");
-    let f32 = evaluate("pcam", &data, Some("valid"), "f32", out.path());
-    let int8 = evaluate("pcam", &data, Some("valid"), "int8", out.path());
-    let c = compare(&f32.join("predictions.csv"), &int8.join("predictions.csv"));
-    assert!(c.0 > 2800, "{} PCam valid patches", c.0);
-    assert_agrees("PCam valid, pcam", c);
-    let auc = |d: &Path| json(&d.join("metrics.json"))["roc_auc"].as_f64().unwrap();
-    let (a, b) = (auc(&f32), auc(&int8));
-    eprintln!("PCam valid ROC AUC: f32 {a:.5}, int8 {b:.5}");
-    assert!((a - b).abs() <= MAX_AUC_DIFF, "ROC AUC f32 {a} vs int8 {b}");
+    for model in ["pcam", "pcam-mobilenetv2"] {
+        let out = tempfile::tempdir().unwrap();
+        let f32 = evaluate(model, &data, Some("valid"), "f32", out.path());
+        let int8 = evaluate(model, &data, Some("valid"), "int8", out.path());
+        let c = compare(&f32.join("predictions.csv"), &int8.join("predictions.csv"));
+        assert!(c.0 > 2800, "{} PCam valid patches", c.0);
+        assert_agrees(&format!("PCam valid, {model}"), c);
+        let auc = |d: &Path| json(&d.join("metrics.json"))["roc_auc"].as_f64().unwrap();
+        let (a, b) = (auc(&f32), auc(&int8));
+        eprintln!("PCam valid ROC AUC, {model}: f32 {a:.5}, int8 {b:.5}");
+        assert!(
+            (a - b).abs() <= MAX_AUC_DIFF,
+            "{model}: ROC AUC f32 {a} vs int8 {b}"
+        );
+    }
 }
 
 /// `heatmap` on one slide in one precision; returns the slide's output folder.
@@ -366,15 +371,16 @@ fn calibrate_records_int8_against_f32_in_the_card_and_info_shows_it() {
         .success();
     let info = String::from_utf8_lossy(&info.get_output().stdout).to_string();
     assert!(info.contains("int8 check      int8 kept"), "{info}");
-    // MobileNetV2 has no int8 kernel: calibrate says so in one line and writes nothing.
+    // MobileNetV2 is measured too; on kather8's it stays below the bar, and says so.
     let mobile = copy_model("kather8-mobilenetv2", work.path());
-    let before = std::fs::read(mobile.join("card.json")).unwrap();
-    histomap()
+    let out = histomap()
         .args(["calibrate", "-q", "--model"])
         .arg(&mobile)
         .arg(svs())
         .assert()
-        .failure()
-        .stderr(predicates::str::contains("no depthwise kernel"));
-    assert_eq!(std::fs::read(mobile.join("card.json")).unwrap(), before);
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("runs it in f32"), "{stdout}");
+    let check = &json(&mobile.join("card.json"))["int8"];
+    assert!(check["agreement"].as_f64().unwrap() < 0.995, "{check}");
 }

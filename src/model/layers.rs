@@ -90,7 +90,7 @@ impl ConvBn {
         })
     }
 
-    fn depthwise(&self) -> bool {
+    pub(super) fn depthwise(&self) -> bool {
         self.conv.config().groups > 1
     }
 }

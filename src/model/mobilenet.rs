@@ -127,7 +127,22 @@ impl MobileNetV2 {
         }
         self.last.fuse()
     }
+
+    /// The stem, each block's parts, the last convolution and the classifier, for the
+    /// int8 path.
+    pub(super) fn parts(&self) -> (&ConvBn, Vec<BlockParts<'_>>, &ConvBn, &Linear) {
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| (b.convs.as_slice(), b.residual))
+            .collect();
+        (&self.stem, blocks, &self.last, &self.classifier)
+    }
 }
+
+/// A block's convolutions (expand if any, depthwise, project) and whether it adds its
+/// input.
+pub(super) type BlockParts<'a> = (&'a [ConvBn], bool);
 
 impl ModuleT for MobileNetV2 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {

@@ -1,7 +1,7 @@
 //! The one matrix product every int8 layer runs. In: activation rows quantised to u8
 //! (an im2col matrix, one row per output pixel) and weights quantised to i8 per output
-//! channel and packed. Out: f32 rows, dequantised, with the bias and an optional ReLU
-//! applied in the same pass.
+//! channel and packed. Out: f32 rows, dequantised, with the bias and the activation (none,
+//! ReLU or ReLU6) applied in the same pass.
 //!
 //! Weights are quantised to 8 bits (±127) per output channel, activations to 7 bits
 //! (0..=127): AVX2's `vpmaddubsw` adds two u8×i8 products into an i16, which 255·127·2
@@ -12,6 +12,7 @@
 //! paths give bit-identical results, and tests compare them exactly.
 
 use super::Isa;
+use crate::model::layers::Activation;
 
 /// Reduction depth of one packed group: the four u8×i8 products one i32 lane sums.
 pub const KG: usize = 4;
@@ -80,6 +81,11 @@ impl PackedWeights {
     pub(super) fn get(&self, o: usize, i: usize) -> i8 {
         self.data[Self::index(self.kp, o, i)]
     }
+
+    /// The value the quantised weight of channel `o`, input `i` stands for.
+    pub(super) fn dequantised(&self, o: usize, i: usize) -> f32 {
+        f32::from(self.get(o, i)) * self.scale[o]
+    }
 }
 
 /// How rows of quantised activations map back to real values: `(q - zero) · scale`.
@@ -101,9 +107,10 @@ pub struct Rows<'a> {
     pub run: usize,
 }
 
-/// `out[r][o] = relu?((Σ_i (a[r][i] - zero)·w[o][i]) · scale_a · scale_w[o] + bias[o])`
-/// for every row of `a` (their count a multiple of [`MR`]); `out` is `[rows][w.n]`.
-pub fn gemm(isa: Isa, a: Rows, q: Quant, w: &PackedWeights, ep: &Epilogue, out: &mut [f32]) {
+/// `out[r][o] = act((Σ_i (a[r][i] - zero)·w[o][i]) · scale_a · scale_w[o] + bias[o])`
+/// for every row of `a` (their count a multiple of [`MR`]), with the zero point, scales
+/// and bias of `dq` ([`Epilogue::dequant`]); `out` is `[rows][w.n]`.
+pub fn gemm(isa: Isa, a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
     let m = a.starts.len();
     assert!(m.is_multiple_of(MR) && out.len() >= m * w.n && a.run.is_multiple_of(KG));
     assert_eq!(
@@ -116,65 +123,89 @@ pub fn gemm(isa: Isa, a: Rows, q: Quant, w: &PackedWeights, ep: &Epilogue, out: 
         m == 0 || last + a.run <= a.src.len(),
         "rows lie inside the image"
     );
-    let dq = ep.dequant(q, w);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.available() => {
             // SAFETY: the CPU has AVX2 (checked above); every row run lies inside
             // `a.src` and `out` holds every row (asserted above).
-            unsafe { avx2::gemm(a, w, &dq, out) }
+            unsafe { avx2::gemm(a, w, dq, out) }
         }
-        _ => portable(a, w, &dq, out),
+        _ => portable(a, w, dq, out),
     }
 }
 
-/// A layer's dequantising epilogue: bias and ReLU, padded to whole blocks.
+/// A layer's dequantising epilogue: bias and activation, padded to whole blocks.
 #[derive(Debug, Clone)]
 pub struct Epilogue {
     bias: Vec<f32>,
-    relu: bool,
+    clip: Clip,
 }
 
 impl Epilogue {
-    pub fn new(w: &PackedWeights, bias: &[f32], relu: bool) -> Self {
+    pub fn new(w: &PackedWeights, bias: &[f32], act: Activation) -> Self {
         assert_eq!(bias.len(), w.n);
         let mut bias = bias.to_vec();
         bias.resize(w.np, 0.0);
-        Self { bias, relu }
+        Self {
+            bias,
+            clip: Clip::of(act),
+        }
     }
 
     /// The per-channel constants of one call, from the activations' scale and zero
     /// point, computed once so that every path applies exactly the same f32 operations.
-    pub(super) fn dequant(&self, q: Quant, w: &PackedWeights) -> Dequant<'_> {
+    /// `shift` (one value per channel) is added to the bias.
+    pub(super) fn dequant(&self, q: Quant, w: &PackedWeights, shift: &[f32]) -> Dequant {
         let mut offset: Vec<i32> = w.colsum.iter().map(|c| i32::from(q.zero) * c).collect();
         let mut mult: Vec<f32> = w.scale.iter().map(|s| q.scale * s).collect();
         offset.resize(w.np, 0);
         mult.resize(w.np, 0.0);
+        let mut bias = self.bias.clone();
+        bias.iter_mut().zip(shift).for_each(|(b, s)| *b += s);
         Dequant {
             offset,
             mult,
-            bias: &self.bias,
-            relu: self.relu,
+            bias,
+            clip: self.clip,
         }
     }
 }
 
-pub(super) struct Dequant<'a> {
+/// An activation as the interval it clips to; infinite bounds leave values as they are,
+/// so every path applies the same two operations whatever the activation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clip {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Clip {
+    pub fn of(act: Activation) -> Self {
+        let (lo, hi) = match act {
+            Activation::Linear => (f32::NEG_INFINITY, f32::INFINITY),
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Relu6 => (0.0, 6.0),
+        };
+        Self { lo, hi }
+    }
+
+    pub fn apply(self, y: f32) -> f32 {
+        y.max(self.lo).min(self.hi)
+    }
+}
+
+pub(super) struct Dequant {
     /// zero point × column sum, subtracted from each accumulator.
     offset: Vec<i32>,
     mult: Vec<f32>,
-    bias: &'a [f32],
-    relu: bool,
+    bias: Vec<f32>,
+    clip: Clip,
 }
 
-impl Dequant<'_> {
+impl Dequant {
     pub(super) fn apply(&self, acc: i32, o: usize) -> f32 {
         let y = (acc - self.offset[o]) as f32 * self.mult[o] + self.bias[o];
-        if self.relu {
-            y.max(0.0)
-        } else {
-            y
-        }
+        self.clip.apply(y)
     }
 }
 
@@ -288,10 +319,11 @@ pub(super) mod avx2 {
         let mult = _mm256_loadu_ps(dq.mult.as_ptr().add(o0));
         let bias = _mm256_loadu_ps(dq.bias.as_ptr().add(o0));
         let x = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, off));
-        let mut y = _mm256_add_ps(_mm256_mul_ps(x, mult), bias);
-        if dq.relu {
-            y = _mm256_max_ps(y, _mm256_setzero_ps());
-        }
+        let y = _mm256_add_ps(_mm256_mul_ps(x, mult), bias);
+        let y = _mm256_min_ps(
+            _mm256_max_ps(y, _mm256_set1_ps(dq.clip.lo)),
+            _mm256_set1_ps(dq.clip.hi),
+        );
         if o0 + NB <= n {
             _mm256_storeu_ps(out.as_mut_ptr().add(row + o0), y);
         } else {
@@ -347,7 +379,15 @@ mod tests {
             for zero in [0u8, 64] {
                 let (a, w, bias) = case(m, n, k, zero, i as u64);
                 let q = Quant { scale: 0.02, zero };
-                let ep = Epilogue::new(&w, &bias, zero == 0);
+                let ep = Epilogue::new(
+                    &w,
+                    &bias,
+                    if zero == 0 {
+                        Activation::Relu
+                    } else {
+                        Activation::Relu6
+                    },
+                );
                 let starts: Vec<usize> = (0..m).map(|r| r * w.kp).collect();
                 let rows = Rows {
                     src: &a,
@@ -357,7 +397,7 @@ mod tests {
                 };
                 let run = |isa| {
                     let mut out = vec![f32::NAN; m * n];
-                    gemm(isa, rows, q, &w, &ep, &mut out);
+                    gemm(isa, rows, &w, &ep.dequant(q, &w, &[]), &mut out);
                     out
                 };
                 let reference = run(Isa::Portable);
@@ -396,8 +436,14 @@ mod tests {
             segments: &[0],
             run: packed.kp,
         };
-        let ep = Epilogue::new(&packed, &vec![0.0; n], false);
-        gemm(Isa::detect(), rows, q, &packed, &ep, &mut out);
+        let ep = Epilogue::new(&packed, &vec![0.0; n], Activation::Linear);
+        gemm(
+            Isa::detect(),
+            rows,
+            &packed,
+            &ep.dequant(q, &packed, &[]),
+            &mut out,
+        );
         for r in 0..m {
             for o in 0..n {
                 let want: f32 = (0..k).map(|i| x[r * k + i] * w[o * k + i]).sum();
@@ -423,7 +469,7 @@ mod tests {
         }
         let w: Vec<f32> = (0..n * 32).map(|_| rng.random_range(-1.0..1.0)).collect();
         let w = PackedWeights::new(&w, n, 32);
-        let ep = Epilogue::new(&w, &vec![0.5; n], true);
+        let ep = Epilogue::new(&w, &vec![0.5; n], Activation::Relu);
         let q = Quant {
             scale: 0.1,
             zero: 0,
@@ -440,7 +486,7 @@ mod tests {
                 segments: &taps,
                 run: c,
             };
-            gemm(isa, rows, q, &w, &ep, &mut scattered);
+            gemm(isa, rows, &w, &ep.dequant(q, &w, &[]), &mut scattered);
             let mut copy = vec![0f32; m * n];
             let rows = Rows {
                 src: &copied,
@@ -448,7 +494,7 @@ mod tests {
                 segments: &[0],
                 run: 32,
             };
-            gemm(isa, rows, q, &w, &ep, &mut copy);
+            gemm(isa, rows, &w, &ep.dequant(q, &w, &[]), &mut copy);
             assert_eq!(scattered, copy, "{isa:?}");
         }
     }

@@ -13,15 +13,21 @@
 //! nor on the other patches in its batch; groups of images run in parallel on the
 //! global rayon pool.
 
+mod depthwise;
 mod gemm;
 mod quant;
+mod shift;
 mod winograd;
+
+use std::borrow::Cow;
 
 use rayon::prelude::*;
 
+use self::depthwise::Depthwise;
 use self::gemm::{Epilogue, PackedWeights, Quant, Rows, KG, MR};
+use self::shift::MeanShift;
 use self::winograd::WinogradWeights;
-use super::layers::{Activation, ConvBn};
+use super::layers::ConvBn;
 use super::Network;
 use crate::error::{Error, Result};
 pub use crate::model::isa::Isa;
@@ -30,7 +36,7 @@ pub use crate::model::isa::Isa;
 /// ([`crate::model::card::Int8Check`]) holds for this scheme only: raise it whenever a
 /// change moves int8's results (the bits, weights or scales), so that recorded checks
 /// are measured again.
-pub const SCHEME: u32 = 1;
+pub const SCHEME: u32 = 2;
 
 /// How the 3×3, stride-1 convolutions run. Both give the same results bit for bit;
 /// `HISTOMAP_INT8_CONV=direct` forces the direct product, for tests and measurements.
@@ -55,6 +61,7 @@ impl ConvAlgo {
 const GROUP: usize = 8;
 
 /// One image's activations, channels last.
+#[derive(Clone)]
 struct Act {
     h: usize,
     w: usize,
@@ -70,6 +77,7 @@ struct Conv {
     /// The same weights transformed, for a 3×3, stride-1, pad-1 convolution.
     winograd: Option<WinogradWeights>,
     epilogue: Epilogue,
+    shift: Option<MeanShift>,
     kernel: usize,
     stride: usize,
     pad: usize,
@@ -77,16 +85,12 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(layer: &ConvBn, algo: ConvAlgo) -> Result<Self> {
+    /// `centre`: the input is a linear bottleneck, to be quantised centred on its
+    /// channel means. Only unpadded 1 × 1 convolutions take a [`shift`]: on the stem of
+    /// `models/pcam-mobilenetv2` (3 × 3, padded) it cost 5 of 2,907 PCam patches.
+    fn new(layer: &ConvBn, algo: ConvAlgo, centre: bool) -> Result<Self> {
         let unfused = || Error::Usage("int8: the network's BatchNorms are not fused".into());
         let (w, b, stride, pad, act) = layer.fused_parts().ok_or_else(unfused)?;
-        let relu = match act {
-            Activation::Linear => false,
-            Activation::Relu => true,
-            Activation::Relu6 => {
-                return Err(Error::Usage("int8: no kernel clips at 6 (ReLU6)".into()))
-            }
-        };
         let (c_out, c_in, kh, kw) = w.dims4()?;
         debug_assert_eq!(kh, kw);
         // (c_out, c_in, ky, kx) to (c_out, ky, kx, c_in): in a channels-last image each
@@ -103,6 +107,7 @@ impl Conv {
             None => vec![0.0; c_out],
         };
         let weights = PackedWeights::new(&padded, c_out, kh * run);
+        let shift = (kh == 1 && pad == 0).then(|| MeanShift::new(&padded, &weights, c_in, centre));
         let winograd = (algo == ConvAlgo::Winograd
             && (kh, stride, pad) == (3, 1, 1)
             && c_in >= winograd::MIN_C_IN)
@@ -110,13 +115,22 @@ impl Conv {
             .flatten();
         Ok(Self {
             winograd,
-            epilogue: Epilogue::new(&weights, &bias, relu),
+            epilogue: Epilogue::new(&weights, &bias, act),
+            shift,
             weights,
             kernel: kh,
             stride,
             pad,
             c_in,
         })
+    }
+
+    /// The input to quantise and the bias shift ([`shift`]) for image `x`.
+    fn shift<'a>(&self, x: &'a Act) -> (Cow<'a, Act>, Vec<f32>) {
+        match &self.shift {
+            Some(s) => s.apply(x),
+            None => (Cow::Borrowed(x), Vec::new()),
+        }
     }
 
     /// The convolution of each image of a group.
@@ -129,7 +143,11 @@ impl Conv {
 
     fn winograd(&self, isa: Isa, u: &WinogradWeights, xs: &[Act]) -> Vec<Act> {
         // One extra row and column so that odd sides fill whole 2 × 2 tiles.
-        let quantised: Vec<_> = xs.iter().map(|x| quant::quantize(isa, x, 1, 1)).collect();
+        let shifts: Vec<_> = xs.iter().map(|x| self.shift(x)).collect();
+        let quantised: Vec<_> = shifts
+            .iter()
+            .map(|(x, _)| quant::quantize(isa, x, 1, 1))
+            .collect();
         let images: Vec<_> = xs
             .iter()
             .zip(&quantised)
@@ -144,12 +162,13 @@ impl Conv {
         // The transform removes the zero point, so the epilogue has none to remove.
         let dqs: Vec<_> = quantised
             .iter()
-            .map(|(_, q)| {
+            .zip(&shifts)
+            .map(|((_, q), (_, shift))| {
                 let centred = Quant {
                     scale: q.scale,
                     zero: 0,
                 };
-                self.epilogue.dequant(centred, &self.weights)
+                self.epilogue.dequant(centred, &self.weights, shift)
             })
             .collect();
         let n = self.weights.n;
@@ -174,7 +193,8 @@ impl Conv {
         let run = (k * x.c).div_ceil(KG) * KG;
         // A run padded past the last tap reads into the next pixel: one more column.
         let extra = usize::from(run > k * x.c);
-        let (image, quant) = quant::quantize(isa, x, p, extra);
+        let (input, shift) = self.shift(x);
+        let (image, quant) = quant::quantize(isa, &input, p, extra);
         let wp = x.w + 2 * p + extra;
         // Receptive field of output pixel r, padded rows repeating the last one.
         let starts: Vec<usize> = (0..(oh * ow).div_ceil(MR) * MR)
@@ -192,7 +212,8 @@ impl Conv {
         };
         let n = self.weights.n;
         let mut out = vec![0f32; starts.len() * n];
-        gemm::gemm(isa, rows, quant, &self.weights, &self.epilogue, &mut out);
+        let dq = self.epilogue.dequant(quant, &self.weights, &shift);
+        gemm::gemm(isa, rows, &self.weights, &dq, &mut out);
         out.truncate(oh * ow * n);
         Act {
             h: oh,
@@ -268,6 +289,59 @@ enum Body {
         /// Each block's convolutions and its shortcut's (`None`: identity).
         blocks: Vec<(Vec<Conv>, Option<Conv>)>,
     },
+    MobileNet {
+        stem: Box<Conv>,
+        blocks: Vec<InvertedResidual>,
+        last: Box<Conv>,
+    },
+}
+
+/// MobileNetV2's block: pointwise convolutions in int8, the depthwise one in f32.
+struct InvertedResidual {
+    expand: Option<Conv>,
+    depthwise: Depthwise,
+    project: Conv,
+    /// Whether the block adds its input to its output.
+    residual: bool,
+}
+
+impl InvertedResidual {
+    fn new(convs: &[ConvBn], residual: bool, algo: ConvAlgo) -> Result<Self> {
+        let odd =
+            || Error::Usage("int8: a MobileNetV2 block is not expand, depthwise, project".into());
+        let (project, rest) = convs.split_last().ok_or_else(odd)?;
+        let (depthwise, expand) = rest.split_last().ok_or_else(odd)?;
+        if !depthwise.depthwise() || expand.len() > 1 {
+            return Err(odd());
+        }
+        Ok(Self {
+            // The block's input is the previous block's linear output.
+            expand: expand
+                .first()
+                .map(|c| Conv::new(c, algo, true))
+                .transpose()?,
+            depthwise: Depthwise::new(depthwise)?,
+            project: Conv::new(project, algo, false)?,
+            residual,
+        })
+    }
+
+    fn forward(&self, isa: Isa, xs: Vec<Act>) -> Vec<Act> {
+        let expanded = self.expand.as_ref().map(|e| e.forward(isa, &xs));
+        let hidden: Vec<Act> = expanded
+            .as_deref()
+            .unwrap_or(&xs)
+            .iter()
+            .map(|x| self.depthwise.forward(isa, x))
+            .collect();
+        let mut ys = self.project.forward(isa, &hidden);
+        if self.residual {
+            for (y, x) in ys.iter_mut().zip(&xs) {
+                y.data.iter_mut().zip(&x.data).for_each(|(v, x)| *v += x);
+            }
+        }
+        ys
+    }
 }
 
 /// A network quantised for int8 inference.
@@ -287,7 +361,7 @@ impl Int8Net {
 
     /// Quantises a fused network for the kernel path `isa` and convolutions by `algo`.
     pub fn with_algo(net: &Network, isa: Isa, algo: ConvAlgo) -> Result<Self> {
-        let conv = |layer| Conv::new(layer, algo);
+        let conv = |layer| Conv::new(layer, algo, false);
         let (body, fc) = match net {
             Network::SmallCnn(n) => {
                 let (features, fc) = n.parts();
@@ -306,10 +380,18 @@ impl Int8Net {
                 let stem = Box::new(conv(stem)?);
                 (Body::ResNet { stem, blocks }, fc)
             }
-            Network::MobileNetV2(_) => {
-                return Err(Error::Usage(
-                    "int8: no depthwise kernel yet; MobileNetV2 runs in f32".into(),
-                ))
+            Network::MobileNetV2(n) => {
+                let (stem, blocks, last, fc) = n.parts();
+                let blocks = blocks
+                    .into_iter()
+                    .map(|(convs, residual)| InvertedResidual::new(convs, residual, algo))
+                    .collect::<Result<_>>()?;
+                let body = Body::MobileNet {
+                    stem: Box::new(conv(stem)?),
+                    blocks,
+                    last: Box::new(conv(last)?),
+                };
+                (body, fc)
             }
         };
         let head = Head::new(fc)?;
@@ -387,6 +469,11 @@ impl Int8Net {
                     ys
                 })
             }
+            Body::MobileNet { stem, blocks, last } => {
+                let xs = stem.forward(isa, &xs);
+                let xs = blocks.iter().fold(xs, |xs, b| b.forward(isa, xs));
+                last.forward(isa, &xs)
+            }
         }
     }
 }
@@ -394,6 +481,7 @@ impl Int8Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::layers::Activation;
     use crate::model::Architecture;
     use candle_core::{DType, Device, Tensor};
     use candle_nn::{VarBuilder, VarMap};
@@ -436,6 +524,7 @@ mod tests {
             (Architecture::Smallcnn, 37),
             (Architecture::Resnet18, 45),
             (Architecture::Resnet50, 33),
+            (Architecture::Mobilenetv2, 41),
         ] {
             let net = random_net(arch, 3);
             let x = pixels(2, side, 1);
@@ -447,7 +536,12 @@ mod tests {
                 let q = Int8Net::new(&net, isa).unwrap();
                 let got = q.logits(&x, 2, side);
                 let e = rel_error(&got, &want);
-                assert!(e < 0.1, "{arch:?} {isa:?}: relative error {e}");
+                // An untrained MobileNetV2 is no measure of fidelity: ten draws gave
+                // relative errors from 0.08 to 0.94. tests/precision.rs bounds the
+                // shipped one on real patches.
+                if arch != Architecture::Mobilenetv2 {
+                    assert!(e < 0.1, "{arch:?} {isa:?}: relative error {e}");
+                }
                 // One image alone gives what it gives beside another.
                 let one = q.logits(&x[..3 * side * side], 1, side);
                 assert_eq!(one, got[..3], "{arch:?} {isa:?}");
@@ -460,11 +554,13 @@ mod tests {
         if !Isa::Avx2.available() {
             return;
         }
-        let net = random_net(Architecture::Resnet18, 2);
-        let x = pixels(1, 40, 3);
-        let a = Int8Net::new(&net, Isa::Portable).unwrap().logits(&x, 1, 40);
-        let b = Int8Net::new(&net, Isa::Avx2).unwrap().logits(&x, 1, 40);
-        assert_eq!(a, b);
+        for arch in [Architecture::Resnet18, Architecture::Mobilenetv2] {
+            let net = random_net(arch, 2);
+            let x = pixels(1, 40, 3);
+            let a = Int8Net::new(&net, Isa::Portable).unwrap().logits(&x, 1, 40);
+            let b = Int8Net::new(&net, Isa::Avx2).unwrap().logits(&x, 1, 40);
+            assert_eq!(a, b, "{arch:?}");
+        }
     }
 
     #[test]
@@ -505,7 +601,8 @@ mod tests {
             let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let conv = Conv {
                 winograd: WinogradWeights::new(&weights, c),
-                epilogue: Epilogue::new(&weights, &bias, true),
+                epilogue: Epilogue::new(&weights, &bias, Activation::Relu),
+                shift: None,
                 weights,
                 kernel: 3,
                 stride: 1,
