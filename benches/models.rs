@@ -40,7 +40,6 @@ fn main() {
         (batch * iters) as f64 / t.elapsed().as_secs_f64()
     };
     let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    // Architectures int8 cannot run yet (MobileNetV2) report f32 only.
     let int8 =
         histomap::model::int8::Int8Net::new(&fused, histomap::model::int8::Isa::detect()).ok();
     let int8_figure = int8.as_ref().map_or(String::new(), |q| {
