@@ -10,12 +10,15 @@
 //! Channels last, each tap is one multiply-add along a pixel's channels, so the loop
 //! vectorises over channels.
 //!
+//! Not [`crate::model::depthwise`], the training kernel: it works on planes (n, c, h,
+//! w), and the int8 network keeps its activations channels last between layers.
+//!
 //! The portable and AVX2 paths are the same loop compiled for two targets; Rust never
 //! fuses a multiply and an add, so they give the same bits.
 
 use super::gemm::Clip;
-use super::{Act, Isa};
-use crate::error::{Error, Result};
+use super::{Act, Fused, Isa};
+use crate::error::Result;
 use crate::model::layers::ConvBn;
 
 /// A depthwise convolution with its folded BatchNorm and activation.
@@ -31,14 +34,15 @@ pub struct Depthwise {
 
 impl Depthwise {
     pub fn new(layer: &ConvBn) -> Result<Self> {
-        let unfused = || Error::Usage("int8: the network's BatchNorms are not fused".into());
-        let (w, b, stride, pad, act) = layer.fused_parts().ok_or_else(unfused)?;
-        let (c, _, k, _) = w.dims4()?;
+        let Fused {
+            w,
+            bias,
+            stride,
+            pad,
+            act,
+        } = Fused::of(layer)?;
+        let k = w.dim(2)?;
         let w = w.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1::<f32>()?;
-        let bias = match b {
-            Some(b) => b.to_vec1::<f32>()?,
-            None => vec![0.0; c],
-        };
         Ok(Self {
             w,
             bias,

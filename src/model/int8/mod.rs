@@ -6,9 +6,11 @@
 //! range: zero point 0 after a ReLU, 64 where values can be negative; [`quant`]) and
 //! runs one [`gemm`] over its receptive fields, read in place (channels last), whose
 //! epilogue dequantises with the per-channel weight scale, adds the bias and applies
-//! the ReLU. 3 × 3, stride-1 convolutions of 64 channels or more run through
-//! [`winograd`] instead: 2.25× fewer multiplies, the same results bit for bit. Pooling,
-//! residual additions, the global average and the classifier head stay f32. Scales
+//! the activation (ReLU or ReLU6). 1 × 1 convolutions also correct for their input's
+//! channel means ([`shift`]). 3 × 3, stride-1 convolutions of 64 channels or more run
+//! through [`winograd`] instead: 2.25× fewer multiplies, the same results bit for bit.
+//! MobileNet's depthwise layers ([`depthwise`]), pooling, residual additions, the
+//! global average and the classifier head stay f32. Scales
 //! come from each image alone, so a patch's result depends neither on the thread count
 //! nor on the other patches in its batch; groups of images run in parallel on the
 //! global rayon pool.
@@ -21,13 +23,14 @@ mod winograd;
 
 use std::borrow::Cow;
 
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use self::depthwise::Depthwise;
 use self::gemm::{Epilogue, PackedWeights, Quant, Rows, KG, MR};
 use self::shift::MeanShift;
 use self::winograd::WinogradWeights;
-use super::layers::ConvBn;
+use super::layers::{Activation, ConvBn};
 use super::Network;
 use crate::error::{Error, Result};
 pub use crate::model::isa::Isa;
@@ -69,6 +72,47 @@ struct Act {
     data: Vec<f32>,
 }
 
+impl Act {
+    /// The mean of each channel over the image.
+    fn channel_means(&self) -> Vec<f32> {
+        let mut mean = vec![0f32; self.c];
+        for px in self.data.chunks(self.c) {
+            mean.iter_mut().zip(px).for_each(|(m, v)| *m += v);
+        }
+        let pixels = (self.h * self.w) as f32;
+        mean.iter_mut().for_each(|m| *m /= pixels);
+        mean
+    }
+}
+
+/// A convolution with its BatchNorm folded in, as the int8 layers take it.
+struct Fused<'a> {
+    /// (c_out, c_in / groups, k, k).
+    w: &'a Tensor,
+    bias: Vec<f32>,
+    stride: usize,
+    pad: usize,
+    act: Activation,
+}
+
+impl<'a> Fused<'a> {
+    fn of(layer: &'a ConvBn) -> Result<Self> {
+        let unfused = || Error::Usage("int8: the network's BatchNorms are not fused".into());
+        let (w, b, stride, pad, act) = layer.fused_parts().ok_or_else(unfused)?;
+        let bias = match b {
+            Some(b) => b.to_vec1::<f32>()?,
+            None => vec![0.0; w.dim(0)?],
+        };
+        Ok(Self {
+            w,
+            bias,
+            stride,
+            pad,
+            act,
+        })
+    }
+}
+
 /// A convolution (BatchNorm folded) with its ReLU, quantised. The GEMM reads receptive
 /// fields in place, one run of bytes per kernel row; 3 × 3, stride-1 convolutions with
 /// enough channels run through Winograd instead, to the same results.
@@ -89,8 +133,13 @@ impl Conv {
     /// channel means. Only unpadded 1 × 1 convolutions take a [`shift`]: on the stem of
     /// `models/pcam-mobilenetv2` (3 × 3, padded) it cost 5 of 2,907 PCam patches.
     fn new(layer: &ConvBn, algo: ConvAlgo, centre: bool) -> Result<Self> {
-        let unfused = || Error::Usage("int8: the network's BatchNorms are not fused".into());
-        let (w, b, stride, pad, act) = layer.fused_parts().ok_or_else(unfused)?;
+        let Fused {
+            w,
+            bias,
+            stride,
+            pad,
+            act,
+        } = Fused::of(layer)?;
         let (c_out, c_in, kh, kw) = w.dims4()?;
         debug_assert_eq!(kh, kw);
         // (c_out, c_in, ky, kx) to (c_out, ky, kx, c_in): in a channels-last image each
@@ -102,10 +151,6 @@ impl Conv {
         for (dst, src) in padded.chunks_mut(run).zip(w.chunks(kw * c_in)) {
             dst[..kw * c_in].copy_from_slice(src);
         }
-        let bias = match b {
-            Some(b) => b.to_vec1::<f32>()?,
-            None => vec![0.0; c_out],
-        };
         let weights = PackedWeights::new(&padded, c_out, kh * run);
         let shift = (kh == 1 && pad == 0).then(|| MeanShift::new(&padded, &weights, c_in, centre));
         let winograd = (algo == ConvAlgo::Winograd
@@ -269,12 +314,7 @@ impl Head {
     }
 
     fn forward(&self, x: &Act, logits: &mut [f32]) {
-        let mut mean = vec![0f32; x.c];
-        for px in x.data.chunks(x.c) {
-            mean.iter_mut().zip(px).for_each(|(m, v)| *m += v);
-        }
-        let n = (x.h * x.w) as f32;
-        mean.iter_mut().for_each(|m| *m /= n);
+        let mean = x.channel_means();
         for (o, l) in logits.iter_mut().enumerate() {
             let row = &self.w[o * x.c..][..x.c];
             *l = row.iter().zip(&mean).map(|(w, m)| w * m).sum::<f32>() + self.b[o];
@@ -481,7 +521,6 @@ impl Int8Net {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::layers::Activation;
     use crate::model::Architecture;
     use candle_core::{DType, Device, Tensor};
     use candle_nn::{VarBuilder, VarMap};

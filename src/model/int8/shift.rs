@@ -61,12 +61,7 @@ impl MeanShift {
     /// The input the GEMM quantises, and the shift to add to each output channel.
     pub fn apply<'a>(&self, x: &'a Act) -> (Cow<'a, Act>, Vec<f32>) {
         debug_assert_eq!(x.c, self.c_in);
-        let mut mean = vec![0f32; x.c];
-        for px in x.data.chunks(x.c) {
-            mean.iter_mut().zip(px).for_each(|(m, v)| *m += v);
-        }
-        let pixels = (x.h * x.w) as f32;
-        mean.iter_mut().for_each(|m| *m /= pixels);
+        let mean = x.channel_means();
         let mut shift = vec![0f32; self.n];
         for (row, &m) in self.w.chunks(self.n).zip(&mean) {
             shift.iter_mut().zip(row).for_each(|(s, w)| *s += w * m);
