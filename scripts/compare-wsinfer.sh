@@ -11,8 +11,9 @@
 #           histomap model folder such as models/pcam-mobilenetv2 (exported to WSInfer
 #           with its weights by scripts/export-wsinfer.py)
 #   REPEAT  rounds, each running every tool once; medians are reported (default 3)
-#   PRECISIONS (environment) histomap's precisions to run (default "f32 int8"; "f32"
-#           for an architecture without int8, such as mobilenetv2)
+#   PRECISIONS (environment) histomap's precisions to run (default "f32 auto" for a
+#           shipped model, whose card's int8 check `auto` follows; "f32 int8" for the
+#           seeded ones, which have no check)
 # Uses ../shared/peers/{wsinfer_model.py,run_wsinfer.sh}; the peer's venv (≈3.5 GB,
 # made on first use by run_wsinfer.sh) lives in ${WSINFER_VENV:-$TMPDIR/histomap-peers/wsinfer-venv}.
 # histomap's line splits its stream time per patch into classifying and waiting for
@@ -33,7 +34,9 @@ if [[ -f $model/card.json ]]; then
 fi
 slide=$(realpath "$2")
 repeat=${3:-3}
-precisions=${PRECISIONS:-f32 int8}
+default_precisions="f32 int8"
+[[ -n ${src:-} ]] && default_precisions="f32 auto"
+precisions=${PRECISIONS:-$default_precisions}
 peers=$(realpath ../shared/peers)
 work=${TMPDIR:-/tmp}/histomap-peers
 venv=${WSINFER_VENV:-$work/wsinfer-venv}

@@ -502,8 +502,8 @@ fn init_extra_train_and_no_val() {
 /// `--arch mobilenetv2 --init imagenet` starts from the ImageNet weights that setup
 /// installs (scripts/fetch-imagenet.sh): with the body frozen, every body tensor stays
 /// as ImageNet left it and only the new head moves; the card records the start and
-/// ImageNet's normalisation. The model then maps a real slide, in f32 under `auto` (no
-/// int8 depthwise kernel yet), saying so once.
+/// ImageNet's normalisation. The model then maps a real slide in what its recorded int8
+/// check lets `auto` run, saying so once where that is f32.
 #[test]
 fn mobilenetv2_fine_tunes_from_imagenet_weights() {
     let imagenet = common::root().join("imagenet/mobilenetv2/model.safetensors");

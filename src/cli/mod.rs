@@ -60,8 +60,12 @@ pub enum Command {
     /// are counted once.
     Evaluate(evaluate::EvaluateArgs),
     /// Measure int8 against f32 on tiles the model was not trained on, and record it in
-    /// the model's card.json: `--precision auto` runs int8 only where int8 kept f32's
-    /// class on at least 99.5% of such tiles. `train` does this on its validation tiles.
+    /// the model's card.json: the recheck margin (patches whose top two int8 logits are
+    /// closer than it run again in f32: 1.5 × the widest at which int8 changed a class)
+    /// and the share of tiles whose class int8 with that recheck keeps, each half of the
+    /// tiles judged with the margin the other half chose. `--precision auto` runs int8
+    /// only where that share is at least 99.5%. `train` does this on its validation
+    /// tiles.
     Calibrate(calibrate::CalibrateArgs),
     /// Fit the stain target that `--stain-norm` maps slides to, on tiles or slides
     /// stained as the model's training data, and record it in the model's card.json.

@@ -512,7 +512,9 @@ pub fn process_slide(
     let tolerate = tolerance
         .allowed(candidates)
         .saturating_sub(unreadable.len());
+    job.classifier.take_rechecked();
     let streamed = stream.run(&rects, tolerate, progress)?;
+    let rechecked = job.classifier.take_rechecked();
     let stats = streamed.stats;
     let complete = streamed.unreadable.len() <= tolerate;
     let failed: HashMap<usize, String> = streamed
@@ -596,6 +598,7 @@ pub fn process_slide(
             tta_d4: job.classifier.tta,
             precision: job.classifier.precision_used(),
             precision_note: job.classifier.precision_note().map(String::from),
+            f32_rechecked: rechecked,
         },
         stain: stain_record,
     };

@@ -105,6 +105,13 @@ pub struct ModelRef {
     /// Why `--precision auto` ran f32, when it did for a reason of the model's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision_note: Option<String>,
+    /// Patches whose int8 call was too close for `auto` to trust, run again in f32.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub f32_rechecked: usize,
+}
+
+pub(crate) fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize)]

@@ -16,8 +16,8 @@ use crate::learn::train::{predict_tiles, TileInput};
 use crate::map::heatmap::argmax;
 use crate::map::select::{tissue_patches, TissuePatches};
 use crate::map::stream::{self, StreamOptions};
-use crate::model::card::Int8Check;
-use crate::model::{write_card, Classifier, ModelCard, Precision};
+use crate::model::card::{Int8Check, Recheck};
+use crate::model::{top_two_gap, write_card, Classifier, ModelCard, Precision};
 use crate::progress::Silent;
 
 pub struct CalibrateOptions {
@@ -42,14 +42,29 @@ struct Pair {
     int8: Classifier,
 }
 
-/// Patches compared so far: how many, how many kept their class, the largest change of
-/// a probability.
+/// Patches compared so far: for each, whether int8 kept its class and int8's margin;
+/// the largest change of a probability.
 #[derive(Default)]
 struct Tally {
-    n: usize,
-    same: usize,
+    patches: Vec<Compared>,
     max_diff: f64,
 }
+
+#[derive(Clone, Copy)]
+struct Compared {
+    same: bool,
+    /// int8's top logit minus its second.
+    margin: f64,
+}
+
+/// The recheck margin is this many times the widest int8 margin at which int8 changed
+/// a class on the calibration patches: the widest one on new patches is a little wider.
+const RECHECK_SAFETY: f64 = 1.5;
+
+/// Patches of one fold in a row, for the cross-check of the margin: overlapping slide
+/// patches next to each other are near copies, so alternate folds by runs of them, not
+/// patch by patch.
+const FOLD_RUN: usize = 256;
 
 impl Pair {
     fn load(model_dir: &Path) -> Result<Self> {
@@ -136,8 +151,11 @@ impl Pair {
 impl Tally {
     fn add(&mut self, reference: &[f32], int8: &[f32], k: usize) {
         for (p, q) in reference.chunks(k).zip(int8.chunks(k)) {
-            self.n += 1;
-            self.same += usize::from(argmax(p).0 == argmax(q).0);
+            self.patches.push(Compared {
+                same: argmax(p).0 == argmax(q).0,
+                // Log-softmax keeps the differences of logits.
+                margin: f64::from(top_two_gap(&q.iter().map(|p| p.ln()).collect::<Vec<_>>())),
+            });
             for (x, y) in p.iter().zip(q) {
                 self.max_diff = self.max_diff.max(f64::from((x - y).abs()));
             }
@@ -145,15 +163,49 @@ impl Tally {
     }
 
     fn check(&self, data: String) -> Int8Check {
+        let n = self.patches.len().max(1) as f64;
+        let same = |p: &Compared| p.same;
+        let int8_agreement = self.patches.iter().filter(|p| same(p)).count() as f64 / n;
+        let margin = recheck_margin(self.patches.iter());
+        let recheck = (margin > 0.0).then(|| Recheck {
+            margin,
+            share: self.patches.iter().filter(|p| p.margin < margin).count() as f64 / n,
+            int8_agreement,
+        });
+        // Each fold's patches rechecked with the margin the other fold chose.
+        let fold = |i: usize| (i / FOLD_RUN) % 2;
+        let of_fold = |f| {
+            self.patches
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| fold(*i) == f)
+                .map(|(_, p)| p)
+        };
+        let chosen = [recheck_margin(of_fold(1)), recheck_margin(of_fold(0))];
+        let kept = (0..2)
+            .flat_map(|f| of_fold(f).map(move |p| p.same || p.margin < chosen[f]))
+            .filter(|&k| k)
+            .count();
         Int8Check {
             scheme: crate::model::int8::SCHEME,
-            agreement: self.same as f64 / self.n.max(1) as f64,
-            tiles: self.n,
+            agreement: kept as f64 / n,
+            tiles: self.patches.len(),
+            recheck,
             max_prob_diff: self.max_diff,
             data,
             histomap_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
+}
+
+/// int8 logit margin below which a patch runs again in f32, chosen on `patches`: 0 when
+/// int8 kept every class.
+fn recheck_margin<'a>(patches: impl Iterator<Item = &'a Compared>) -> f64 {
+    RECHECK_SAFETY
+        * patches
+            .filter(|p| !p.same)
+            .map(|p| p.margin)
+            .fold(0.0, f64::max)
 }
 
 /// Measures int8 against f32 on the unique tiles of `opts.data` and the tissue patches
@@ -218,4 +270,43 @@ pub fn after_training(
         pair.record(tally.check(format!("its {} validation tiles", val.len())))
     };
     measured().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(patches: &[(bool, f64)]) -> Tally {
+        Tally {
+            patches: patches
+                .iter()
+                .map(|&(same, margin)| Compared { same, margin })
+                .collect(),
+            max_diff: 0.1,
+        }
+    }
+
+    #[test]
+    fn the_recheck_margin_covers_every_changed_class_and_is_judged_across_folds() {
+        // Fold 0 holds patches 0..256, fold 1 patches 256..512.
+        let mut patches = vec![(true, 5.0); 2 * FOLD_RUN];
+        patches[3] = (false, 0.2);
+        patches[FOLD_RUN + 7] = (false, 0.1);
+        patches[FOLD_RUN + 8] = (true, 0.25);
+        let check = tally(&patches).check("test".into());
+        let r = check.recheck.expect("int8 changed classes");
+        assert!((r.margin - 0.2 * RECHECK_SAFETY).abs() < 1e-12);
+        assert_eq!(r.share, 3.0 / 512.0);
+        assert_eq!(r.int8_agreement, 510.0 / 512.0);
+        // Fold 0's change (at 0.2) is above fold 1's margin (0.15): it stays a change.
+        // Fold 1's change (at 0.1) is under fold 0's margin (0.3): rechecked, kept.
+        assert_eq!(check.agreement, 511.0 / 512.0);
+    }
+
+    #[test]
+    fn int8_that_kept_every_class_rechecks_nothing() {
+        let check = tally(&[(true, 0.01), (true, 3.0)]).check("test".into());
+        assert_eq!(check.recheck, None);
+        assert_eq!(check.agreement, 1.0);
+    }
 }

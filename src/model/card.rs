@@ -74,36 +74,82 @@ pub struct Int8Check {
     /// The quantisation measured ([`crate::model::int8::SCHEME`]): a check of another
     /// scheme says nothing about this one.
     pub scheme: u32,
-    /// Share of tiles whose predicted class int8 and f32 agree on.
+    /// Share of tiles whose predicted class `--precision auto` (int8, with close calls
+    /// run again in f32) and f32 agree on. With a recheck, the margin applied to each
+    /// half of the tiles is the one chosen on the other half: measured on tiles the
+    /// margin was not chosen on.
     pub agreement: f64,
     pub tiles: usize,
-    /// Largest change of any class probability.
+    /// Close calls that `auto` runs again in f32; `None`: int8 kept every class, or
+    /// a check older than rechecking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck: Option<Recheck>,
+    /// Largest change of any class probability int8 alone made.
     pub max_prob_diff: f64,
     /// The tiles, in words (path and split).
     pub data: String,
     pub histomap_version: String,
 }
 
+/// Which patches `--precision auto` runs again in f32, as calibration chose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recheck {
+    /// int8 logit margin (top class minus the next) below which a patch is run again
+    /// in f32: int8 changed the class only of patches this close to a tie.
+    pub margin: f64,
+    /// Share of the measured tiles below the margin: what `auto` runs twice.
+    pub share: f64,
+    /// Share of the measured tiles whose class int8 alone keeps.
+    pub int8_agreement: f64,
+}
+
 impl std::fmt::Display for Int8Check {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(
-            f,
-            "int8 kept f32's class on {:.2}% of {} patches of {} (probabilities moved by at most {:.3}; scheme {})",
-            100.0 * self.agreement,
-            self.tiles,
-            self.data,
-            self.max_prob_diff,
-            self.scheme
-        )
+        match &self.recheck {
+            Some(r) => write!(
+                f,
+                "int8 kept f32's class on {:.2}% of {} patches of {}; running the {:.1}% whose \
+                 top two logits are within {:.3} again in f32 keeps it on {:.2}% \
+                 (probabilities moved by at most {:.3}; scheme {})",
+                100.0 * r.int8_agreement,
+                self.tiles,
+                self.data,
+                100.0 * r.share,
+                r.margin,
+                100.0 * self.agreement,
+                self.max_prob_diff,
+                self.scheme
+            ),
+            None => write!(
+                f,
+                "int8 kept f32's class on {:.2}% of {} patches of {} (probabilities moved by \
+                 at most {:.3}; scheme {})",
+                100.0 * self.agreement,
+                self.tiles,
+                self.data,
+                self.max_prob_diff,
+                self.scheme
+            ),
+        }
     }
 }
 
 impl ModelCard {
     /// What `--precision auto` runs this model in, and why, in words.
     pub fn auto_precision(&self) -> String {
-        match self.int8_refusal() {
-            None => "int8 where the CPU has AVX2".into(),
-            Some(why) => format!("f32: {why}"),
+        match (
+            self.int8_refusal(),
+            self.int8.as_ref().and_then(|c| c.recheck.as_ref()),
+        ) {
+            (None, None) => "int8 where the CPU has AVX2".into(),
+            (None, Some(r)) => format!(
+                "int8 where the CPU has AVX2, and f32 again for patches whose top two int8 \
+                 logits are within {:.3} (measured: {:.1}% of patches)",
+                r.margin,
+                100.0 * r.share
+            ),
+            (Some(why), _) => format!("f32: {why}"),
         }
     }
 
@@ -410,6 +456,7 @@ mod tests {
             scheme,
             agreement,
             tiles: 1000,
+            recheck: None,
             max_prob_diff: 0.01,
             data: "valid".into(),
             histomap_version: String::new(),

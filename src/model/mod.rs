@@ -21,6 +21,7 @@ pub mod tta;
 pub mod wsinfer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -205,7 +206,8 @@ impl DeviceChoice {
 pub enum Precision {
     /// int8 where the model's card records that int8 keeps f32's class on ≥ 99.5% of
     /// held-out tiles (`histomap calibrate`) and the CPU has a fast int8 kernel (AVX2),
-    /// after a check against f32 on the first patches; else f32, saying why.
+    /// after a check against f32 on the first patches, with the close calls the card
+    /// names run again in f32; else f32, saying why.
     #[default]
     Auto,
     /// The reference: f32 throughout.
@@ -240,6 +242,8 @@ pub struct Classifier {
     warning: std::sync::Mutex<Option<String>>,
     /// Why `Precision::Auto` chose f32 for this model ([`Classifier::precision_note`]).
     note: Option<String>,
+    /// Patches `Precision::Auto` ran again in f32 ([`Classifier::take_rechecked`]).
+    rechecked: AtomicUsize,
 }
 
 impl Classifier {
@@ -280,6 +284,7 @@ impl Classifier {
             int8_checked: std::sync::OnceLock::new(),
             warning: std::sync::Mutex::new(None),
             note: None,
+            rechecked: AtomicUsize::new(0),
         })
     }
 
@@ -448,12 +453,59 @@ impl Classifier {
             }
             false
         });
-        if keep {
-            Ok(int8)
-        } else {
-            f32_logits()
+        if !keep {
+            return f32_logits();
+        }
+        match self.card.int8.as_ref().and_then(|c| c.recheck.as_ref()) {
+            Some(r) => self.recheck(x, int8, r.margin as f32),
+            None => Ok(int8),
         }
     }
+
+    /// `int8` with the rows whose top two logits are within `margin` replaced by f32's:
+    /// where int8 changes a class, it is on such close calls (`histomap calibrate`
+    /// measured how close).
+    fn recheck(&self, x: &Tensor, int8: Tensor, margin: f32) -> Result<Tensor> {
+        let (n, k) = int8.dims2()?;
+        let mut logits = int8.flatten_all()?.to_vec1::<f32>()?;
+        let close: Vec<u32> = (0..n)
+            .filter(|&i| top_two_gap(&logits[i * k..(i + 1) * k]) < margin)
+            .map(|i| i as u32)
+            .collect();
+        self.rechecked.fetch_add(close.len(), Ordering::Relaxed);
+        if close.is_empty() {
+            return Ok(int8);
+        }
+        let rows = Tensor::new(close.as_slice(), x.device())?;
+        let again = self
+            .net
+            .forward_t(&x.index_select(&rows, 0)?.to_device(&self.device)?, false)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (&i, row) in close.iter().zip(again.chunks(k)) {
+            logits[i as usize * k..][..k].copy_from_slice(row);
+        }
+        Ok(Tensor::from_vec(logits, (n, k), &Device::Cpu)?)
+    }
+
+    /// Patches `auto` ran again in f32 since the last call ([`Classifier::recheck`]).
+    pub fn take_rechecked(&self) -> usize {
+        self.rechecked.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// Top logit minus the second: how close a call is.
+pub(crate) fn top_two_gap(logits: &[f32]) -> f32 {
+    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &l in logits {
+        if l > first {
+            (first, second) = (l, first);
+        } else if l > second {
+            second = l;
+        }
+    }
+    first - second
 }
 
 /// Largest difference of any class probability between two batches of logits.
