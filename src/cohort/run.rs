@@ -514,7 +514,7 @@ pub fn process_slide(
         .saturating_sub(unreadable.len());
     job.classifier.take_rechecked();
     let streamed = stream.run(&rects, tolerate, progress)?;
-    let rechecked = job.classifier.take_rechecked();
+    let rechecked = Some(job.classifier.take_rechecked()).filter(|&n| n > 0);
     let stats = streamed.stats;
     let complete = streamed.unreadable.len() <= tolerate;
     let failed: HashMap<usize, String> = streamed

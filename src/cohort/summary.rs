@@ -106,12 +106,8 @@ pub struct ModelRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision_note: Option<String>,
     /// Patches whose int8 call was too close for `auto` to trust, run again in f32.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub f32_rechecked: usize,
-}
-
-pub(crate) fn is_zero(n: &usize) -> bool {
-    *n == 0
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f32_rechecked: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]

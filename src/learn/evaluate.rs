@@ -52,8 +52,8 @@ pub struct Evaluation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision_warning: Option<String>,
     /// Tiles whose int8 call was too close for `auto` to trust, run again in f32.
-    #[serde(skip_serializing_if = "crate::cohort::summary::is_zero")]
-    pub f32_rechecked: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f32_rechecked: Option<usize>,
     /// Stain normalisation, as "macenko to TARGET" (each tile by its own stains).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stain_norm: Option<String>,
@@ -156,7 +156,7 @@ pub fn evaluate(
         tta: opts.tta,
         precision: model.precision_used(),
         precision_warning: model.take_warning(),
-        f32_rechecked: model.take_rechecked(),
+        f32_rechecked: Some(model.take_rechecked()).filter(|&n| n > 0),
         stain_norm: opts.stain.as_ref().map(ToString::to_string),
         duplicates_dropped: dropped,
         skipped,

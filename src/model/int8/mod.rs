@@ -170,25 +170,34 @@ impl Conv {
         })
     }
 
-    /// The input to quantise and the bias shift ([`shift`]) for image `x`.
-    fn shift<'a>(&self, x: &'a Act) -> (Cow<'a, Act>, Vec<f32>) {
+    /// The input to quantise and the bias shift ([`shift`]) for each image of a group.
+    fn shifts<'a>(&self, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
         match &self.shift {
-            Some(s) => s.apply(x),
-            None => (Cow::Borrowed(x), Vec::new()),
+            Some(s) => s.apply(xs),
+            None => xs.iter().map(|x| (Cow::Borrowed(x), Vec::new())).collect(),
         }
     }
 
     /// The convolution of each image of a group.
     fn forward(&self, isa: Isa, xs: &[Act]) -> Vec<Act> {
+        let shifts = self.shifts(xs);
         match &self.winograd {
-            Some(u) => self.winograd(isa, u, xs),
-            None => xs.iter().map(|x| self.direct(isa, x)).collect(),
+            Some(u) => self.winograd(isa, u, xs, &shifts),
+            None => shifts
+                .iter()
+                .map(|(x, shift)| self.direct(isa, x, shift))
+                .collect(),
         }
     }
 
-    fn winograd(&self, isa: Isa, u: &WinogradWeights, xs: &[Act]) -> Vec<Act> {
+    fn winograd(
+        &self,
+        isa: Isa,
+        u: &WinogradWeights,
+        xs: &[Act],
+        shifts: &[(Cow<Act>, Vec<f32>)],
+    ) -> Vec<Act> {
         // One extra row and column so that odd sides fill whole 2 × 2 tiles.
-        let shifts: Vec<_> = xs.iter().map(|x| self.shift(x)).collect();
         let quantised: Vec<_> = shifts
             .iter()
             .map(|(x, _)| quant::quantize(isa, x, 1, 1))
@@ -207,7 +216,7 @@ impl Conv {
         // The transform removes the zero point, so the epilogue has none to remove.
         let dqs: Vec<_> = quantised
             .iter()
-            .zip(&shifts)
+            .zip(shifts)
             .map(|((_, q), (_, shift))| {
                 let centred = Quant {
                     scale: q.scale,
@@ -230,7 +239,9 @@ impl Conv {
             .collect()
     }
 
-    fn direct(&self, isa: Isa, x: &Act) -> Act {
+    /// The convolution of one image: `x` as the GEMM quantises it (centred where the
+    /// layer centres), and its bias `shift`.
+    fn direct(&self, isa: Isa, x: &Act, shift: &[f32]) -> Act {
         debug_assert_eq!(x.c, self.c_in);
         let (k, s, p) = (self.kernel, self.stride, self.pad);
         let oh = (x.h + 2 * p - k) / s + 1;
@@ -238,8 +249,7 @@ impl Conv {
         let run = (k * x.c).div_ceil(KG) * KG;
         // A run padded past the last tap reads into the next pixel: one more column.
         let extra = usize::from(run > k * x.c);
-        let (input, shift) = self.shift(x);
-        let (image, quant) = quant::quantize(isa, &input, p, extra);
+        let (image, quant) = quant::quantize(isa, x, p, extra);
         let wp = x.w + 2 * p + extra;
         // Receptive field of output pixel r, padded rows repeating the last one.
         let starts: Vec<usize> = (0..(oh * ow).div_ceil(MR) * MR)
@@ -257,7 +267,7 @@ impl Conv {
         };
         let n = self.weights.n;
         let mut out = vec![0f32; starts.len() * n];
-        let dq = self.epilogue.dequant(quant, &self.weights, &shift);
+        let dq = self.epilogue.dequant(quant, &self.weights, shift);
         gemm::gemm(isa, rows, &self.weights, &dq, &mut out);
         out.truncate(oh * ow * n);
         Act {
@@ -660,8 +670,9 @@ mod tests {
             let u = conv.winograd.as_ref().expect("exact for these channels");
             for isa in [Isa::Portable, Isa::Avx2] {
                 if isa.available() {
-                    for (got, x) in conv.winograd(isa, u, &xs).iter().zip(&xs) {
-                        let want = conv.direct(Isa::Portable, x);
+                    let shifts = conv.shifts(&xs);
+                    for (got, x) in conv.winograd(isa, u, &xs, &shifts).iter().zip(&xs) {
+                        let want = conv.direct(Isa::Portable, x, &[]);
                         assert_eq!(got.data, want.data, "c={c} n={n} {h}×{w} {isa:?}");
                     }
                 }

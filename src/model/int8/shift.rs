@@ -58,23 +58,34 @@ impl MeanShift {
         }
     }
 
-    /// The input the GEMM quantises, and the shift to add to each output channel.
-    pub fn apply<'a>(&self, x: &'a Act) -> (Cow<'a, Act>, Vec<f32>) {
-        debug_assert_eq!(x.c, self.c_in);
-        let mean = x.channel_means();
-        let mut shift = vec![0f32; self.n];
-        for (row, &m) in self.w.chunks(self.n).zip(&mean) {
-            shift.iter_mut().zip(row).for_each(|(s, w)| *s += w * m);
+    /// For each image of a group: the input the GEMM quantises, and the shift to add to
+    /// each output channel. Each row of the weights is read once for the whole group
+    /// (late layers hold 10⁵–10⁶ of them against a few pixels per image), and each
+    /// shift still sums its channels in order, so the bits do not depend on the group.
+    pub fn apply<'a>(&self, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+        let means: Vec<Vec<f32>> = xs.iter().map(Act::channel_means).collect();
+        let mut shifts = vec![vec![0f32; self.n]; xs.len()];
+        for (c, row) in self.w.chunks(self.n).enumerate() {
+            for (shift, mean) in shifts.iter_mut().zip(&means) {
+                let m = mean[c];
+                shift.iter_mut().zip(row).for_each(|(s, w)| *s += w * m);
+            }
         }
-        if !self.centre {
-            return (Cow::Borrowed(x), shift);
-        }
-        let mut data = x.data.clone();
-        for px in data.chunks_mut(x.c) {
-            px.iter_mut().zip(&mean).for_each(|(v, m)| *v -= m);
-        }
-        let centred = Act { data, ..*x };
-        (Cow::Owned(centred), shift)
+        xs.iter()
+            .zip(means)
+            .zip(shifts)
+            .map(|((x, mean), shift)| {
+                debug_assert_eq!(x.c, self.c_in);
+                if !self.centre {
+                    return (Cow::Borrowed(x), shift);
+                }
+                let mut data = Vec::with_capacity(x.data.len());
+                for px in x.data.chunks_exact(x.c) {
+                    data.extend(px.iter().zip(&mean).map(|(v, m)| v - m));
+                }
+                (Cow::Owned(Act { data, ..*x }), shift)
+            })
+            .collect()
     }
 }
 
@@ -101,7 +112,8 @@ mod tests {
         let packed = PackedWeights::new(&w, n, c);
         let shift = MeanShift::new(&w, &packed, c, true);
         let x = image(c, 4.0);
-        let (centred, s) = shift.apply(&x);
+        let mut applied = shift.apply(std::slice::from_ref(&x));
+        let (centred, s) = applied.remove(0);
         // Each output pixel is unchanged: Σ w·(x - mean) + Σ w·mean = Σ w·x.
         for (px, cx) in x.data.chunks(c).zip(centred.data.chunks(c)) {
             for o in 0..n {
@@ -121,7 +133,8 @@ mod tests {
         let packed = PackedWeights::new(&w, n, c);
         let shift = MeanShift::new(&w, &packed, c, false);
         let x = image(c, 2.0);
-        let (same, s) = shift.apply(&x);
+        let mut applied = shift.apply(std::slice::from_ref(&x));
+        let (same, s) = applied.remove(0);
         assert!(matches!(same, Cow::Borrowed(_)));
         let mean: Vec<f32> = (0..c)
             .map(|ch| x.data.iter().skip(ch).step_by(c).sum::<f32>() / 16.0)
