@@ -110,8 +110,9 @@ impl std::fmt::Display for Int8Check {
             Some(r) => write!(
                 f,
                 "int8 kept f32's class on {:.2}% of {} patches of {}; running the {:.1}% whose \
-                 top two logits are within {:.3} again in f32 keeps it on {:.2}% \
-                 (probabilities moved by at most {:.3}; scheme {})",
+                 top two logits are within {:.3} again in f32 keeps it on {:.2}% (each \
+                 half judged with the margin the other chose; int8 moved probabilities by \
+                 at most {:.3}; scheme {})",
                 100.0 * r.int8_agreement,
                 self.tiles,
                 self.data,
