@@ -512,6 +512,7 @@ pub fn process_slide(
     let tolerate = tolerance
         .allowed(candidates)
         .saturating_sub(unreadable.len());
+    // A slide that failed mid-stream left its count behind.
     job.classifier.take_rechecked();
     let streamed = stream.run(&rects, tolerate, progress)?;
     let rechecked = Some(job.classifier.take_rechecked()).filter(|&n| n > 0);

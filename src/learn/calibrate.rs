@@ -164,8 +164,7 @@ impl Tally {
 
     fn check(&self, data: String) -> Int8Check {
         let n = self.patches.len().max(1) as f64;
-        let same = |p: &Compared| p.same;
-        let int8_agreement = self.patches.iter().filter(|p| same(p)).count() as f64 / n;
+        let int8_agreement = self.patches.iter().filter(|p| p.same).count() as f64 / n;
         let margin = recheck_margin(self.patches.iter());
         let recheck = (margin > 0.0).then(|| Recheck {
             margin,

@@ -106,33 +106,32 @@ pub struct Recheck {
 
 impl std::fmt::Display for Int8Check {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match &self.recheck {
-            Some(r) => write!(
+        let int8 = self
+            .recheck
+            .as_ref()
+            .map_or(self.agreement, |r| r.int8_agreement);
+        write!(
+            f,
+            "int8 kept f32's class on {:.2}% of {} patches of {}",
+            100.0 * int8,
+            self.tiles,
+            self.data
+        )?;
+        if let Some(r) = &self.recheck {
+            write!(
                 f,
-                "int8 kept f32's class on {:.2}% of {} patches of {}; running the {:.1}% whose \
-                 top two logits are within {:.3} again in f32 keeps it on {:.2}% (each \
-                 half judged with the margin the other chose; int8 moved probabilities by \
-                 at most {:.3}; scheme {})",
-                100.0 * r.int8_agreement,
-                self.tiles,
-                self.data,
+                "; running the {:.1}% whose top two logits are within {:.3} again in f32 \
+                 keeps it on {:.2}%, each half judged with the margin the other chose",
                 100.0 * r.share,
                 r.margin,
-                100.0 * self.agreement,
-                self.max_prob_diff,
-                self.scheme
-            ),
-            None => write!(
-                f,
-                "int8 kept f32's class on {:.2}% of {} patches of {} (probabilities moved by \
-                 at most {:.3}; scheme {})",
-                100.0 * self.agreement,
-                self.tiles,
-                self.data,
-                self.max_prob_diff,
-                self.scheme
-            ),
+                100.0 * self.agreement
+            )?;
         }
+        write!(
+            f,
+            " (int8 moved probabilities by at most {:.3}; scheme {})",
+            self.max_prob_diff, self.scheme
+        )
     }
 }
 

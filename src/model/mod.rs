@@ -421,14 +421,11 @@ impl Classifier {
             return f32_logits();
         }
         let (n, _, side, _) = x.dims4()?;
+        let k = self.num_classes();
         let pixels = x.flatten_all()?.to_vec1::<f32>()?;
-        let int8 = Tensor::from_vec(
-            q.logits(&pixels, n, side),
-            (n, self.num_classes()),
-            &Device::Cpu,
-        )?;
+        let mut int8 = q.logits(&pixels, n, side);
         if self.precision != Precision::Auto {
-            return Ok(int8);
+            return Ok(Tensor::from_vec(int8, (n, k), &Device::Cpu)?);
         }
         let keep = *self.int8_checked.get_or_init(|| {
             // A few patches suffice to catch a model int8 does not suit, and keep the
@@ -439,7 +436,10 @@ impl Classifier {
                 .narrow(0, 0, m)
                 .and_then(|head| self.net.forward_t(&head.to_device(&self.device)?, false))
                 .map_err(Error::from)
-                .and_then(|reference| max_prob_diff(&int8.narrow(0, 0, m)?, &reference))
+                .and_then(|reference| {
+                    let head = Tensor::from_slice(&int8[..m * k], (m, k), &Device::Cpu)?;
+                    max_prob_diff(&head, &reference)
+                })
                 .unwrap_or(f32::INFINITY);
             if diff <= AUTO_MAX_PROB_DIFF {
                 return true;
@@ -456,25 +456,23 @@ impl Classifier {
         if !keep {
             return f32_logits();
         }
-        match self.card.int8.as_ref().and_then(|c| c.recheck.as_ref()) {
-            Some(r) => self.recheck(x, int8, r.margin as f32),
-            None => Ok(int8),
+        if let Some(r) = self.card.int8.as_ref().and_then(|c| c.recheck.as_ref()) {
+            self.recheck(x, &mut int8, k, r.margin as f32)?;
         }
+        Ok(Tensor::from_vec(int8, (n, k), &Device::Cpu)?)
     }
 
-    /// `int8` with the rows whose top two logits are within `margin` replaced by f32's:
-    /// where int8 changes a class, it is on such close calls (`histomap calibrate`
-    /// measured how close).
-    fn recheck(&self, x: &Tensor, int8: Tensor, margin: f32) -> Result<Tensor> {
-        let (n, k) = int8.dims2()?;
-        let mut logits = int8.flatten_all()?.to_vec1::<f32>()?;
-        let close: Vec<u32> = (0..n)
-            .filter(|&i| top_two_gap(&logits[i * k..(i + 1) * k]) < margin)
+    /// Replaces the rows of `logits` (`k` per patch of `x`) whose top two are within
+    /// `margin` by f32's: where int8 changes a class, it is on such close calls
+    /// (`histomap calibrate` measured how close).
+    fn recheck(&self, x: &Tensor, logits: &mut [f32], k: usize, margin: f32) -> Result<()> {
+        let close: Vec<u32> = (0..logits.len() / k)
+            .filter(|&i| top_two_gap(&logits[i * k..][..k]) < margin)
             .map(|i| i as u32)
             .collect();
         self.rechecked.fetch_add(close.len(), Ordering::Relaxed);
         if close.is_empty() {
-            return Ok(int8);
+            return Ok(());
         }
         let rows = Tensor::new(close.as_slice(), x.device())?;
         let again = self
@@ -486,7 +484,7 @@ impl Classifier {
         for (&i, row) in close.iter().zip(again.chunks(k)) {
             logits[i as usize * k..][..k].copy_from_slice(row);
         }
-        Ok(Tensor::from_vec(logits, (n, k), &Device::Cpu)?)
+        Ok(())
     }
 
     /// Patches `auto` ran again in f32 since the last call ([`Classifier::recheck`]).

@@ -182,7 +182,7 @@ impl Conv {
     fn forward(&self, isa: Isa, xs: &[Act]) -> Vec<Act> {
         let shifts = self.shifts(xs);
         match &self.winograd {
-            Some(u) => self.winograd(isa, u, xs, &shifts),
+            Some(u) => self.winograd(isa, u, &shifts),
             None => shifts
                 .iter()
                 .map(|(x, shift)| self.direct(isa, x, shift))
@@ -190,20 +190,11 @@ impl Conv {
         }
     }
 
-    fn winograd(
-        &self,
-        isa: Isa,
-        u: &WinogradWeights,
-        xs: &[Act],
-        shifts: &[(Cow<Act>, Vec<f32>)],
-    ) -> Vec<Act> {
+    fn winograd(&self, isa: Isa, u: &WinogradWeights, shifts: &[(Cow<Act>, Vec<f32>)]) -> Vec<Act> {
+        let xs = || shifts.iter().map(|(x, _)| x.as_ref());
         // One extra row and column so that odd sides fill whole 2 × 2 tiles.
-        let quantised: Vec<_> = shifts
-            .iter()
-            .map(|(x, _)| quant::quantize(isa, x, 1, 1))
-            .collect();
-        let images: Vec<_> = xs
-            .iter()
+        let quantised: Vec<_> = xs().map(|x| quant::quantize(isa, x, 1, 1)).collect();
+        let images: Vec<_> = xs()
             .zip(&quantised)
             .map(|(x, (data, quant))| winograd::Image {
                 data,
@@ -226,10 +217,9 @@ impl Conv {
             })
             .collect();
         let n = self.weights.n;
-        let mut outs: Vec<Vec<f32>> = xs.iter().map(|x| vec![0f32; x.h * x.w * n]).collect();
+        let mut outs: Vec<Vec<f32>> = xs().map(|x| vec![0f32; x.h * x.w * n]).collect();
         winograd::conv(isa, &images, u, &dqs, &mut outs);
-        xs.iter()
-            .zip(outs)
+        xs().zip(outs)
             .map(|(x, data)| Act {
                 h: x.h,
                 w: x.w,
@@ -671,7 +661,7 @@ mod tests {
             for isa in [Isa::Portable, Isa::Avx2] {
                 if isa.available() {
                     let shifts = conv.shifts(&xs);
-                    for (got, x) in conv.winograd(isa, u, &xs, &shifts).iter().zip(&xs) {
+                    for (got, x) in conv.winograd(isa, u, &shifts).iter().zip(&xs) {
                         let want = conv.direct(Isa::Portable, x, &[]);
                         assert_eq!(got.data, want.data, "c={c} n={n} {h}×{w} {isa:?}");
                     }
