@@ -234,7 +234,7 @@ impl Loops {
     fn of(isa: Isa) -> Self {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Self {
+            _ if isa.avx2() => Self {
                 forward: avx2::forward_plane,
                 input_grad: avx2::input_grad_plane,
                 weight_grad: avx2::weight_grad_plane,

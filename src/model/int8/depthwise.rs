@@ -58,7 +58,7 @@ impl Depthwise {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 (checked in the guard).
-            Isa::Avx2 if isa.available() => unsafe { avx2(self, x) },
+            _ if isa.avx2() => unsafe { avx2(self, x) },
             _ => self.run(x),
         }
     }

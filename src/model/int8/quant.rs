@@ -38,7 +38,7 @@ fn range(isa: Isa, data: &[f32]) -> (f32, f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 (checked in the guard).
-        Isa::Avx2 if isa.available() => unsafe { avx2::range(data) },
+        _ if isa.avx2() => unsafe { avx2::range(data) },
         _ => data
             .iter()
             .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v))),
@@ -50,7 +50,7 @@ fn convert(isa: Isa, src: &[f32], inv: f32, offset: f32, dst: &mut [u8]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 (checked in the guard).
-        Isa::Avx2 if isa.available() => unsafe { avx2::convert(src, inv, offset, dst) },
+        _ if isa.avx2() => unsafe { avx2::convert(src, inv, offset, dst) },
         _ => dst
             .iter_mut()
             .zip(src)
