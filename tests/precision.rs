@@ -220,7 +220,10 @@ fn every_kernel_path_predicts_the_same_and_auto_says_what_it_ran() {
     {
         let (native, used) = run(isa.name(), "int8");
         assert_eq!(used, format!("int8-{}", isa.name()));
-        assert!(portable == native, "portable and {isa:?} predictions differ");
+        assert!(
+            portable == native,
+            "portable and {isa:?} predictions differ"
+        );
     }
     let (_, used) = run_on("pcam", "portable", "auto");
     assert_eq!(used, "f32", "auto does not pick the slow portable kernel");

@@ -8,9 +8,9 @@
 pub enum Isa {
     Portable,
     Avx2,
-    /// AVX2, with AVX-512 VNNI's dot-product instructions on 256-bit vectors for the
-    /// int8 products (`vpdpbusd`, `vpdpwssd`: one instruction where AVX2 takes two or
-    /// three). Kernels without such a product run their AVX2 path.
+    /// AVX2, and AVX-512 VNNI's `vpdpbusd` on 512-bit vectors in the int8 matrix
+    /// product (one instruction for 16 channels where AVX2 takes three for 8). Kernels
+    /// without an AVX-512 path run their AVX2 one.
     Avx512Vnni,
 }
 
@@ -39,8 +39,10 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => {
                 is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,

@@ -21,7 +21,7 @@
 //! a tile's 16 rows together), and the output transform writes the block's pixels with
 //! the epilogue. Blocks are sized to stay in L2.
 
-use super::gemm::{Dequant, PackedWeights, NB};
+use super::gemm::{Dequant, PackedWeights};
 use super::Isa;
 
 /// Fewest input channels for which the transforms pay: measured on SmallCnn at 150 px,
@@ -30,6 +30,8 @@ use super::Isa;
 pub const MIN_C_IN: usize = 64;
 /// Largest input channel count whose sums stay exact in i32 (see the module note).
 pub const MAX_C_IN: usize = (i32::MAX as usize) / (4 * 9 * 127 * 127);
+/// Output channels in one packed block: one AVX2 register of i32 lanes.
+const NB: usize = 8;
 /// Tile rows the product processes at once; blocks are padded to a multiple of it.
 const MR: usize = 6;
 /// Tiles transformed and multiplied together: each weight loaded serves this many
@@ -119,9 +121,9 @@ pub fn conv(isa: Isa, xs: &[Image], u: &WinogradWeights, dqs: &[Dequant], outs: 
     match isa {
         #[cfg(target_arch = "x86_64")]
         _ if isa.avx2() => {
-            // SAFETY: the CPU runs the path (checked in the guard); the images hold
-            // every tile (asserted above) and the products' buffers are sized by `run`.
-            unsafe { avx2::conv(isa, xs, u, dqs, outs) }
+            // SAFETY: the CPU has AVX2 (checked in the guard); the images hold every tile
+            // (asserted above) and the products' buffers are sized by `run`.
+            unsafe { avx2::conv(xs, u, dqs, outs) }
         }
         _ => run(xs, u, dqs, outs, &Portable),
     }
@@ -328,30 +330,21 @@ fn input_chunk<const CH: usize>(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{run, Dequant, Image, Isa, Steps, WinogradWeights, Xi, MR, NB};
-    use crate::model::int8::gemm::avx2::{store as epilogue, tile_width, Dot, Madd, Vnni};
+    use super::{run, Dequant, Image, Steps, WinogradWeights, Xi, MR, NB};
+    use crate::model::int8::gemm::avx2::store as epilogue;
 
-    /// The caller has checked that the CPU runs `isa`, an AVX2 path.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn conv(
-        isa: Isa,
         xs: &[Image],
         u: &WinogradWeights,
         dqs: &[Dequant],
         outs: &mut [Vec<f32>],
     ) {
-        let product = match isa {
-            Isa::Avx512Vnni => product_vnni,
-            _ => product_avx2,
-        };
-        run(xs, u, dqs, outs, &Avx2 { product })
+        run(xs, u, dqs, outs, &Avx2(()))
     }
 
-    /// The AVX2 path, with the product of its ISA; made only in [`conv`], on a CPU
-    /// that runs it.
-    struct Avx2 {
-        product: unsafe fn(&Xi, &mut [i32]),
-    }
+    /// The AVX2 path; made only in [`conv`], on a CPU with AVX2.
+    struct Avx2(());
 
     impl Steps for Avx2 {
         fn input(&self, x: &Image, c: usize, at: (usize, usize), v: &mut [i16], stride: usize) {
@@ -361,9 +354,8 @@ mod avx2 {
         }
 
         fn product(&self, p: &Xi, m: &mut [i32]) {
-            // SAFETY: the CPU runs the product's path; `run` sizes `m` and `p.v` for
-            // every row.
-            unsafe { (self.product)(p, m) }
+            // SAFETY: the CPU has AVX2; `run` sizes `m` and `p.v` for every row.
+            unsafe { product(p, m) }
         }
 
         fn output(
@@ -467,39 +459,28 @@ mod avx2 {
         }
     }
 
+    /// Tiles of MR rows × 16 output channels (two blocks), 8 at the tail.
     #[target_feature(enable = "avx2")]
-    unsafe fn product_avx2(p: &Xi, m: &mut [i32]) {
-        product::<Madd>(p, m)
-    }
-
-    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    unsafe fn product_vnni(p: &Xi, m: &mut [i32]) {
-        product::<Vnni>(p, m)
-    }
-
-    /// Tiles of MR rows × [`Dot::BLOCKS`] blocks of output channels, fewer at the
-    /// tail. Inlined into a caller with the path's features.
-    #[inline(always)]
-    unsafe fn product<D: Dot>(p: &Xi, m: &mut [i32]) {
+    unsafe fn product(p: &Xi, m: &mut [i32]) {
         let blocks = p.np / NB;
         let panel = p.k * NB;
         let mut b = 0;
         while b < blocks {
             let w0 = p.u.as_ptr().add(b * panel);
-            let width = tile_width::<D>(blocks - b);
+            let width = (blocks - b).min(2);
             for r0 in (0..p.rows).step_by(MR) {
                 match width {
-                    4 => store(p, m, r0, b, tile::<D, 4>(p, r0, w0, panel)),
-                    2 => store(p, m, r0, b, tile::<D, 2>(p, r0, w0, panel)),
-                    _ => store(p, m, r0, b, tile::<D, 1>(p, r0, w0, panel)),
+                    2 => store(p, m, r0, b, tile::<2>(p, r0, w0, panel)),
+                    _ => store(p, m, r0, b, tile::<1>(p, r0, w0, panel)),
                 }
             }
             b += width;
         }
     }
 
-    #[inline(always)]
-    unsafe fn tile<D: Dot, const B: usize>(
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn tile<const B: usize>(
         p: &Xi,
         r0: usize,
         w0: *const i16,
@@ -520,7 +501,7 @@ mod avx2 {
                 let two = (rows[r].add(2 * pair) as *const i32).read_unaligned();
                 let x = _mm256_set1_epi32(two);
                 for j in 0..B {
-                    acc[r][j] = D::i16i16(acc[r][j], x, wv[j]);
+                    acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(x, wv[j]));
                 }
             }
             wp = wp.add(NB * 2);
