@@ -38,18 +38,28 @@ done | awk '{ printf "fold %d: %d tiles, last-epoch accuracy %.3f, balanced %.3f
             END { printf "pooled patient-grouped CV accuracy: %.3f (%d tiles)\n", hit / n, n }' |
   tee "$out/cv.txt"
 # Per class, pooled over folds: each fold's saved model (its best validation epoch, so
-# this table is a little optimistic) on its held-out patients.
+# this table is a little optimistic) on its held-out patients, in the default precision.
+# The same in f32 and plain int8: whether the precision changes the count. (`train`
+# chose each fold's recheck margin on these held-out tiles; plain int8 has none.)
 for ((f = 0; f < folds; f++)); do
   # Manifest paths are read relative to the manifest: make them absolute.
   awk -F, -v f="$f" -v here="$PWD" 'NR == 1 { print "path,label,group" }
     NR > 1 && $NF == f { print ($1 ~ /^\// ? "" : here "/") $1 "," $2 "," $3 }' \
     "$out/split.csv" >"$out/fold$f/heldout.csv"
-  "$bin" evaluate --model "$out/fold$f" --data "$out/fold$f/heldout.csv" -o "$out/fold$f/heldout" --quiet >/dev/null
-  tail -n +2 "$out/fold$f/heldout/predictions.csv"
-done | awk -F, '{ n[$2]++; if ($2 == $3) hit[$2]++ }
-                END { printf "per class (best epochs, pooled):"
-                      for (c in n) printf " %s %d/%d", c, hit[c], n[c]; printf "\n" }' |
+  for p in auto f32 int8; do
+    "$bin" evaluate --model "$out/fold$f" --data "$out/fold$f/heldout.csv" --precision "$p" \
+      -o "$out/fold$f/heldout-$p" --quiet >/dev/null
+  done
+done
+for ((f = 0; f < folds; f++)); do tail -n +2 "$out/fold$f/heldout-auto/predictions.csv"; done |
+  awk -F, '{ n[$2]++; if ($2 == $3) hit[$2]++ }
+           END { printf "per class (best epochs, pooled):"
+                 for (c in n) printf " %s %d/%d", c, hit[c], n[c]; printf "\n" }' |
   tee -a "$out/cv.txt"
+for p in auto f32 int8; do
+  for ((f = 0; f < folds; f++)); do tail -n +2 "$out/fold$f/heldout-$p/predictions.csv"; done |
+    awk -F, -v p="$p" '{ n++; if ($2 == $3) hit++ } END { printf "held out, %s: %d/%d right\n", p, hit, n }'
+done | tee -a "$out/cv.txt"
 # The same pooling at every epoch: shows whether a shorter schedule would generalise
 # better across patients (reported, never used to pick the shipped recipe's epochs).
 for ((f = 0; f < folds; f++)); do
