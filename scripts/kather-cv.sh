@@ -51,13 +51,17 @@ for ((f = 0; f < folds; f++)); do
       -o "$out/fold$f/heldout-$p" --quiet >/dev/null
   done
 done
-for ((f = 0; f < folds; f++)); do tail -n +2 "$out/fold$f/heldout-auto/predictions.csv"; done |
+# Every fold's held-out predictions in precision $1, without headers.
+held_out_predictions() {
+  for ((f = 0; f < folds; f++)); do tail -n +2 "$out/fold$f/heldout-$1/predictions.csv"; done
+}
+held_out_predictions auto |
   awk -F, '{ n[$2]++; if ($2 == $3) hit[$2]++ }
            END { printf "per class (best epochs, pooled):"
                  for (c in n) printf " %s %d/%d", c, hit[c], n[c]; printf "\n" }' |
   tee -a "$out/cv.txt"
 for p in auto f32 int8; do
-  for ((f = 0; f < folds; f++)); do tail -n +2 "$out/fold$f/heldout-$p/predictions.csv"; done |
+  held_out_predictions "$p" |
     awk -F, -v p="$p" '{ n++; if ($2 == $3) hit++ } END { printf "held out, %s: %d/%d right\n", p, hit, n }'
 done | tee -a "$out/cv.txt"
 # The same pooling at every epoch: shows whether a shorter schedule would generalise

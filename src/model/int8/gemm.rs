@@ -93,6 +93,16 @@ impl PackedWeights {
         self.data[Self::index(self.kp, o, i)]
     }
 
+    /// Packed blocks of [`NB`] channels, and the bytes of one block's panel.
+    fn blocks(&self) -> (usize, usize) {
+        (self.np / NB, self.kp * NB)
+    }
+
+    /// Rows of one chunk, [`CHUNK_BYTES`] of activations at most (at least [`MR`]).
+    fn chunk_rows(&self) -> usize {
+        (CHUNK_BYTES / self.kp.max(1)).max(MR) / MR * MR
+    }
+
     /// The value the quantised weight of channel `o`, input `i` stands for.
     pub(super) fn dequantised(&self, o: usize, i: usize) -> f32 {
         f32::from(self.get(o, i)) * self.scale[o]
@@ -240,16 +250,15 @@ fn portable(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
 pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Dequant, PackedWeights, Rows, CHUNK_BYTES, KG, LANES, MR, NB};
+    use super::{Dequant, PackedWeights, Rows, KG, LANES, MR, NB};
 
     /// Chunks of rows that stay in L2; in each, tiles of MR rows × one block of
     /// channels (two vectors).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn gemm(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
         let m = a.starts.len();
-        let blocks = w.np / NB;
-        let panel = w.kp * NB;
-        let chunk = (CHUNK_BYTES / w.kp.max(1)).max(MR) / MR * MR;
+        let (blocks, panel) = w.blocks();
+        let chunk = w.chunk_rows();
         for c0 in (0..m).step_by(chunk) {
             let mut b = 0;
             while b < blocks {
@@ -257,11 +266,8 @@ pub(super) mod avx2 {
                 for r0 in (c0..(c0 + chunk).min(m)).step_by(MR) {
                     let acc = tile(&a, r0, w0);
                     for (r, acc) in acc.iter().enumerate() {
-                        for (j, acc) in acc.iter().enumerate() {
-                            let o0 = b * NB + j * LANES;
-                            if o0 < w.n {
-                                store(dq, *acc, o0, w.n, out, (r0 + r) * w.n);
-                            }
+                        for (j, &acc) in acc.iter().enumerate() {
+                            store(dq, acc, b * NB + j * LANES, w.n, out, (r0 + r) * w.n);
                         }
                     }
                 }
@@ -300,7 +306,8 @@ pub(super) mod avx2 {
         acc
     }
 
-    /// The epilogue on 8 channels from `o0`, as [`Dequant::apply`] computes it.
+    /// The epilogue on 8 channels from `o0`, as [`Dequant::apply`] computes it; only
+    /// the channels below `n` are written (none when `o0 ≥ n`: a block's padding).
     #[target_feature(enable = "avx2")]
     #[inline]
     pub(in super::super) unsafe fn store(
@@ -311,6 +318,9 @@ pub(super) mod avx2 {
         out: &mut [f32],
         row: usize,
     ) {
+        if o0 >= n {
+            return;
+        }
         let off = _mm256_loadu_si256(dq.offset.as_ptr().add(o0) as *const __m256i);
         let mult = _mm256_loadu_ps(dq.mult.as_ptr().add(o0));
         let bias = _mm256_loadu_ps(dq.bias.as_ptr().add(o0));
@@ -335,16 +345,15 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::avx2::store;
-    use super::{Dequant, PackedWeights, Rows, CHUNK_BYTES, KG, LANES, MR, NB};
+    use super::{Dequant, PackedWeights, Rows, KG, LANES, MR, NB};
 
     /// Chunks of rows that stay in L2; in each, tiles of MR rows × up to four blocks
     /// (16 accumulators of AVX-512's 32 registers), fewer at the tail.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn gemm(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
         let m = a.starts.len();
-        let blocks = w.np / NB;
-        let panel = w.kp * NB;
-        let chunk = (CHUNK_BYTES / w.kp.max(1)).max(MR) / MR * MR;
+        let (blocks, panel) = w.blocks();
+        let chunk = w.chunk_rows();
         for c0 in (0..m).step_by(chunk) {
             let mut b = 0;
             while b < blocks {
@@ -415,10 +424,8 @@ mod avx512 {
             for (j, &acc) in acc.iter().enumerate() {
                 let (o0, row) = ((b + j) * NB, (r0 + r) * n);
                 store(dq, _mm512_castsi512_si256(acc), o0, n, out, row);
-                if o0 + LANES < n {
-                    let hi = _mm512_extracti64x4_epi64::<1>(acc);
-                    store(dq, hi, o0 + LANES, n, out, row);
-                }
+                let hi = _mm512_extracti64x4_epi64::<1>(acc);
+                store(dq, hi, o0 + LANES, n, out, row);
             }
         }
     }
