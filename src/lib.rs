@@ -15,8 +15,10 @@
 //!
 //! Shared: [`pipeline`] loads the declarative pipeline files; [`progress`] is the only
 //! way the library talks to a user; [`error`] names the file and value behind every
-//! failure; [`output`] writes files atomically.
+//! failure; [`output`] writes files atomically; [`cache`] holds decoded slide tiles and
+//! served tiles under a byte cap.
 
+pub mod cache;
 pub mod cohort;
 pub mod error;
 pub mod learn;

@@ -8,14 +8,12 @@
 //! | `catalog.rs` | the finished slides in OUT and what the viewer needs of each: size, grid, classes, the map's bytes |
 //! | `tiles.rs` | the **Deep Zoom pyramid**: tile geometry as DZI numbers it, and cutting a tile from the slide or its overview |
 //! | `maplayer.rs` | the class map as Deep Zoom layers: the most probable class, or one class's probability |
-//! | `cache.rs` | the byte-capped LRU that bounds the server's memory |
 //! | `routes.rs` | what each path answers; files confined to OUT |
 //! | `server.rs` | the HTTP server (hyper, tower-http): connection cap, timeouts, limits, graceful shutdown |
 //! | `assets/` | the viewer's page and script, and OpenSeadragon's, compiled into the binary: nothing is fetched from a network |
 //!
 //! The server opens no file outside OUT but the slides that OUT's summaries name.
 
-mod cache;
 mod catalog;
 mod maplayer;
 mod routes;

@@ -25,10 +25,10 @@ use http::StatusCode;
 use image::RgbImage;
 use lru::LruCache;
 
-use super::cache::ByteLru;
 use super::catalog::{self, SlideView};
 use super::maplayer::{self, Layer};
 use super::tiles::{Pyramid, TileId, TileSource};
+use crate::cache::ByteLru;
 
 /// Slides held open at once, each with its reader's caches and a 3 MiB overview.
 pub const MAX_OPEN_SLIDES: usize = 4;

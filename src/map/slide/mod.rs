@@ -1,14 +1,17 @@
 //! Slide readers. In: a path. Out: a [`SlideSource`] that reports the pyramid and
 //! reads RGB regions on demand, so no stage ever holds a whole slide in memory.
 //!
-//! Two backends: OpenSlide for everything it opens (Aperio, Hamamatsu, tiled TIFF,
-//! DICOM series with OpenSlide 4, ...) and a raster reader for plain strip TIFFs, PNG
-//! and JPEG, which OpenSlide refuses. A slide is a file, or a folder holding one DICOM
-//! series (`dicom.rs`).
+//! Three backends: OpenSlide for everything it opens (Aperio, Hamamatsu, tiled TIFF,
+//! DICOM series with OpenSlide 4, ...); histomap's own JPEG tile reader, which takes
+//! over from OpenSlide the Aperio and generic tiled TIFFs whose levels are all JPEG
+//! tiles (`tiled.rs`, faster; `HISTOMAP_READER=openslide` turns it off); and a raster
+//! reader for plain strip TIFFs, PNG and JPEG, which OpenSlide refuses. A slide is a
+//! file, or a folder holding one DICOM series (`dicom.rs`).
 
 pub mod dicom;
 mod openslide;
 mod raster;
+mod tiled;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +23,7 @@ use crate::map::geom::{L0Point, Size};
 
 pub use self::openslide::{openslide_version, OpenSlideSource};
 pub use self::raster::RasterSource;
+pub use self::tiled::TiledTiffSource;
 
 /// One level of the pyramid.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -128,7 +132,13 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideSource>> {
         return Ok(Box::new(RasterSource::open(path)?));
     }
     if let Some(source) = OpenSlideSource::try_open(path, path)? {
-        return Ok(Box::new(source));
+        if std::env::var("HISTOMAP_READER").as_deref() == Ok("openslide") {
+            return Ok(Box::new(source));
+        }
+        return Ok(match TiledTiffSource::over(path, source) {
+            Ok(direct) => Box::new(direct),
+            Err(source) => source,
+        });
     }
     // A scanner's own format that OpenSlide declines is damaged, even when its first
     // image still reads as a TIFF: reading that alone would lose its MPP and pyramid.

@@ -1,5 +1,6 @@
 //! A least-recently-used cache of byte buffers bounded by bytes, not entries: tiles and
-//! maps differ in size by a thousand times, so a count would bound nothing. In:
+//! maps differ in size by a thousand times, so a count would bound nothing. The slide
+//! reader keeps decoded tiles in one, the viewer its served tiles and maps. In:
 //! buffers. Out: the buffers still held; the oldest go first when a new one would pass
 //! the cap.
 
