@@ -64,6 +64,12 @@ fn main() {
         slide.display(),
         regions.len()
     );
-    println!("OpenSlide {}: {theirs:.0} patches/s", histomap::map::slide::openslide_version());
-    println!("histomap's JPEG tile reader: {ours:.0} patches/s ({:.2}x)", ours / theirs);
+    println!(
+        "OpenSlide {}: {theirs:.0} patches/s",
+        histomap::map::slide::openslide_version()
+    );
+    println!(
+        "histomap's JPEG tile reader: {ours:.0} patches/s ({:.2}x)",
+        ours / theirs
+    );
 }

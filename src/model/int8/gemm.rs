@@ -13,6 +13,10 @@
 //! integers and the same f32 epilogue (a multiply, then an add: never fused), so all
 //! paths give bit-identical results, and tests compare them exactly.
 
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
 use super::Isa;
 use crate::model::layers::Activation;
 
@@ -27,9 +31,12 @@ const LANES: usize = 8;
 pub const MR: usize = 4;
 /// Activation bytes kept hot while every weight block passes over them: a quarter of
 /// Zen 3's 512 KiB L2, leaving room for a 16-channel weight panel of the deepest
-/// ResNet layers (16 × 4608 bytes). On an Intel Xeon with 2 MiB of L2, running the
-/// AVX-512 path's 64-channel tiles, 512 KiB made no measurable difference.
+/// ResNet layers (16 × 4608 bytes).
 const CHUNK_BYTES: usize = 128 * 1024;
+/// The same for the AVX-512 path, whose CPUs have 1–2 MiB of L2 (Ice Lake and later,
+/// Zen 4) and whose 64-channel tiles stream the weights faster: chunks that span several
+/// images of a group read a deep layer's weights once for all of them.
+const AVX512_CHUNK_BYTES: usize = 512 * 1024;
 /// Largest weight magnitude after quantisation (8 bits; see the module note).
 const WMAX: f32 = 127.0;
 /// Largest quantised activation (7 bits; see the module note). Callers must keep
@@ -62,18 +69,27 @@ impl PackedWeights {
         let mut data = vec![0i8; np * kp];
         let mut scale = vec![1f32; n];
         let mut colsum = vec![0i32; n];
-        for o in 0..n {
-            let row = &w[o * k..][..k];
-            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if max > 0.0 {
-                scale[o] = max / WMAX;
-            }
-            for (i, &v) in row.iter().enumerate() {
-                let q = (v / scale[o]).round().clamp(-WMAX, WMAX) as i8;
-                data[Self::index(kp, o, i)] = q;
-                colsum[o] += i32::from(q);
-            }
-        }
+        // A block of NB channels per task: quantising ResNet-18's 11 M weights was a
+        // third of its start-up.
+        let channels = scale.par_chunks_mut(NB).zip(colsum.par_chunks_mut(NB));
+        data.par_chunks_mut(kp * NB)
+            .zip(channels)
+            .enumerate()
+            .for_each(|(b, (block, (scale, colsum)))| {
+                for (j, (scale, colsum)) in scale.iter_mut().zip(colsum).enumerate() {
+                    let row = &w[(b * NB + j) * k..][..k];
+                    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    if max > 0.0 {
+                        *scale = max / WMAX;
+                    }
+                    for (i, &v) in row.iter().enumerate() {
+                        let q =
+                            round_half_away(v / *scale).clamp(-(WMAX as i32), WMAX as i32) as i8;
+                        block[Self::index(kp, j, i)] = q;
+                        *colsum += i32::from(q);
+                    }
+                }
+            });
         Self {
             kp,
             n,
@@ -98,15 +114,19 @@ impl PackedWeights {
         (self.np / NB, self.kp * NB)
     }
 
-    /// Rows of one chunk, [`CHUNK_BYTES`] of activations at most (at least [`MR`]).
-    fn chunk_rows(&self) -> usize {
-        (CHUNK_BYTES / self.kp.max(1)).max(MR) / MR * MR
-    }
-
     /// The value the quantised weight of channel `o`, input `i` stands for.
     pub(super) fn dequantised(&self, o: usize, i: usize) -> f32 {
         f32::from(self.get(o, i)) * self.scale[o]
     }
+}
+
+/// `x.round()` as an integer, for |x| < 2²³, without the call to libm's `roundf` that
+/// `f32::round` makes on x86-64's baseline target (it was a fifth of quantising
+/// ResNet-18's weights): truncation, then the exact remainder decides.
+fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let frac = x - t as f32;
+    t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
 }
 
 /// How rows of quantised activations map back to real values: `(q - zero) · scale`.
@@ -128,31 +148,93 @@ pub struct Rows<'a> {
     pub run: usize,
 }
 
-/// `out[r][o] = act((Σ_i (a[r][i] - zero)·w[o][i]) · scale_a · scale_w[o] + bias[o])`
-/// for every row of `a` (their count a multiple of [`MR`]), with the zero point, scales
-/// and bias of `dq` ([`Epilogue::dequant`]); `out` is `[rows][w.n]`.
-pub fn gemm(isa: Isa, a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
-    let m = a.starts.len();
-    assert!(m.is_multiple_of(MR) && out.len() >= m * w.n && a.run.is_multiple_of(KG));
-    assert_eq!(
-        a.segments.len() * a.run,
-        w.kp,
-        "rows are as long as the weights"
-    );
-    let last = a.starts.iter().max().unwrap_or(&0) + a.segments.iter().max().unwrap_or(&0);
-    assert!(
-        m == 0 || last + a.run <= a.src.len(),
-        "rows lie inside the image"
-    );
+/// For each image `g` of a group, `out[r][o] = act((Σ_i (a[r][i] - zero)·w[o][i]) ·
+/// scale_a · scale_w[o] + bias[o])` for every row of `a = rows[g]` (their count a
+/// multiple of [`MR`]), with the zero point, scales and bias of `dqs[g]`
+/// ([`Epilogue::dequant`]); each `out` is `[rows][w.n]`, new. One pass over the
+/// weights serves the group: a chunk of rows spans images where they are few, so a
+/// deep layer's weights are read from memory once per chunk, not once per image.
+pub fn products(isa: Isa, rows: &[Rows], w: &PackedWeights, dqs: &[Dequant]) -> Vec<Vec<f32>> {
+    assert_eq!(rows.len(), dqs.len(), "one dequantisation per image");
+    // Left unwritten, not zeroed: zeroing every layer's output was 5 % of the CPU time
+    // of a ResNet-18 heatmap (perf), for values the product overwrites.
+    let lens: Vec<usize> = rows.iter().map(|a| a.starts.len() * w.n).collect();
+    let mut outs: Vec<Vec<f32>> = lens.iter().map(|&len| Vec::with_capacity(len)).collect();
+    let mut slots: Vec<&mut [MaybeUninit<f32>]> = (outs.iter_mut().zip(&lens))
+        .map(|(out, &len)| &mut out.spare_capacity_mut()[..len])
+        .collect();
+    gemm(isa, rows, w, dqs, &mut slots);
+    for (out, len) in outs.iter_mut().zip(lens) {
+        // SAFETY: every path writes all `len` values: each tile of MR rows (the rows
+        // are a multiple of MR) in each block of channels, every channel below `n`
+        // (the test `every_path_equals_the_portable_one_bit_for_bit` fills the output
+        // with NaN and finds none left).
+        unsafe { out.set_len(len) };
+    }
+    outs
+}
+
+/// [`products`] into `outs`, whose values it all writes.
+fn gemm(
+    isa: Isa,
+    rows: &[Rows],
+    w: &PackedWeights,
+    dqs: &[Dequant],
+    outs: &mut [&mut [MaybeUninit<f32>]],
+) {
+    for (a, out) in rows.iter().zip(outs.iter()) {
+        let m = a.starts.len();
+        assert!(m.is_multiple_of(MR) && out.len() >= m * w.n && a.run.is_multiple_of(KG));
+        assert_eq!(
+            a.segments.len() * a.run,
+            w.kp,
+            "rows are as long as the weights"
+        );
+        let last = a.starts.iter().max().unwrap_or(&0) + a.segments.iter().max().unwrap_or(&0);
+        assert!(
+            m == 0 || last + a.run <= a.src.len(),
+            "rows lie inside the image"
+        );
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY (both arms): the CPU runs the path (checked in the guard); every row
-        // run lies inside `a.src` and `out` holds every row (asserted above).
-        Isa::Avx512Vnni if isa.available() => unsafe { avx512::gemm(a, w, dq, out) },
+        // run lies inside its image and every `out` holds every row (asserted above).
+        Isa::Avx512Vnni if isa.available() => unsafe {
+            avx512::gemm(
+                rows,
+                w,
+                dqs,
+                outs,
+                &chunks(
+                    rows,
+                    w,
+                    std::env::var("HM_CHUNK")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(AVX512_CHUNK_BYTES),
+                ),
+            )
+        },
         #[cfg(target_arch = "x86_64")]
-        _ if isa.avx2() => unsafe { avx2::gemm(a, w, dq, out) },
-        _ => portable(a, w, dq, out),
+        _ if isa.avx2() => unsafe { avx2::gemm(rows, w, dqs, outs, &chunks(rows, w, CHUNK_BYTES)) },
+        _ => {
+            for ((a, dq), out) in rows.iter().zip(dqs).zip(outs.iter_mut()) {
+                portable(*a, w, dq, out);
+            }
+        }
     }
+}
+
+/// The group's tiles of [`MR`] rows, `(image, first row)`, in chunks of at most
+/// `bytes` of activation rows, which every weight block passes over while they stay in
+/// L2.
+fn chunks(rows: &[Rows], w: &PackedWeights, bytes: usize) -> Vec<Vec<(usize, usize)>> {
+    let tiles: Vec<(usize, usize)> = (rows.iter().enumerate())
+        .flat_map(|(g, a)| (0..a.starts.len()).step_by(MR).map(move |r0| (g, r0)))
+        .collect();
+    let per_chunk = (bytes / w.kp.max(1) / MR).max(1);
+    tiles.chunks(per_chunk).map(<[_]>::to_vec).collect()
 }
 
 /// A layer's dequantising epilogue: bias and activation, padded to whole blocks.
@@ -231,7 +313,7 @@ impl Dequant {
 }
 
 /// The reference every other path must equal.
-fn portable(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
+fn portable(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [MaybeUninit<f32>]) {
     for (r, &start) in a.starts.iter().enumerate() {
         for o in 0..w.n {
             let mut acc = 0i32;
@@ -241,7 +323,7 @@ fn portable(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
                     acc += i32::from(v) * i32::from(w.get(o, j * a.run + i));
                 }
             }
-            out[r * w.n + o] = dq.apply(acc, o);
+            out[r * w.n + o].write(dq.apply(acc, o));
         }
     }
 }
@@ -250,28 +332,31 @@ fn portable(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
 pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Dequant, PackedWeights, Rows, KG, LANES, MR, NB};
+    use super::{Dequant, MaybeUninit, PackedWeights, Rows, KG, LANES, MR, NB};
 
-    /// Chunks of rows that stay in L2; in each, tiles of MR rows × one block of
-    /// channels (two vectors).
+    /// Chunk by chunk of row tiles, each weight block over the chunk's tiles of MR rows
+    /// (two vectors of channels).
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gemm(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
-        let m = a.starts.len();
+    pub(super) unsafe fn gemm(
+        rows: &[Rows],
+        w: &PackedWeights,
+        dqs: &[Dequant],
+        outs: &mut [&mut [MaybeUninit<f32>]],
+        chunks: &[Vec<(usize, usize)>],
+    ) {
         let (blocks, panel) = w.blocks();
-        let chunk = w.chunk_rows();
-        for c0 in (0..m).step_by(chunk) {
-            let mut b = 0;
-            while b < blocks {
+        for chunk in chunks {
+            for b in 0..blocks {
                 let w0 = w.data.as_ptr().add(b * panel);
-                for r0 in (c0..(c0 + chunk).min(m)).step_by(MR) {
-                    let acc = tile(&a, r0, w0);
+                for &(g, r0) in chunk {
+                    let acc = tile(&rows[g], r0, w0);
                     for (r, acc) in acc.iter().enumerate() {
                         for (j, &acc) in acc.iter().enumerate() {
-                            store(dq, acc, b * NB + j * LANES, w.n, out, (r0 + r) * w.n);
+                            let (o0, row) = (b * NB + j * LANES, (r0 + r) * w.n);
+                            store(&dqs[g], acc, o0, w.n, outs[g], row);
                         }
                     }
                 }
-                b += 1;
             }
         }
     }
@@ -315,7 +400,7 @@ pub(super) mod avx2 {
         acc: __m256i,
         o0: usize,
         n: usize,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         row: usize,
     ) {
         if o0 >= n {
@@ -331,11 +416,13 @@ pub(super) mod avx2 {
             _mm256_set1_ps(dq.clip.hi),
         );
         if o0 + LANES <= n {
-            _mm256_storeu_ps(out.as_mut_ptr().add(row + o0), y);
+            _mm256_storeu_ps(out.as_mut_ptr().add(row + o0).cast(), y);
         } else {
             let mut tmp = [0f32; LANES];
             _mm256_storeu_ps(tmp.as_mut_ptr(), y);
-            out[row + o0..row + n].copy_from_slice(&tmp[..n - o0]);
+            for (o, v) in out[row + o0..row + n].iter_mut().zip(tmp) {
+                o.write(v);
+            }
         }
     }
 }
@@ -345,16 +432,20 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::avx2::store;
-    use super::{Dequant, PackedWeights, Rows, KG, LANES, MR, NB};
+    use super::{Dequant, MaybeUninit, PackedWeights, Rows, KG, LANES, MR, NB};
 
-    /// Chunks of rows that stay in L2; in each, tiles of MR rows × up to four blocks
-    /// (16 accumulators of AVX-512's 32 registers), fewer at the tail.
+    /// Chunk by chunk of row tiles, up to four weight blocks at a time (16 accumulators
+    /// of AVX-512's 32 registers), fewer at the tail, over the chunk's tiles of MR rows.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn gemm(a: Rows, w: &PackedWeights, dq: &Dequant, out: &mut [f32]) {
-        let m = a.starts.len();
+    pub(super) unsafe fn gemm(
+        rows: &[Rows],
+        w: &PackedWeights,
+        dqs: &[Dequant],
+        outs: &mut [&mut [MaybeUninit<f32>]],
+        chunks: &[Vec<(usize, usize)>],
+    ) {
         let (blocks, panel) = w.blocks();
-        let chunk = w.chunk_rows();
-        for c0 in (0..m).step_by(chunk) {
+        for chunk in chunks {
             let mut b = 0;
             while b < blocks {
                 let width = [4, 2, 1]
@@ -362,11 +453,12 @@ mod avx512 {
                     .find(|&x| x <= blocks - b)
                     .unwrap_or(1);
                 let w0 = w.data.as_ptr().add(b * panel);
-                for r0 in (c0..(c0 + chunk).min(m)).step_by(MR) {
+                for &(g, r0) in chunk {
+                    let (a, dq, out) = (&rows[g], &dqs[g], &mut *outs[g]);
                     match width {
-                        4 => store_tile(dq, tile::<4>(&a, r0, w0, panel), b, w.n, out, r0),
-                        2 => store_tile(dq, tile::<2>(&a, r0, w0, panel), b, w.n, out, r0),
-                        _ => store_tile(dq, tile::<1>(&a, r0, w0, panel), b, w.n, out, r0),
+                        4 => store_tile(dq, tile::<4>(a, r0, w0, panel), b, w.n, out, r0),
+                        2 => store_tile(dq, tile::<2>(a, r0, w0, panel), b, w.n, out, r0),
+                        _ => store_tile(dq, tile::<1>(a, r0, w0, panel), b, w.n, out, r0),
                     }
                 }
                 b += width;
@@ -417,7 +509,7 @@ mod avx512 {
         acc: [[__m512i; B]; MR],
         b: usize,
         n: usize,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         r0: usize,
     ) {
         for (r, acc) in acc.iter().enumerate() {
@@ -434,6 +526,11 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The product of one image.
+    fn product(isa: Isa, a: Rows, w: &PackedWeights, dq: &Dequant) -> Vec<f32> {
+        products(isa, &[a], w, std::slice::from_ref(dq)).remove(0)
+    }
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -495,9 +592,14 @@ mod tests {
                     run: w.kp,
                 };
                 let run = |isa| {
-                    let mut out = vec![f32::NAN; m * n];
-                    gemm(isa, rows, &w, &ep.dequant(q, &w, &[]), &mut out);
-                    out
+                    // NaN wherever a path leaves a value unwritten.
+                    let mut out = vec![MaybeUninit::new(f32::NAN); m * n];
+                    let dq = ep.dequant(q, &w, &[]);
+                    gemm(isa, &[rows], &w, &[dq], &mut [&mut out]);
+                    // SAFETY: every value was initialised (to NaN, then perhaps over).
+                    out.into_iter()
+                        .map(|v| unsafe { v.assume_init() })
+                        .collect::<Vec<_>>()
                 };
                 let reference = run(Isa::Portable);
                 assert!(reference.iter().all(|v| v.is_finite()));
@@ -507,6 +609,66 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_group_gives_what_its_images_give_alone() {
+        // Deep enough rows that a chunk holds 7 tiles: chunks start and end inside
+        // images of 3 tiles each.
+        let (images, m, k, n) = (5, 12, 4608, 40);
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let w = PackedWeights::new(&w, n, k);
+        let ep = Epilogue::new(&w, &vec![0.1; n], Activation::Linear);
+        let srcs: Vec<Vec<u8>> = (0..images)
+            .map(|_| (0..m * k).map(|_| rng.random_range(0..=AMAX)).collect())
+            .collect();
+        let starts: Vec<usize> = (0..m).map(|r| r * k).collect();
+        let rows: Vec<Rows> = (srcs.iter())
+            .map(|src| Rows {
+                src,
+                starts: &starts,
+                segments: &[0],
+                run: k,
+            })
+            .collect();
+        let dqs: Vec<Dequant> = (0..images)
+            .map(|g| {
+                let q = Quant {
+                    scale: 0.01 * (g + 1) as f32,
+                    zero: g as u8,
+                };
+                ep.dequant(q, &w, &[])
+            })
+            .collect();
+        assert!(chunks(&rows, &w, CHUNK_BYTES)[0].len() > m / MR);
+        let alone: Vec<Vec<f32>> = (rows.iter().zip(&dqs))
+            .map(|(a, dq)| product(Isa::Portable, *a, &w, dq))
+            .collect();
+        for isa in Isa::ALL {
+            if isa.available() {
+                assert_eq!(products(isa, &rows, &w, &dqs), alone, "{isa:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_matches_f32_round() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let ties = (-260..260).map(|i| i as f32 * 0.5);
+        let edges = [
+            0.49999997f32,
+            -0.49999997,
+            126.49999,
+            126.5,
+            -126.5,
+            1e-30,
+            -0.0,
+        ];
+        let random = (0..100_000).map(|_| rng.random_range(-200f32..200.0));
+        for x in ties.chain(edges).chain(random) {
+            assert_eq!(round_half_away(x), x.round() as i32, "{x}");
         }
     }
 
@@ -527,7 +689,6 @@ mod tests {
                 a[r * packed.kp + i] = ((x[r * k + i] / q.scale).round() + 64.0) as u8;
             }
         }
-        let mut out = vec![0f32; m * n];
         let starts: Vec<usize> = (0..m).map(|r| r * packed.kp).collect();
         let rows = Rows {
             src: &a,
@@ -536,13 +697,7 @@ mod tests {
             run: packed.kp,
         };
         let ep = Epilogue::new(&packed, &vec![0.0; n], Activation::Linear);
-        gemm(
-            Isa::detect(),
-            rows,
-            &packed,
-            &ep.dequant(q, &packed, &[]),
-            &mut out,
-        );
+        let out = product(Isa::detect(), rows, &packed, &ep.dequant(q, &packed, &[]));
         for r in 0..m {
             for o in 0..n {
                 let want: f32 = (0..k).map(|i| x[r * k + i] * w[o * k + i]).sum();
@@ -578,22 +733,20 @@ mod tests {
             if !isa.available() {
                 continue;
             }
-            let mut scattered = vec![0f32; m * n];
             let rows = Rows {
                 src: &image,
                 starts: &starts,
                 segments: &taps,
                 run: c,
             };
-            gemm(isa, rows, &w, &ep.dequant(q, &w, &[]), &mut scattered);
-            let mut copy = vec![0f32; m * n];
+            let scattered = product(isa, rows, &w, &ep.dequant(q, &w, &[]));
             let rows = Rows {
                 src: &copied,
                 starts: &contiguous,
                 segments: &[0],
                 run: 32,
             };
-            gemm(isa, rows, &w, &ep.dequant(q, &w, &[]), &mut copy);
+            let copy = product(isa, rows, &w, &ep.dequant(q, &w, &[]));
             assert_eq!(scattered, copy, "{isa:?}");
         }
     }

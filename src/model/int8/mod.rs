@@ -152,11 +152,18 @@ impl Conv {
         // (c_out, c_in, ky, kx) to (c_out, ky, kx, c_in): in a channels-last image each
         // kernel row of a receptive field is one run of kx · c_in bytes, padded to whole
         // groups with zero weights (the padding reads the next pixel's first bytes).
-        let w = w.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1::<f32>()?;
+        let w = w.flatten_all()?.to_vec1::<f32>()?;
         let run = (kw * c_in).div_ceil(KG) * KG;
         let mut padded = vec![0f32; c_out * kh * run];
-        for (dst, src) in padded.chunks_mut(run).zip(w.chunks(kw * c_in)) {
-            dst[..kw * c_in].copy_from_slice(src);
+        for (dst, src) in padded.chunks_mut(kh * run).zip(w.chunks(c_in * kh * kw)) {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let taps = &mut dst[ky * run + kx * c_in..][..c_in];
+                    for (ci, t) in taps.iter_mut().enumerate() {
+                        *t = src[(ci * kh + ky) * kw + kx];
+                    }
+                }
+            }
         }
         let weights = PackedWeights::new(&padded, c_out, kh * run);
         let shift = (kh == 1 && pad == 0).then(|| MeanShift::new(&padded, &weights, c_in, centre));
@@ -190,10 +197,7 @@ impl Conv {
         let shifts = self.shifts(xs);
         match &self.winograd {
             Some(u) => self.winograd(isa, u, &shifts),
-            None => shifts
-                .iter()
-                .map(|(x, shift)| self.direct(isa, x, shift))
-                .collect(),
+            None => self.direct(isa, &shifts),
         }
     }
 
@@ -236,43 +240,61 @@ impl Conv {
             .collect()
     }
 
-    /// The convolution of one image: `x` as the GEMM quantises it (centred where the
-    /// layer centres), and its bias `shift`.
-    fn direct(&self, isa: Isa, x: &Act, shift: &[f32]) -> Act {
-        debug_assert_eq!(x.c, self.c_in);
+    /// The convolution of each image of a group (all of one size): `x` as the GEMM
+    /// quantises it (centred where the layer centres), and its bias `shift`.
+    fn direct(&self, isa: Isa, shifts: &[(Cow<Act>, Vec<f32>)]) -> Vec<Act> {
+        let Some((first, _)) = shifts.first() else {
+            return Vec::new();
+        };
         let (k, s, p) = (self.kernel, self.stride, self.pad);
-        let oh = (x.h + 2 * p - k) / s + 1;
-        let ow = (x.w + 2 * p - k) / s + 1;
-        let run = (k * x.c).div_ceil(KG) * KG;
+        let (h, w, c) = (first.h, first.w, first.c);
+        debug_assert_eq!(c, self.c_in);
+        let oh = (h + 2 * p - k) / s + 1;
+        let ow = (w + 2 * p - k) / s + 1;
+        let run = (k * c).div_ceil(KG) * KG;
         // A run padded past the last tap reads into the next pixel: one more column.
-        let extra = usize::from(run > k * x.c);
-        let (image, quant) = quant::quantize(isa, x, p, extra);
-        let wp = x.w + 2 * p + extra;
+        let extra = usize::from(run > k * c);
+        let wp = w + 2 * p + extra;
         // Receptive field of output pixel r, padded rows repeating the last one.
         let starts: Vec<usize> = (0..(oh * ow).div_ceil(MR) * MR)
             .map(|r| {
                 let r = r.min(oh * ow - 1);
-                ((r / ow) * s * wp + (r % ow) * s) * x.c
+                ((r / ow) * s * wp + (r % ow) * s) * c
             })
             .collect();
-        let segments: Vec<usize> = (0..k).map(|ky| ky * wp * x.c).collect();
-        let rows = Rows {
-            src: &image,
-            starts: &starts,
-            segments: &segments,
-            run,
-        };
+        let segments: Vec<usize> = (0..k).map(|ky| ky * wp * c).collect();
+        let quantised: Vec<_> = shifts
+            .iter()
+            .map(|(x, _)| {
+                debug_assert_eq!((x.h, x.w, x.c), (h, w, c), "a group is of one size");
+                quant::quantize(isa, x, p, extra)
+            })
+            .collect();
+        let rows: Vec<Rows> = quantised
+            .iter()
+            .map(|(image, _)| Rows {
+                src: image,
+                starts: &starts,
+                segments: &segments,
+                run,
+            })
+            .collect();
+        let dqs: Vec<_> = (quantised.iter().zip(shifts))
+            .map(|((_, quant), (_, shift))| self.epilogue.dequant(*quant, &self.weights, shift))
+            .collect();
         let n = self.weights.n;
-        let mut out = vec![0f32; starts.len() * n];
-        let dq = self.epilogue.dequant(quant, &self.weights, shift);
-        gemm::gemm(isa, rows, &self.weights, &dq, &mut out);
-        out.truncate(oh * ow * n);
-        Act {
-            h: oh,
-            w: ow,
-            c: n,
-            data: out,
-        }
+        gemm::products(isa, &rows, &self.weights, &dqs)
+            .into_iter()
+            .map(|mut data| {
+                data.truncate(oh * ow * n);
+                Act {
+                    h: oh,
+                    w: ow,
+                    c: n,
+                    data,
+                }
+            })
+            .collect()
     }
 }
 
@@ -671,8 +693,8 @@ mod tests {
             for isa in Isa::ALL {
                 if isa.available() {
                     let shifts = conv.shifts(&xs);
-                    for (got, x) in conv.winograd(isa, u, &shifts).iter().zip(&xs) {
-                        let want = conv.direct(Isa::Portable, x, &[]);
+                    let want = conv.direct(Isa::Portable, &shifts);
+                    for (got, want) in conv.winograd(isa, u, &shifts).iter().zip(&want) {
                         assert_eq!(got.data, want.data, "c={c} n={n} {h}×{w} {isa:?}");
                     }
                 }

@@ -452,6 +452,9 @@ mod avx2 {
                     let (py, px) = (y + i, x0 + j);
                     if py < x.h && px < x.w {
                         let acc = _mm256_srai_epi32::<2>(*acc);
+                        // SAFETY: same layout; the epilogue writes only initialised
+                        // values, so `out` stays initialised.
+                        let out = &mut *(out as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]);
                         epilogue(dq, acc, o0, u.n, out, (py * x.w + px) * u.n);
                     }
                 }
