@@ -17,7 +17,9 @@
 # Uses ../shared/peers/{wsinfer_model.py,run_wsinfer.sh}; the peer's venv (≈3.5 GB,
 # made on first use by run_wsinfer.sh) lives in ${WSINFER_VENV:-$TMPDIR/histomap-peers/wsinfer-venv}.
 # histomap's line splits its stream time per patch into classifying and waiting for
-# reads (summary.json's timings.classify_s and stream_s), so the next bottleneck shows.
+# reads (summary.json's timings.classify_s and stream_s), and gives the readers' CPU
+# time per patch (timings.read_s), so the next bottleneck shows. HISTOMAP_READER
+# (environment) passes through: =openslide reads through OpenSlide alone.
 # Both tools get their defaults otherwise: WSInfer batch 32 with min(nproc, 8)
 # DataLoader workers; histomap the pipeline's batch and all cores.
 set -euo pipefail
@@ -81,7 +83,7 @@ PY
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ws_wall=(); ws_patches=0
-declare -A hm_wall hm_rss hm_patches hm_classify hm_wait
+declare -A hm_wall hm_rss hm_patches hm_classify hm_wait hm_read
 for i in $(seq 1 "$repeat"); do
   line=$(bash "$peers/run_wsinfer.sh" "$work/slides-$model" "$work/wsinfer-out-$model" "$work/models/$model" 2>/dev/null | tail -n 1)
   ws_wall+=("$(grep -o 'wall_s=[0-9.]*' <<<"$line" | cut -d= -f2)")
@@ -91,13 +93,14 @@ for i in $(seq 1 "$repeat"); do
       --precision "$p" --pipeline "$ours/pipeline.toml" --out "$work/histomap-out-$model" 2>/dev/null
     hm_wall[$p]+="$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$work/time-$model.txt") "
     hm_rss[$p]+="$(awk -F': ' '/Maximum resident/ {print int($2/1024)}' "$work/time-$model.txt") "
-    read -r patches classify_ms wait_ms < <(python3 -c "import json,sys
+    read -r patches classify_ms wait_ms read_ms < <(python3 -c "import json,sys
 s = json.load(open(sys.argv[1])); n = s['patches']['classified']; t = s['timings']
-print(n, 1e3 * t['classify_s'] / n, 1e3 * (t['stream_s'] - t['classify_s']) / n)" \
+print(n, 1e3 * t['classify_s'] / n, 1e3 * (t['stream_s'] - t['classify_s']) / n, 1e3 * t['read_s'] / n)" \
       "$work/histomap-out-$model/$(basename "${slide%.*}")/summary.json")
     hm_patches[$p]=$patches
     hm_classify[$p]+="$classify_ms "
     hm_wait[$p]+="$wait_ms "
+    hm_read[$p]+="$read_ms "
   done
 done
 ws=$(printf '%s\n' "${ws_wall[@]}" | median)
@@ -107,11 +110,13 @@ for p in $precisions; do
   hm=$(tr ' ' '\n' <<<"${hm_wall[$p]}" | grep . | median)
   rss=$(tr ' ' '\n' <<<"${hm_rss[$p]}" | grep . | median)
   echo "histomap --precision $p: patches=${hm_patches[$p]} wall_s=$hm peak_rss_mib=$rss (runs: ${hm_wall[$p]% })"
-  # Where a patch's time goes: the classifier busy, and the classifier waiting for
-  # reads (the readers' share beyond what overlaps with classifying).
+  # Where a patch's time goes: the classifier busy, the classifier waiting for reads
+  # (the readers' share beyond what overlaps with classifying), and the readers' own
+  # CPU time (reading, decoding, resizing, normalising; summed over reader threads).
   cls=$(tr ' ' '\n' <<<"${hm_classify[$p]}" | grep . | median)
   wait=$(tr ' ' '\n' <<<"${hm_wait[$p]}" | grep . | median)
-  echo "  per patch: classify_ms=$cls waiting_for_reads_ms=$wait"
+  rd=$(tr ' ' '\n' <<<"${hm_read[$p]}" | grep . | median)
+  echo "  per patch: classify_ms=$cls waiting_for_reads_ms=$wait read_cpu_ms=$rd"
   awk -v w="$ws" -v h="$hm" -v pw="$ws_patches" -v ph="${hm_patches[$p]}" -v p="$p" 'BEGIN {
     printf "  %s: wall-time ratio wsinfer/histomap = %.1fx; per patch = %.1fx (goal: 5x)\n", p, w/h, (w/pw)/(h/ph) }'
 done

@@ -552,6 +552,7 @@ pub fn process_slide(
     predictions.unreadable = unreadable;
     timings.stream_s = t.elapsed().as_secs_f64();
     timings.classify_s = stats.classify_s;
+    timings.read_s = stats.read_s;
 
     let t = Instant::now();
     let heatmap = Heatmap::assemble(&plan.grid, &predictions);

@@ -152,6 +152,9 @@ pub struct Timings {
     /// Of `stream_s`, the time the classifier was busy; the rest it waited for reads,
     /// so `stream_s − classify_s` is what reading costs beyond classifying.
     pub classify_s: f64,
+    /// The readers' busy time, summed over reader threads (CPU seconds, overlapping
+    /// `stream_s`): what reading a patch costs, whether or not the classifier waits.
+    pub read_s: f64,
     pub write_s: f64,
     pub total_s: f64,
     pub patches_per_s: f64,

@@ -15,7 +15,7 @@
 //! every other patch is classified in the same batch, at the same position, as it
 //! would be on an intact slide. Past a given number of such patches the stream stops.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
@@ -48,6 +48,9 @@ pub struct StreamStats {
     pub max_in_flight: usize,
     /// Seconds the classifier spent on batches.
     pub classify_s: f64,
+    /// CPU seconds the readers spent reading and preparing patches, summed over
+    /// readers; they overlap the classifier's.
+    pub read_s: f64,
     pub wall_s: f64,
 }
 
@@ -194,7 +197,9 @@ impl Stream<'_> {
 
         let read = Size::new(plan.read_size, plan.read_size);
         let order = read_order(patches, plan);
+        let read_ns = AtomicU64::new(0);
         let read_batch = |b: usize| -> Batch {
+            let started = thread_cpu_ns();
             let first = b * opts.batch_size;
             let len = opts.batch_size.min(patches.len() - first);
             let mut pixels = vec![0f32; len * patch_len];
@@ -222,6 +227,7 @@ impl Stream<'_> {
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 max_in_flight.fetch_max(now, Ordering::SeqCst);
             }
+            read_ns.fetch_add(thread_cpu_ns().saturating_sub(started), Ordering::Relaxed);
             Batch {
                 first,
                 len,
@@ -278,6 +284,7 @@ impl Stream<'_> {
         })?;
 
         stats.max_in_flight = max_in_flight.load(Ordering::SeqCst);
+        stats.read_s = read_ns.load(Ordering::Relaxed) as f64 * 1e-9;
         stats.wall_s = start.elapsed().as_secs_f64();
         unreadable.sort_by_key(|&(i, _)| i);
         Ok(Streamed {
@@ -286,6 +293,18 @@ impl Stream<'_> {
             stats,
         })
     }
+}
+
+/// CPU time of the calling thread in nanoseconds: a reader's own work, whatever the
+/// other threads on its core do.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

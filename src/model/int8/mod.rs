@@ -487,7 +487,7 @@ impl Int8Net {
         assert_eq!(pixels.len(), n * 3 * plane, "pixels are (n, 3, side, side)");
         let mut logits = vec![0f32; n * self.classes];
         // Each thread takes a group of images through the network together, so that
-        // Winograd layers share each weight among the group's tiles.
+        // each layer's weights serve the whole group in one pass.
         let group = n.div_ceil(rayon::current_num_threads()).clamp(1, GROUP);
         logits
             .par_chunks_mut(self.classes * group)
@@ -496,11 +496,9 @@ impl Int8Net {
                 let xs = chw
                     .chunks(3 * plane)
                     .map(|chw| {
-                        let mut data = vec![0f32; 3 * plane];
-                        for (i, px) in data.chunks_mut(3).enumerate() {
-                            for (c, v) in px.iter_mut().enumerate() {
-                                *v = chw[c * plane + i];
-                            }
+                        let mut data = Vec::with_capacity(3 * plane);
+                        for i in 0..plane {
+                            data.extend_from_slice(&[chw[i], chw[plane + i], chw[2 * plane + i]]);
                         }
                         Act {
                             h: side,
