@@ -650,7 +650,7 @@ mod tests {
             .collect();
         let tiles = chunks(&rows, &w, CHUNK_BYTES)[0].len();
         assert!(
-            tiles > m / MR && tiles % (m / MR) != 0,
+            tiles > m / MR && !tiles.is_multiple_of(m / MR),
             "{tiles} tiles a chunk"
         );
         let alone: Vec<Vec<f32>> = (rows.iter().zip(&dqs))
