@@ -15,10 +15,8 @@
 //!
 //! Shared: [`pipeline`] loads the declarative pipeline files; [`progress`] is the only
 //! way the library talks to a user; [`error`] names the file and value behind every
-//! failure; [`output`] writes files atomically; [`cache`] holds decoded slide tiles and
-//! served tiles under a byte cap.
+//! failure; [`output`] writes files atomically.
 
-pub mod cache;
 pub mod cohort;
 pub mod error;
 pub mod learn;

@@ -28,7 +28,7 @@ use lru::LruCache;
 use super::catalog::{self, SlideView};
 use super::maplayer::{self, Layer};
 use super::tiles::{Pyramid, TileId, TileSource};
-use crate::cache::ByteLru;
+use crate::map::slide::cache::ByteLru;
 
 /// Slides held open at once, each with its reader's caches and a 3 MiB overview.
 pub const MAX_OPEN_SLIDES: usize = 4;

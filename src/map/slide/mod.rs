@@ -8,6 +8,7 @@
 //! reader for plain strip TIFFs, PNG and JPEG, which OpenSlide refuses. A slide is a
 //! file, or a folder holding one DICOM series (`dicom.rs`).
 
+pub mod cache;
 pub mod dicom;
 mod openslide;
 mod raster;

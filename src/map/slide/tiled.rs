@@ -12,7 +12,7 @@
 //! pixels or error, stands. Damaged-tile handling is therefore OpenSlide's, as before.
 //!
 //! Pixels: within the two JPEG decoders' rounding of OpenSlide 4's (libjpeg-turbo),
-//! measured in `tests/golden.rs`. Where a region's level-0 origin falls between pixels
+//! measured in `tests/reader.rs`. Where a region's level-0 origin falls between pixels
 //! of the level read (a downsample that does not divide it), OpenSlide resamples and
 //! this reader starts at the nearest pixel.
 
@@ -31,8 +31,8 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
+use super::cache::ByteLru;
 use super::{OpenSlideSource, SlideInfo, SlideSource};
-use crate::cache::ByteLru;
 use crate::error::Result;
 use crate::map::geom::{L0Point, Size};
 

@@ -10,7 +10,7 @@
 //! channel means ([`shift`]). 3 × 3, stride-1 convolutions of 64 channels or more run
 //! through [`winograd`] instead where the CPU lacks AVX-512 VNNI ([`ConvAlgo`]): 2.25×
 //! fewer multiplies, the same results bit for bit.
-//! MobileNet's depthwise layers ([`depthwise`]), pooling, residual additions, the
+//! MobileNet's depthwise layers ([`depthwise`]), pooling ([`pool`]), residual additions, the
 //! global average and the classifier head stay f32. Scales
 //! come from each image alone, so a patch's result depends neither on the thread count
 //! nor on the other patches in its batch; groups of images run in parallel on the
@@ -18,6 +18,8 @@
 
 mod depthwise;
 mod gemm;
+mod pack;
+mod pool;
 mod quant;
 mod shift;
 mod winograd;
@@ -28,7 +30,8 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use self::depthwise::Depthwise;
-use self::gemm::{Epilogue, PackedWeights, Quant, Rows, KG, MR};
+use self::gemm::{Epilogue, Quant, Rows, MR};
+use self::pack::{PackedWeights, KG};
 use self::shift::MeanShift;
 use self::winograd::WinogradWeights;
 use super::layers::{Activation, ConvBn};
@@ -298,37 +301,6 @@ impl Conv {
     }
 }
 
-/// Max pooling, floor mode, padding never chosen.
-fn max_pool(x: &Act, k: usize, s: usize, p: usize) -> Act {
-    let oh = (x.h + 2 * p - k) / s + 1;
-    let ow = (x.w + 2 * p - k) / s + 1;
-    let mut data = vec![f32::NEG_INFINITY; oh * ow * x.c];
-    for oy in 0..oh {
-        for ox in 0..ow {
-            let dst = &mut data[(oy * ow + ox) * x.c..][..x.c];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let (iy, ix) = ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
-                    if iy < x.h && ix < x.w {
-                        let src = &x.data[(iy * x.w + ix) * x.c..][..x.c];
-                        // `f32::max`'s NaN rule keeps this loop scalar; a comparison
-                        // vectorises (activations are never NaN).
-                        dst.iter_mut()
-                            .zip(src)
-                            .for_each(|(d, &v)| *d = if *d > v { *d } else { v });
-                    }
-                }
-            }
-        }
-    }
-    Act {
-        h: oh,
-        w: ow,
-        c: x.c,
-        data,
-    }
-}
-
 /// Global average pooling and the linear classifier, in f32.
 struct Head {
     /// (classes, channels) row-major.
@@ -517,7 +489,7 @@ impl Int8Net {
 
     fn body(&self, xs: Vec<Act>) -> Vec<Act> {
         let isa = self.isa;
-        let pool = |xs: Vec<Act>, k, s, p| xs.iter().map(|x| max_pool(x, k, s, p)).collect();
+        let pool = |xs: Vec<Act>, k, s, p| xs.iter().map(|x| pool::max_pool(x, k, s, p)).collect();
         match &self.body {
             Body::SmallCnn(convs) => convs
                 .iter()

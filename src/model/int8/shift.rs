@@ -22,7 +22,7 @@
 
 use std::borrow::Cow;
 
-use super::gemm::PackedWeights;
+use super::pack::PackedWeights;
 use super::Act;
 
 /// A layer's mean correction.

@@ -21,7 +21,8 @@
 //! a tile's 16 rows together), and the output transform writes the block's pixels with
 //! the epilogue. Blocks are sized to stay in L2.
 
-use super::gemm::{Dequant, PackedWeights};
+use super::gemm::Dequant;
+use super::pack::PackedWeights;
 use super::Isa;
 
 /// Fewest input channels for which the transforms pay: measured on SmallCnn at 150 px,
