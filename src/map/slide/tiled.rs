@@ -36,7 +36,7 @@ use super::{OpenSlideSource, SlideInfo, SlideSource};
 use crate::error::Result;
 use crate::map::geom::{L0Point, Size};
 
-/// Decoded tiles kept: about 85 tiles of 512², 370 of Aperio's 240². The stream reads
+/// Decoded tiles kept: about 85 tiles of 512², 390 of Aperio's 240². The stream reads
 /// bands of patch rows column by column, so a tile is decoded about once with far
 /// fewer; the cap is OpenSlide's default cache doubled, for the viewer's wider reads.
 const CACHE_BYTES: usize = 64 << 20;
@@ -44,7 +44,7 @@ const CACHE_BYTES: usize = 64 << 20;
 const MAX_DIRECTORIES: usize = 64;
 /// Largest tile side accepted; larger tiles go to OpenSlide.
 const MAX_TILE_SIDE: u32 = 8192;
-/// A tile's compressed bytes beyond which it is taken as damaged (a 8192² tile at
+/// A tile's compressed bytes beyond which it is taken as damaged (an 8192² tile at
 /// quality 100 is well under this).
 const MAX_TILE_BYTES: u64 = 256 << 20;
 
