@@ -8,16 +8,14 @@
 //! defaults: target/slides/dense.tif (scripts/make-slides.sh), patches of 149 pixels
 //! (ResNet-18's 150 px at 0.495 µm/px on that slide), level 0, 3 rounds.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
+use common::median;
 use histomap::map::geom::{L0Point, Size};
 use histomap::map::slide::{OpenSlideSource, SlideSource, TiledTiffSource};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

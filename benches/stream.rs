@@ -14,10 +14,13 @@
 //! pipelines/pcam.toml, fixtures/smallcnn96. Each figure is the median of 3 runs,
 //! every run on a freshly opened slide (OpenSlide caches tiles per handle).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
+use common::median;
 use histomap::map::grid::ReadPlan;
 use histomap::map::mask::TissueMask;
 use histomap::map::mask::THUMBNAIL_SIDE;
@@ -30,11 +33,6 @@ use histomap::progress::Silent;
 use rayon::prelude::*;
 
 const RUNS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     histomap::tune_allocator();

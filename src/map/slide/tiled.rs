@@ -49,6 +49,7 @@ const MAX_TILE_SIDE: u32 = 8192;
 const MAX_TILE_BYTES: u64 = 256 << 20;
 
 const SOI: [u8; 2] = [0xFF, 0xD8];
+const EOI: [u8; 2] = [0xFF, 0xD9];
 
 /// One pyramid level: a tiled TIFF directory.
 struct TiffLevel {
@@ -84,7 +85,10 @@ impl TiledTiffSource {
         if !matches!(slide.info().format.as_str(), "aperio" | "generic-tiff") {
             return Err(Box::new(slide));
         }
-        let mut dirs: Vec<Option<TiffLevel>> = match tiled_levels(file) {
+        let Ok(handle) = File::open(file) else {
+            return Err(Box::new(slide));
+        };
+        let mut dirs: Vec<Option<TiffLevel>> = match tiled_levels(&handle) {
             Ok(dirs) => dirs.into_iter().map(Some).collect(),
             Err(_) => return Err(Box::new(slide)),
         };
@@ -97,9 +101,6 @@ impl TiledTiffSource {
             })
             .collect();
         let Some(levels) = levels else {
-            return Err(Box::new(slide));
-        };
-        let Ok(handle) = File::open(file) else {
             return Err(Box::new(slide));
         };
         let mut info = slide.info().clone();
@@ -234,7 +235,6 @@ impl SlideSource for TiledTiffSource {
 /// the marker, a progressive tile's several scans) costs speed, never pixels.
 fn whole_scan(tile: &[u8]) -> std::result::Result<(), String> {
     const SOS: u8 = 0xDA;
-    const EOI: u8 = 0xD9;
     let header = || String::from("a JPEG tile whose header is cut short");
     // Marker segments up to the start of scan: 0xFF, marker, 16-bit length.
     let mut i = 2;
@@ -259,18 +259,17 @@ fn whole_scan(tile: &[u8]) -> std::result::Result<(), String> {
         match scan.get(at + 1) {
             Some(0x00 | 0xD0..=0xD7) => j = at + 2,
             Some(0xFF) => j = at + 1,
-            Some(&EOI) if at + 2 == scan.len() => return Ok(()),
+            Some(&m) if m == EOI[1] && at + 2 == scan.len() => return Ok(()),
             _ => break,
         }
     }
     Err("a tile whose scan ends before its end-of-image marker".into())
 }
 
-/// Every directory of the file that this reader can read: JPEG-compressed, tiled,
+/// Every directory of `file` that this reader can read: JPEG-compressed, tiled,
 /// 8-bit RGB or YCbCr, interleaved. Others are left out; a file the `tiff` crate
 /// cannot walk is an error, and OpenSlide reads it.
-fn tiled_levels(path: &Path) -> tiff::TiffResult<Vec<TiffLevel>> {
-    let file = File::open(path)?;
+fn tiled_levels(file: &File) -> tiff::TiffResult<Vec<TiffLevel>> {
     // The default limits hold a tile index of 1 MiB (a BigTIFF of 131,072 tiles);
     // `Decoder::new` reads the first directory under them.
     let mut limits = Limits::default();
@@ -320,7 +319,7 @@ fn tiled_levels(path: &Path) -> tiff::TiffResult<Vec<TiffLevel>> {
                 let mut t = t.into_u8_vec()?;
                 // SOI, tables, EOI: the tables are spliced in front of each tile's
                 // stream without their end marker.
-                if t.len() < 4 || t[..2] != SOI || t[t.len() - 2..] != [0xFF, 0xD9] {
+                if t.len() < 4 || t[..2] != SOI || t[t.len() - 2..] != EOI {
                     continue;
                 }
                 t.truncate(t.len() - 2);

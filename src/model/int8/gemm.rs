@@ -117,18 +117,14 @@ fn gemm(
                 w,
                 dqs,
                 outs,
-                &chunks(
-                    rows,
-                    w,
-                    std::env::var("HM_CHUNK")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(AVX512_CHUNK_BYTES),
-                ),
+                &tiles(rows),
+                per_chunk(w, AVX512_CHUNK_BYTES),
             )
         },
         #[cfg(target_arch = "x86_64")]
-        _ if isa.avx2() => unsafe { avx2::gemm(rows, w, dqs, outs, &chunks(rows, w, CHUNK_BYTES)) },
+        _ if isa.avx2() => unsafe {
+            avx2::gemm(rows, w, dqs, outs, &tiles(rows), per_chunk(w, CHUNK_BYTES))
+        },
         _ => {
             for ((a, dq), out) in rows.iter().zip(dqs).zip(outs.iter_mut()) {
                 portable(*a, w, dq, out);
@@ -137,15 +133,17 @@ fn gemm(
     }
 }
 
-/// The group's tiles of [`MR`] rows, `(image, first row)`, in chunks of at most
-/// `bytes` of activation rows, which every weight block passes over while they stay in
-/// L2.
-fn chunks(rows: &[Rows], w: &PackedWeights, bytes: usize) -> Vec<Vec<(usize, usize)>> {
-    let tiles: Vec<(usize, usize)> = (rows.iter().enumerate())
+/// The group's tiles of [`MR`] rows, `(image, first row)`, in order.
+fn tiles(rows: &[Rows]) -> Vec<(usize, usize)> {
+    (rows.iter().enumerate())
         .flat_map(|(g, a)| (0..a.starts.len()).step_by(MR).map(move |r0| (g, r0)))
-        .collect();
-    let per_chunk = (bytes / w.kp.max(1) / MR).max(1);
-    tiles.chunks(per_chunk).map(<[_]>::to_vec).collect()
+        .collect()
+}
+
+/// Tiles in a chunk of at most `bytes` of activation rows, which every weight block
+/// passes over while they stay in L2.
+fn per_chunk(w: &PackedWeights, bytes: usize) -> usize {
+    (bytes / w.kp.max(1) / MR).max(1)
 }
 
 /// A layer's dequantising epilogue: bias and activation, padded to whole blocks.
@@ -253,10 +251,11 @@ pub(super) mod avx2 {
         w: &PackedWeights,
         dqs: &[Dequant],
         outs: &mut [&mut [MaybeUninit<f32>]],
-        chunks: &[Vec<(usize, usize)>],
+        tiles: &[(usize, usize)],
+        per_chunk: usize,
     ) {
         let (blocks, panel) = w.blocks();
-        for chunk in chunks {
+        for chunk in tiles.chunks(per_chunk) {
             for b in 0..blocks {
                 let w0 = w.data.as_ptr().add(b * panel);
                 for &(g, r0) in chunk {
@@ -353,10 +352,11 @@ mod avx512 {
         w: &PackedWeights,
         dqs: &[Dequant],
         outs: &mut [&mut [MaybeUninit<f32>]],
-        chunks: &[Vec<(usize, usize)>],
+        tiles: &[(usize, usize)],
+        per_chunk: usize,
     ) {
         let (blocks, panel) = w.blocks();
-        for chunk in chunks {
+        for chunk in tiles.chunks(per_chunk) {
             let mut b = 0;
             while b < blocks {
                 let width = [4, 2, 1]
@@ -554,7 +554,7 @@ mod tests {
                 ep.dequant(q, &w, &[])
             })
             .collect();
-        let tiles = chunks(&rows, &w, CHUNK_BYTES)[0].len();
+        let tiles = per_chunk(&w, CHUNK_BYTES);
         assert!(
             tiles > m / MR && !tiles.is_multiple_of(m / MR),
             "{tiles} tiles a chunk"

@@ -243,8 +243,9 @@ impl Conv {
             .collect()
     }
 
-    /// The convolution of each image of a group (all of one size): `x` as the GEMM
-    /// quantises it (centred where the layer centres), and its bias `shift`.
+    /// The convolution of each image of a group (all of one size), for each `(x,
+    /// shift)`: `x` as the GEMM quantises it (centred where the layer centres), and its
+    /// bias shift.
     fn direct(&self, isa: Isa, shifts: &[(Cow<Act>, Vec<f32>)]) -> Vec<Act> {
         let Some((first, _)) = shifts.first() else {
             return Vec::new();
