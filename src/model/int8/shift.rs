@@ -23,14 +23,16 @@
 use std::borrow::Cow;
 
 use super::pack::PackedWeights;
-use super::Act;
+use super::{Act, Isa};
 
 /// A layer's mean correction.
 pub struct MeanShift {
     /// Whether the GEMM sees the input centred on its channel means.
     centre: bool,
-    /// `(c_in, n)`: for each input channel, what a unit mean adds to each output
-    /// (summed over the kernel's taps).
+    /// For each input channel, what a unit mean adds to each output, laid out
+    /// `[n / BLOCK][c_in][BLOCK]` (the last block padded with zeros) so that a block of
+    /// outputs reads its weights in one run. Read as `(c_in, n)` rows, a block's column
+    /// strode kilobytes from channel to channel, and waited on memory for each.
     w: Vec<f32>,
     c_in: usize,
     n: usize,
@@ -41,10 +43,10 @@ impl MeanShift {
     /// [`PackedWeights::new`] took them (`k`: the `c_in` channels, then padding).
     pub fn new(w: &[f32], packed: &PackedWeights, c_in: usize, centre: bool) -> Self {
         let (n, k) = (packed.n, w.len() / packed.n);
-        let mut shift = vec![0f32; c_in * n];
+        let mut shift = vec![0f32; n.div_ceil(BLOCK) * c_in * BLOCK];
         for o in 0..n {
             for (c, &v) in w[o * k..][..c_in].iter().enumerate() {
-                shift[c * n + o] = if centre {
+                shift[((o / BLOCK) * c_in + c) * BLOCK + o % BLOCK] = if centre {
                     v
                 } else {
                     v - packed.dequantised(o, c)
@@ -60,16 +62,40 @@ impl MeanShift {
     }
 
     /// For each image of a group: the input the GEMM quantises, and the shift to add to
-    /// each output channel. Each row of the weights is read once for the whole group
-    /// (late layers hold 10⁵–10⁶ of them against a few pixels per image), and each
-    /// shift still sums its channels in order, so the bits do not depend on the group.
-    pub fn apply<'a>(&self, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+    /// each output channel.
+    pub fn apply<'a>(&self, isa: Isa, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512 (checked in the guard).
+            Isa::Avx512Vnni if isa.available() => unsafe { avx512(self, xs) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 (checked in the guard).
+            _ if isa.avx2() => unsafe { avx2(self, xs) },
+            _ => self.run::<4>(xs),
+        }
+    }
+
+    /// [`Self::apply`] with `N` outputs per vector. Each shift is a product of the
+    /// weights with the image's means, summed over the channels in order from zero, so
+    /// the bits depend neither on `N` nor on the group.
+    #[inline(always)]
+    fn run<'a, const N: usize>(&self, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
         let means: Vec<Vec<f32>> = xs.iter().map(Act::channel_means).collect();
         let mut shifts = vec![vec![0f32; self.n]; xs.len()];
-        for (c, row) in self.w.chunks(self.n).enumerate() {
-            for (shift, mean) in shifts.iter_mut().zip(&means) {
-                let m = mean[c];
-                shift.iter_mut().zip(row).for_each(|(s, w)| *s += w * m);
+        // The means of 8, 4, 2 or 1 images at a time: each weight row is read once for
+        // them (late layers hold 10⁵–10⁶ weights against a few pixels per image), and
+        // their sums stay in registers across the channels.
+        let mut done = 0;
+        for g in [8, 4, 2, 1] {
+            while means.len() - done >= g {
+                let (ms, ss) = (&means[done..done + g], &mut shifts[done..done + g]);
+                match g {
+                    8 => self.images::<N, 8>(ms, ss),
+                    4 => self.images::<N, 4>(ms, ss),
+                    2 => self.images::<N, 2>(ms, ss),
+                    _ => self.images::<N, 1>(ms, ss),
+                }
+                done += g;
             }
         }
         xs.iter()
@@ -88,6 +114,56 @@ impl MeanShift {
             })
             .collect()
     }
+
+    /// The shifts of `G` images.
+    #[inline(always)]
+    fn images<const N: usize, const G: usize>(&self, means: &[Vec<f32>], shifts: &mut [Vec<f32>]) {
+        let ms: [&[f32]; G] = std::array::from_fn(|g| means[g].as_slice());
+        for o0 in (0..self.n.div_ceil(BLOCK) * BLOCK).step_by(N) {
+            self.block::<N, G>(&ms, shifts, o0);
+        }
+    }
+
+    /// Outputs `o0..o0 + N` of the shifts of `G` images (`N` divides [`BLOCK`];
+    /// outputs past `n` are padding, computed and dropped).
+    #[inline(always)]
+    fn block<const N: usize, const G: usize>(
+        &self,
+        ms: &[&[f32]; G],
+        shifts: &mut [Vec<f32>],
+        o0: usize,
+    ) {
+        let block = &self.w[(o0 / BLOCK) * self.c_in * BLOCK..][..self.c_in * BLOCK];
+        let mut acc = [[0f32; N]; G];
+        for (c, row) in block.chunks_exact(BLOCK).enumerate() {
+            let row: &[f32; N] = row[o0 % BLOCK..][..N].try_into().unwrap();
+            for g in 0..G {
+                let m = ms[g][c];
+                for l in 0..N {
+                    acc[g][l] += row[l] * m;
+                }
+            }
+        }
+        let valid = N.min(self.n.saturating_sub(o0));
+        for (s, a) in shifts.iter_mut().zip(&acc) {
+            s[o0.min(self.n)..][..valid].copy_from_slice(&a[..valid]);
+        }
+    }
+}
+
+/// Outputs per block of the weights' layout: the widest vector's.
+const BLOCK: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2<'a>(shift: &MeanShift, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+    shift.run::<8>(xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+unsafe fn avx512<'a>(shift: &MeanShift, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+    shift.run::<16>(xs)
 }
 
 #[cfg(test)]
@@ -113,7 +189,7 @@ mod tests {
         let packed = PackedWeights::new(&w, n, c);
         let shift = MeanShift::new(&w, &packed, c, true);
         let x = image(c, 4.0);
-        let mut applied = shift.apply(std::slice::from_ref(&x));
+        let mut applied = shift.apply(Isa::Portable, std::slice::from_ref(&x));
         let (centred, s) = applied.remove(0);
         // Each output pixel is unchanged: Σ w·(x - mean) + Σ w·mean = Σ w·x.
         for (px, cx) in x.data.chunks(c).zip(centred.data.chunks(c)) {
@@ -134,7 +210,7 @@ mod tests {
         let packed = PackedWeights::new(&w, n, c);
         let shift = MeanShift::new(&w, &packed, c, false);
         let x = image(c, 2.0);
-        let mut applied = shift.apply(std::slice::from_ref(&x));
+        let mut applied = shift.apply(Isa::Portable, std::slice::from_ref(&x));
         let (same, s) = applied.remove(0);
         assert!(matches!(same, Cow::Borrowed(_)));
         let mean: Vec<f32> = (0..c)
