@@ -17,7 +17,7 @@ cargo bench --bench models --no-run -q 2>/dev/null
 bench=$(ls -t target/release/deps/models-* | grep -v '\.d$' | head -1)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-specs=("smallcnn 96 64" "smallcnn 150 32" "resnet18 150 32" "mobilenetv2 96 64")
+specs=("smallcnn 96 64" "smallcnn 150 32" "resnet18 150 32" "mobilenetv2 96 64" "efficientnet-lite0 96 64")
 # BENCH_SPECS="mobilenetv2 96 64,smallcnn 96 64" measures only those.
 [[ -n ${BENCH_SPECS:-} ]] && IFS=, read -ra specs <<<"$BENCH_SPECS"
 for round in $(seq 1 "$rounds"); do

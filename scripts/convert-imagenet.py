@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A PyTorch MobileNetV2 checkpoint (.pt) to safetensors with torchvision's names.
+"""An ImageNet checkpoint (.pt/.pth) of MobileNetV2 or EfficientNet-Lite0 to safetensors.
 
 Reads a state_dict saved by torch.save, either format: the zip (`*/data.pkl` plus raw
 storages `*/data/<key>`, torch >= 1.6) or the legacy stream (pickles, then the raw
@@ -10,15 +10,18 @@ torch's typed storages (FloatStorage, LongStorage, ...) and refuses every other 
 so nothing in the file runs. No torch, no numpy: the standard library only, as this
 runs in scripts/fetch-imagenet.sh on fresh machines.
 
-The tensors (num_batches_tracked dropped) are mapped in key order onto the names of
-torchvision's `mobilenet_v2().features` (width 1.0; the layout is computed here from
-torchvision's inverted-residual settings), and every shape and every parameter role
-(weight, bias, running_mean, running_var) is checked. A classifier in the checkpoint is
-left out (only the features are written) and reported. Output: safetensors written by
+MobileNetV2 (--arch mobilenetv2, the default): the tensors (num_batches_tracked dropped)
+are mapped in key order onto the names of torchvision's `mobilenet_v2().features` (width
+1.0; the layout is computed here from torchvision's inverted-residual settings), and
+every shape and every parameter role (weight, bias, running_mean, running_var) is
+checked. EfficientNet-Lite0 (--arch efficientnet-lite0): the checkpoint's own names
+(`_conv_stem`, `_blocks.{i}._expand_conv`, ...), which histomap uses, each checked
+against the layout computed here. A classifier in the checkpoint is left out (only the
+features are written) and reported. Output: safetensors written by
 hand (8-byte little-endian header length, JSON header, keys sorted, F32 data), so the
 same input gives the same bytes.
 
-usage: scripts/convert-imagenet.py IN.pt OUT.safetensors [--mapping]
+usage: scripts/convert-imagenet.py IN.pt OUT.safetensors [--arch A] [--mapping]
   --mapping  print every checkpoint name -> torchvision name
 """
 
@@ -257,6 +260,30 @@ def torchvision_features(width=1.0):
     return out
 
 
+# EfficientNet-Lite0: expansion, kernel, first stride, channels, blocks; stem 32, head 1280
+LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+
+
+def lite0_features():
+    """[(name, shape)] of EfficientNet-Lite0's body in the checkpoint's names."""
+
+    def bn(prefix, c):
+        return [(f"{prefix}.{p}", (c,)) for p in ("weight", "bias", "running_mean", "running_var")]
+
+    out = [("_conv_stem.weight", (32, 3, 3, 3))] + bn("_bn0", 32)
+    c_in, i = 32, 0
+    for t, k, _s, c, n in LITE0_STAGES:
+        for _ in range(n):
+            p, hidden = f"_blocks.{i}", c_in * t
+            if t != 1:
+                out += [(f"{p}._expand_conv.weight", (hidden, c_in, 1, 1))] + bn(f"{p}._bn0", hidden)
+            out += [(f"{p}._depthwise_conv.weight", (hidden, 1, k, k))] + bn(f"{p}._bn1", hidden)
+            out += [(f"{p}._project_conv.weight", (c, hidden, 1, 1))] + bn(f"{p}._bn2", c)
+            c_in, i = c, i + 1
+    return out + [("_conv_head.weight", (1280, c_in, 1, 1))] + bn("_bn1", 1280)
+
+
 def state_dict_of(obj):
     if isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values()):
         return obj
@@ -266,11 +293,22 @@ def state_dict_of(obj):
     fail("the checkpoint is not a state_dict of tensors")
 
 
-def convert(sd):
-    """Returns ({torchvision name: Tensor}, [(old, new)], [classifier keys left out])."""
+def convert(sd, arch):
+    """Returns ({histomap name: Tensor}, [(old, new)], [classifier keys left out])."""
     entries = [(k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked")]
-    classifier = [k for k, _ in entries if k.startswith(("classifier", "fc."))]
+    classifier = [k for k, _ in entries if k.startswith(("classifier", "fc.", "_fc."))]
     entries = [(k, v) for k, v in entries if k not in classifier]
+    if arch == "efficientnet-lite0":
+        expected = dict(lite0_features())
+        names = [k for k, _ in entries]
+        if sorted(names) != sorted(expected):
+            missing = sorted(set(expected) - set(names))[:3]
+            extra = sorted(set(names) - set(expected))[:3]
+            fail(f"not EfficientNet-Lite0's body: missing {missing}, unexpected {extra}")
+        for k, t in entries:
+            if t.shape != expected[k] or t.dtype != "F32":
+                fail(f"{k} {list(t.shape)} {t.dtype}: {list(expected[k])} F32 expected")
+        return dict(entries), [(k, k) for k, _ in entries], classifier
     expected = torchvision_features()
     if len(entries) != len(expected):
         fail(f"{len(entries)} feature tensors in the checkpoint, torchvision's "
@@ -314,6 +352,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
     ap.add_argument("out")
+    ap.add_argument("--arch", choices=["mobilenetv2", "efficientnet-lite0"], default="mobilenetv2")
     ap.add_argument("--mapping", action="store_true", help="print old -> new names")
     args = ap.parse_args()
     try:
@@ -322,15 +361,17 @@ def main():
     except (pickle.UnpicklingError, EOFError, struct.error) as e:
         fail(f"{args.checkpoint}: {e}")
     sd = state_dict_of(obj)
-    tensors, pairs, classifier = convert(sd)
+    tensors, pairs, classifier = convert(sd, args.arch)
     write_safetensors(args.out, tensors)
     if args.mapping:
         for old, new in pairs:
             print(f"{old} -> {new}")
     renamed = sum(old != new for old, new in pairs)
     values = sum(t.numel() for t in tensors.values())
-    print(f"{args.out}: {len(tensors)} tensors, {values} values (torchvision "
-          f"mobilenet_v2().features), from {len(sd)} checkpoint entries: "
+    layout = "torchvision mobilenet_v2().features" if args.arch == "mobilenetv2" \
+        else "EfficientNet-Lite0's body, the checkpoint's names"
+    print(f"{args.out}: {len(tensors)} tensors, {values} values ({layout}), "
+          f"from {len(sd)} checkpoint entries: "
           f"{len(sd) - len(pairs) - len(classifier)} num_batches_tracked dropped, "
           f"{renamed} renamed")
     if classifier:

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use candle_core::{DType, Device, ModuleT};
 use candle_nn::VarBuilder;
 use histomap::model::int8::{Int8Net, Isa};
-use histomap::model::{Architecture, Classifier, MobileNetV2, Network, ResNet};
+use histomap::model::{Architecture, Classifier, MobileNet, Network, ResNet};
 
 /// Max |candle − PyTorch| over the logits of the fixed inputs in `io`.
 fn parity(dir: &Path, io: &Path) -> f32 {
@@ -181,35 +181,42 @@ fn d4_test_time_augmentation_is_invariant_under_d4() {
     }
 }
 
-/// torchvision's MobileNetV2 at width 0.25 (every parameter name and operation of the
-/// full net, in a 1.3 MB fixture from `scripts/make-mobilenet-golden.py`): eval-mode
-/// logits with BatchNorm as its own op and folded, and train-mode logits (batch
-/// statistics), against PyTorch's.
+/// torchvision's MobileNetV2 and EfficientNet-Lite0 (the ImageNet checkpoint's names) at
+/// width 0.25 (every parameter name and operation of the full nets, in 1.3 and 1.8 MB
+/// fixtures from `scripts/make-mobilenet-golden.py`): eval-mode logits with BatchNorm
+/// as its own op and folded, and train-mode logits (batch statistics), against
+/// PyTorch's.
 #[test]
-fn narrow_mobilenetv2_matches_pytorch() {
-    let dir = common::root().join("fixtures/mobilenetv2_w25");
-    let dev = Device::Cpu;
-    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
-    let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
-    let net = MobileNetV2::new(vb, 0.25, 8).unwrap();
-    let pair = candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
-    let x = &pair["x"];
-    let eval = common::max_abs_diff(&net.forward_t(x, false).unwrap(), &pair["y"]);
-    let mut fused_net = net.clone();
-    fused_net.fuse().unwrap();
-    let fused = common::max_abs_diff(&fused_net.forward_t(x, false).unwrap(), &pair["y"]);
-    // Last: a training-mode pass moves the running statistics, as PyTorch's does.
-    let train = common::max_abs_diff(&net.forward_t(x, true).unwrap(), &pair["y_train"]);
-    // The figure for issue notes: `cargo test --release --test golden -- --nocapture`.
-    eprintln!(
-        "mobilenetv2_w25: max |candle - torch| = {eval:.2e} eval, {train:.2e} train, \
-         {fused:.2e} BatchNorm fused"
-    );
-    for (what, d) in [("eval", eval), ("train", train), ("fused", fused)] {
-        assert!(
-            d < 1e-5,
-            "mobilenetv2_w25 {what}: max |candle - torch| = {d}"
+fn narrow_mobilenets_match_pytorch() {
+    type Build = fn(VarBuilder) -> candle_core::Result<MobileNet>;
+    let nets: [(&str, Build); 2] = [
+        ("mobilenetv2_w25", |vb| MobileNet::v2(vb, 0.25, 8)),
+        ("efficientnet_lite0_w25", |vb| {
+            MobileNet::efficientnet_lite0(vb, 0.25, 8)
+        }),
+    ];
+    for (name, build) in nets {
+        let dir = common::root().join("fixtures").join(name);
+        let dev = Device::Cpu;
+        let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+        let net = build(vb).unwrap();
+        let pair = candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
+        let x = &pair["x"];
+        let eval = common::max_abs_diff(&net.forward_t(x, false).unwrap(), &pair["y"]);
+        let mut fused_net = net.clone();
+        fused_net.fuse().unwrap();
+        let fused = common::max_abs_diff(&fused_net.forward_t(x, false).unwrap(), &pair["y"]);
+        // Last: a training-mode pass moves the running statistics, as PyTorch's does.
+        let train = common::max_abs_diff(&net.forward_t(x, true).unwrap(), &pair["y_train"]);
+        // The figure for issue notes: `cargo test --release --test golden -- --nocapture`.
+        eprintln!(
+            "{name}: max |candle - torch| = {eval:.2e} eval, {train:.2e} train, \
+             {fused:.2e} BatchNorm fused"
         );
+        for (what, d) in [("eval", eval), ("train", train), ("fused", fused)] {
+            assert!(d < 1e-5, "{name} {what}: max |candle - torch| = {d}");
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use histomap::learn::augment::Augment;
 use histomap::learn::dataset::Dataset;
 use histomap::learn::evaluate::{evaluate, EvalOptions};
 use histomap::learn::train::{split_dataset, train, Quiet, Resume, TrainOptions};
-use histomap::model::{read_card, Architecture, Precision};
+use histomap::model::{read_card, Architecture, ModelCard, Precision};
 use histomap::pipeline::Pipeline;
 
 fn kather_classes() -> Vec<String> {
@@ -499,14 +499,12 @@ fn init_extra_train_and_no_val() {
     assert_eq!(theirs["fc.weight"].dims(), [2, 256]);
 }
 
-/// `--arch mobilenetv2 --init imagenet` starts from the ImageNet weights that setup
-/// installs (scripts/fetch-imagenet.sh): with the body frozen, every body tensor stays
-/// as ImageNet left it and only the new head moves; the card records the start and
-/// ImageNet's normalisation. The model then maps a real slide in what its recorded int8
-/// check lets `auto` run, saying so once where that is f32.
-#[test]
-fn mobilenetv2_fine_tunes_from_imagenet_weights() {
-    let imagenet = common::root().join("imagenet/mobilenetv2/model.safetensors");
+/// Trains `arch` for one epoch on 16 PCam tiles from the ImageNet weights that setup
+/// installs (scripts/fetch-imagenet.sh), body frozen, and checks what that promises:
+/// every body tensor stays as ImageNet left it, the new head (`head`, weight) has one
+/// row per class, and the card records the start and ImageNet's normalisation.
+fn frozen_fine_tune(arch: &str, head: &str) -> (tempfile::TempDir, PathBuf, ModelCard) {
+    let imagenet = common::root().join(format!("imagenet/{arch}/model.safetensors"));
     assert!(
         imagenet.is_file(),
         "{} is missing: run scripts/fetch-imagenet.sh (scripts/setup.sh does)",
@@ -517,7 +515,7 @@ fn mobilenetv2_fine_tunes_from_imagenet_weights() {
     let out = dir.path().join("model");
     histomap()
         .current_dir(common::root())
-        .args(["train", "-q", "--arch", "mobilenetv2", "--init", "imagenet"])
+        .args(["train", "-q", "--arch", arch, "--init", "imagenet"])
         .args([
             "--freeze-body",
             "--epochs",
@@ -534,7 +532,7 @@ fn mobilenetv2_fine_tunes_from_imagenet_weights() {
         .assert()
         .success();
     let card = read_card(&out).unwrap();
-    assert_eq!(card.architecture, Architecture::Mobilenetv2);
+    assert_eq!(card.architecture.to_string(), arch);
     assert_eq!(card.normalization.mean, [0.485, 0.456, 0.406]);
     let record = card.training.as_ref().unwrap();
     let tune = record.fine_tune.expect("the card records the fine-tuning");
@@ -543,14 +541,28 @@ fn mobilenetv2_fine_tunes_from_imagenet_weights() {
         .init
         .as_ref()
         .unwrap()
-        .ends_with("imagenet/mobilenetv2"));
+        .ends_with(format!("imagenet/{arch}")));
     let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
     let (ours, theirs) = (load(&out.join("model.safetensors")), load(&imagenet));
     for (name, t) in &theirs {
         assert_eq!(common::max_abs_diff(&ours[name], t), 0.0, "{name} moved");
     }
-    assert_eq!(ours["classifier.1.weight"].dims(), [2, 1280]);
+    assert_eq!(ours[head].dims(), [2, 1280]);
+    (dir, out, card)
+}
 
+/// EfficientNet-Lite0 fine-tunes from its ImageNet weights (`frozen_fine_tune`).
+#[test]
+fn efficientnet_lite0_fine_tunes_from_imagenet_weights() {
+    frozen_fine_tune("efficientnet-lite0", "_fc.weight");
+}
+
+/// MobileNetV2 fine-tunes from its ImageNet weights (`frozen_fine_tune`), then maps a
+/// real slide in what its recorded int8 check lets `auto` run, saying so once where
+/// that is f32.
+#[test]
+fn mobilenetv2_fine_tunes_from_imagenet_weights() {
+    let (dir, out, card) = frozen_fine_tune("mobilenetv2", "classifier.1.weight");
     let maps = dir.path().join("maps");
     let svs = data().join("slides/cmu_small_region.svs");
     let run = assert_cmd::Command::from_std(common::heatmap_command("pcam", &out, &maps, &svs))

@@ -25,7 +25,7 @@ use crate::map::geom::{L0Rect, Size};
 use crate::map::grid::ReadPlan;
 use crate::map::preprocess::{fit_to, Normalizer};
 use crate::map::slide::SlideSource;
-use crate::model::Classifier;
+use crate::model::{Classifier, Rechecks};
 use crate::pipeline::Normalization;
 use crate::progress::Progress;
 use crate::stain::Transform;
@@ -257,6 +257,16 @@ impl Stream<'_> {
                 drop(tx);
             });
 
+            // `auto`'s close calls, run again in f32 a batch at a time.
+            let mut rechecks = Rechecks::default();
+            // Returns the seconds it took.
+            let recheck = |model: &Classifier, rechecks: &mut Rechecks, probs: &mut [f32]| {
+                let t = Instant::now();
+                for (at, p) in model.run_rechecks(rechecks)? {
+                    probs[at * classes..(at + 1) * classes].copy_from_slice(&p);
+                }
+                Ok::<_, Error>(t.elapsed().as_secs_f64())
+            };
             let result = (|| {
                 for mut batch in rx.iter() {
                     unreadable.append(&mut batch.unreadable);
@@ -265,15 +275,26 @@ impl Stream<'_> {
                     }
                     if let Some(model) = classifier {
                         let t = Instant::now();
-                        let p = model.predict(batch.pixels, batch.len)?;
-                        stats.classify_s += t.elapsed().as_secs_f64();
                         let batch_order = &order[batch.first..batch.first + batch.len];
+                        let p = model.predict_deferring(
+                            batch.pixels,
+                            batch.len,
+                            batch_order,
+                            &mut rechecks,
+                        )?;
+                        stats.classify_s += t.elapsed().as_secs_f64();
                         for (&at, p) in batch_order.iter().zip(p.chunks(classes)) {
                             probs[at * classes..(at + 1) * classes].copy_from_slice(p);
+                        }
+                        if rechecks.len() >= opts.batch_size {
+                            stats.classify_s += recheck(model, &mut rechecks, &mut probs)?;
                         }
                     }
                     in_flight.fetch_sub(batch.len, Ordering::SeqCst);
                     progress.patches_done(batch.len as u64);
+                }
+                if let Some(model) = classifier {
+                    stats.classify_s += recheck(model, &mut rechecks, &mut probs)?;
                 }
                 Ok(())
             })();

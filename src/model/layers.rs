@@ -25,10 +25,13 @@ pub struct ConvSpec {
     /// One filter per channel (`groups = c_in`, and `c_out == c_in`).
     pub depthwise: bool,
     pub act: Activation,
+    /// The BatchNorm's epsilon.
+    pub bn_eps: f64,
 }
 
 impl ConvSpec {
-    /// No bias, padding k / 2, one group: what torchvision's blocks use.
+    /// No bias, padding k / 2, one group, PyTorch's BatchNorm epsilon (1e-5): what
+    /// torchvision's blocks use.
     pub fn plain(c_in: usize, c_out: usize, kernel: usize, stride: usize, act: Activation) -> Self {
         Self {
             c_in,
@@ -39,6 +42,7 @@ impl ConvSpec {
             bias: false,
             depthwise: false,
             act,
+            bn_eps: 1e-5,
         }
     }
 }
@@ -57,8 +61,7 @@ impl ConvBn {
         } else {
             conv2d_no_bias(spec.c_in, spec.c_out, spec.kernel, cfg, vb.pp(conv))?
         };
-        // PyTorch's BatchNorm2d defaults: eps 1e-5, momentum 0.1.
-        let norm = batch_norm(spec.c_out, 1e-5, vb.pp(bn))?;
+        let norm = batch_norm(spec.c_out, spec.bn_eps, vb.pp(bn))?;
         Ok(Self {
             conv: layer,
             bn: Some(norm),

@@ -15,6 +15,7 @@ pub mod isa;
 mod layers;
 mod mobilenet;
 mod pointwise;
+mod recheck;
 mod resnet;
 mod smallcnn;
 pub mod tta;
@@ -30,7 +31,8 @@ use serde::{Deserialize, Serialize};
 pub use self::card::{
     read_card, write_card, FineTune, ModelCard, TrainingRecord, CARD_FILE, WEIGHTS_FILE,
 };
-pub use self::mobilenet::MobileNetV2;
+pub use self::mobilenet::MobileNet;
+pub use self::recheck::Rechecks;
 pub use self::resnet::{BlockKind, ResNet};
 pub use self::smallcnn::SmallCnn;
 use crate::error::{one_line, Error, Result};
@@ -48,8 +50,12 @@ pub enum Architecture {
     /// torchvision ResNet-50 (bottleneck blocks).
     Resnet50,
     /// torchvision MobileNetV2: depthwise convolutions, ≈ 1/4 of SmallCnn's FLOPs;
-    /// the one with ImageNet weights (`train --init imagenet`).
+    /// ImageNet weights for `train --init imagenet`.
     Mobilenetv2,
+    /// EfficientNet-Lite0: MobileNetV2's blocks with 5 × 5 depthwise layers in some
+    /// stages, ≈ 1.3× its FLOPs; ImageNet weights for `train --init imagenet`.
+    #[serde(rename = "efficientnet-lite0")]
+    EfficientnetLite0,
 }
 
 impl std::fmt::Display for Architecture {
@@ -65,7 +71,9 @@ impl Architecture {
     /// A ResNet's block kind and blocks per stage; `None` for the others.
     pub fn resnet_layout(self) -> Option<(BlockKind, [usize; 4])> {
         match self {
-            Architecture::Smallcnn | Architecture::Mobilenetv2 => None,
+            Architecture::Smallcnn
+            | Architecture::Mobilenetv2
+            | Architecture::EfficientnetLite0 => None,
             Architecture::Resnet18 => Some((BlockKind::Basic, [2, 2, 2, 2])),
             Architecture::Resnet34 => Some((BlockKind::Basic, [3, 4, 6, 3])),
             Architecture::Resnet50 => Some((BlockKind::Bottleneck, [3, 4, 6, 3])),
@@ -86,6 +94,7 @@ impl Architecture {
     pub fn head_prefix(self) -> &'static str {
         match self {
             Architecture::Mobilenetv2 => "classifier.",
+            Architecture::EfficientnetLite0 => "_fc.",
             _ => "fc.",
         }
     }
@@ -115,7 +124,8 @@ impl Architecture {
 pub enum Network {
     SmallCnn(SmallCnn),
     ResNet(ResNet),
-    MobileNetV2(MobileNetV2),
+    /// MobileNetV2 or EfficientNet-Lite0.
+    MobileNet(MobileNet),
 }
 
 impl Network {
@@ -130,7 +140,10 @@ impl Network {
                 Network::ResNet(ResNet::new(vb, kind, blocks, 64, num_classes)?)
             }
             (Architecture::Mobilenetv2, _) => {
-                Network::MobileNetV2(MobileNetV2::new(vb, 1.0, num_classes)?)
+                Network::MobileNet(MobileNet::v2(vb, 1.0, num_classes)?)
+            }
+            (Architecture::EfficientnetLite0, _) => {
+                Network::MobileNet(MobileNet::efficientnet_lite0(vb, 1.0, num_classes)?)
             }
             _ => Network::SmallCnn(SmallCnn::new(vb, num_classes)?),
         })
@@ -141,7 +154,7 @@ impl Network {
         match self {
             Network::SmallCnn(n) => n.fuse(),
             Network::ResNet(n) => n.fuse(),
-            Network::MobileNetV2(n) => n.fuse(),
+            Network::MobileNet(n) => n.fuse(),
         }
     }
 }
@@ -151,7 +164,7 @@ impl ModuleT for Network {
         match self {
             Network::SmallCnn(n) => n.forward_t(x, train),
             Network::ResNet(n) => n.forward_t(x, train),
-            Network::MobileNetV2(n) => n.forward_t(x, train),
+            Network::MobileNet(n) => n.forward_t(x, train),
         }
     }
 }
@@ -398,14 +411,32 @@ impl Classifier {
     }
 
     fn predict_view(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        self.predict_deferring_view(pixels, n, None)
+    }
+
+    /// [`Classifier::predict_view`]; with `defer`, `auto`'s close calls keep their int8
+    /// probabilities and are set aside (pixels and slot) to be run again in f32 later.
+    fn predict_deferring_view(
+        &self,
+        pixels: Vec<f32>,
+        n: usize,
+        mut defer: Option<(&[usize], &mut Rechecks)>,
+    ) -> Result<Vec<f32>> {
         let s = self.card.input_size as usize;
         let x = Tensor::from_vec(pixels, (n, 3, s, s), &self.device)?;
         let micro = micro_batch(s);
         let mut probs = Vec::with_capacity(n * self.num_classes());
         for start in (0..n).step_by(micro) {
             let part = x.narrow(0, start, micro.min(n - start))?;
-            let p = candle_nn::ops::softmax_last_dim(&self.logits(&part)?)?;
+            let mut close = Vec::new();
+            let deferring = defer.is_some().then_some(&mut close);
+            let p = candle_nn::ops::softmax_last_dim(&self.logits_deferring(&part, deferring)?)?;
             probs.extend(p.flatten_all()?.to_vec1::<f32>()?);
+            if let Some((slots, pending)) = defer.as_mut() {
+                for i in close {
+                    pending.push(slots[start + i], &part.get(i)?)?;
+                }
+            }
         }
         Ok(probs)
     }
@@ -413,6 +444,12 @@ impl Classifier {
     /// Raw logits (N, classes) for an input batch (N, 3, size, size), in the chosen
     /// precision.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.logits_deferring(x, None)
+    }
+
+    /// [`Classifier::logits`]; with `defer`, `auto`'s close calls are not run again in
+    /// f32 but listed there (rows of `x`), keeping their int8 logits.
+    fn logits_deferring(&self, x: &Tensor, defer: Option<&mut Vec<usize>>) -> Result<Tensor> {
         let f32_logits = || Ok(self.net.forward_t(&x.to_device(&self.device)?, false)?);
         let Some(q) = &self.int8 else {
             return f32_logits();
@@ -457,7 +494,11 @@ impl Classifier {
             return f32_logits();
         }
         if let Some(r) = self.card.int8.as_ref().and_then(|c| c.recheck.as_ref()) {
-            self.recheck(x, &mut int8, k, r.margin as f32)?;
+            let margin = r.margin as f32;
+            match defer {
+                Some(close) => close.extend(close_calls(&int8, k, margin)),
+                None => self.recheck(x, &mut int8, k, margin)?,
+            }
         }
         Ok(Tensor::from_vec(int8, (n, k), &Device::Cpu)?)
     }
@@ -466,10 +507,7 @@ impl Classifier {
     /// `margin` by f32's: where int8 changes a class, it is on such close calls
     /// (`histomap calibrate` measured how close).
     fn recheck(&self, x: &Tensor, logits: &mut [f32], k: usize, margin: f32) -> Result<()> {
-        let close: Vec<u32> = (0..logits.len() / k)
-            .filter(|&i| top_two_gap(&logits[i * k..][..k]) < margin)
-            .map(|i| i as u32)
-            .collect();
+        let close: Vec<u32> = close_calls(logits, k, margin).map(|i| i as u32).collect();
         self.rechecked.fetch_add(close.len(), Ordering::Relaxed);
         if close.is_empty() {
             return Ok(());
@@ -494,6 +532,11 @@ impl Classifier {
 }
 
 /// Top logit minus the second: how close a call is.
+/// The rows of `logits` (`k` per patch) whose top two are within `margin`.
+fn close_calls(logits: &[f32], k: usize, margin: f32) -> impl Iterator<Item = usize> + '_ {
+    (0..logits.len() / k).filter(move |&i| top_two_gap(&logits[i * k..][..k]) < margin)
+}
+
 pub(crate) fn top_two_gap(logits: &[f32]) -> f32 {
     let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
     for &l in logits {

@@ -30,6 +30,7 @@ impl SmallCnn {
                 bias: true,
                 depthwise: false,
                 act: Activation::Relu,
+                bn_eps: 1e-5,
             };
             features.push(ConvBn::new(
                 spec,

@@ -371,8 +371,11 @@ struct InvertedResidual {
 
 impl InvertedResidual {
     fn new(convs: &[ConvBn], residual: bool, algo: ConvAlgo) -> Result<Self> {
-        let odd =
-            || Error::Usage("int8: a MobileNetV2 block is not expand, depthwise, project".into());
+        let odd = || {
+            Error::Usage(
+                "int8: an inverted residual block is not expand, depthwise, project".into(),
+            )
+        };
         let (project, rest) = convs.split_last().ok_or_else(odd)?;
         let (depthwise, expand) = rest.split_last().ok_or_else(odd)?;
         if !depthwise.depthwise() || expand.len() > 1 {
@@ -444,7 +447,7 @@ impl Int8Net {
                 let stem = Box::new(conv(stem)?);
                 (Body::ResNet { stem, blocks }, fc)
             }
-            Network::MobileNetV2(n) => {
+            Network::MobileNet(n) => {
                 let (stem, blocks, last, fc) = n.parts();
                 let blocks = blocks
                     .into_iter()
@@ -614,6 +617,7 @@ mod tests {
             (Architecture::Resnet18, 45),
             (Architecture::Resnet50, 33),
             (Architecture::Mobilenetv2, 41),
+            (Architecture::EfficientnetLite0, 43),
         ] {
             let net = random_net(arch, 3);
             let x = pixels(2, side, 1);
@@ -635,7 +639,11 @@ mod tests {
 
     #[test]
     fn paths_agree_bit_for_bit_on_a_network() {
-        for arch in [Architecture::Resnet18, Architecture::Mobilenetv2] {
+        for arch in [
+            Architecture::Resnet18,
+            Architecture::Mobilenetv2,
+            Architecture::EfficientnetLite0,
+        ] {
             let net = random_net(arch, 2);
             let x = pixels(1, 40, 3);
             let a = Int8Net::new(&net, Isa::Portable).unwrap().logits(&x, 1, 40);
