@@ -24,15 +24,13 @@ mod quant;
 mod shift;
 mod winograd;
 
-use std::borrow::Cow;
-
 use candle_core::Tensor;
 use rayon::prelude::*;
 
 use self::depthwise::Depthwise;
 use self::gemm::{Epilogue, Quant, Rows, MR};
 use self::pack::{PackedWeights, KG};
-use self::shift::MeanShift;
+use self::shift::{MeanShift, Shifted};
 use self::winograd::WinogradWeights;
 use super::layers::{Activation, ConvBn};
 use super::Network;
@@ -205,11 +203,11 @@ impl Conv {
         })
     }
 
-    /// The input to quantise and the bias shift ([`shift`]) for each image of a group.
-    fn shifts<'a>(&self, isa: Isa, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+    /// Each image of a group with its centring and bias shift ([`shift`]).
+    fn shifts<'a>(&self, isa: Isa, xs: &'a [Act]) -> Vec<Shifted<'a>> {
         match &self.shift {
             Some(s) => s.apply(isa, xs),
-            None => xs.iter().map(|x| (Cow::Borrowed(x), Vec::new())).collect(),
+            None => xs.iter().map(|x| (x, None, Vec::new())).collect(),
         }
     }
 
@@ -222,10 +220,13 @@ impl Conv {
         }
     }
 
-    fn winograd(&self, isa: Isa, u: &WinogradWeights, shifts: &[(Cow<Act>, Vec<f32>)]) -> Vec<Act> {
-        let xs = || shifts.iter().map(|(x, _)| x.as_ref());
+    fn winograd(&self, isa: Isa, u: &WinogradWeights, shifts: &[Shifted]) -> Vec<Act> {
+        let xs = || shifts.iter().map(|&(x, _, _)| x);
         // One extra row and column so that odd sides fill whole 2 × 2 tiles.
-        let quantised: Vec<_> = xs().map(|x| quant::quantize(isa, x, 1, 1)).collect();
+        let quantised: Vec<_> = shifts
+            .iter()
+            .map(|(x, centre, _)| quant::quantize(isa, x, centre.as_ref(), 1, 1))
+            .collect();
         let images: Vec<_> = xs()
             .zip(&quantised)
             .map(|(x, (data, quant))| winograd::Image {
@@ -240,7 +241,7 @@ impl Conv {
         let dqs: Vec<_> = quantised
             .iter()
             .zip(shifts)
-            .map(|((_, q), (_, shift))| {
+            .map(|((_, q), (_, _, shift))| {
                 let centred = Quant {
                     scale: q.scale,
                     zero: 0,
@@ -261,11 +262,10 @@ impl Conv {
             .collect()
     }
 
-    /// The convolution of each image of a group (all of one size), for each `(x,
-    /// shift)`: `x` as the GEMM quantises it (centred where the layer centres), and its
-    /// bias shift.
-    fn direct(&self, isa: Isa, shifts: &[(Cow<Act>, Vec<f32>)]) -> Vec<Act> {
-        let Some((first, _)) = shifts.first() else {
+    /// The convolution of each image of a group (all of one size), each quantised
+    /// centred where the layer centres, with its bias shift.
+    fn direct(&self, isa: Isa, shifts: &[Shifted]) -> Vec<Act> {
+        let Some((first, _, _)) = shifts.first() else {
             return Vec::new();
         };
         let (k, s, p) = (self.kernel, self.stride, self.pad);
@@ -287,9 +287,9 @@ impl Conv {
         let segments: Vec<usize> = (0..k).map(|ky| ky * wp * c).collect();
         let quantised: Vec<_> = shifts
             .iter()
-            .map(|(x, _)| {
+            .map(|(x, centre, _)| {
                 debug_assert_eq!((x.h, x.w, x.c), (h, w, c), "a group is of one size");
-                quant::quantize(isa, x, p, extra)
+                quant::quantize(isa, x, centre.as_ref(), p, extra)
             })
             .collect();
         let rows: Vec<Rows> = quantised
@@ -302,7 +302,7 @@ impl Conv {
             })
             .collect();
         let dqs: Vec<_> = (quantised.iter().zip(shifts))
-            .map(|((_, quant), (_, shift))| self.epilogue.dequant(*quant, &self.weights, shift))
+            .map(|((_, quant), (_, _, shift))| self.epilogue.dequant(*quant, &self.weights, shift))
             .collect();
         let n = self.weights.n;
         gemm::products(isa, &rows, &self.weights, &dqs)

@@ -9,10 +9,29 @@ use super::gemm::{Quant, AMAX};
 use super::Act;
 use super::Isa;
 
-/// `x` quantised, with a border of `pad` pixels and `extra` more rows and columns at
-/// the bottom and right.
-pub fn quantize(isa: Isa, x: &Act, pad: usize, extra: usize) -> (Vec<u8>, Quant) {
-    let (lo, hi) = range(isa, &x.data);
+/// A linear bottleneck's channel means, which the image is quantised centred on
+/// ([`super::shift`]), and the smallest and largest centred values (each with 0).
+/// Subtracting as it quantises spares a centred copy of the image and a pass over it;
+/// `(v - mean) · inv + offset` gives the bytes the copy gave.
+pub struct Centre {
+    pub means: Vec<f32>,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+/// `x` quantised (centred on `centre`'s means, if any), with a border of `pad` pixels
+/// and `extra` more rows and columns at the bottom and right.
+pub fn quantize(
+    isa: Isa,
+    x: &Act,
+    centre: Option<&Centre>,
+    pad: usize,
+    extra: usize,
+) -> (Vec<u8>, Quant) {
+    let (lo, hi) = match centre {
+        Some(c) => (c.lo, c.hi),
+        None => range(isa, &x.data),
+    };
     let half = AMAX / 2 + 1;
     let (levels, zero) = if lo < 0.0 {
         (f32::from(AMAX - half), half)
@@ -26,9 +45,12 @@ pub fn quantize(isa: Isa, x: &Act, pad: usize, extra: usize) -> (Vec<u8>, Quant)
     let offset = f32::from(zero) + 0.5;
     let wp = x.w + 2 * pad + extra;
     let mut q = vec![zero; (x.h + 2 * pad + extra) * wp * x.c];
+    // The means for a row's every value.
+    let means: Option<Vec<f32>> =
+        centre.map(|c| c.means.iter().cycle().take(x.w * x.c).copied().collect());
     for (y, src) in x.data.chunks(x.w * x.c).enumerate() {
         let row = &mut q[((y + pad) * wp + pad) * x.c..][..x.w * x.c];
-        convert(isa, src, inv, offset, row);
+        convert(isa, src, means.as_deref(), inv, offset, row);
     }
     (q, Quant { scale, zero })
 }
@@ -45,16 +67,21 @@ fn range(isa: Isa, data: &[f32]) -> (f32, f32) {
     }
 }
 
-/// `dst[i] = (src[i] · inv + offset) as u8` for every `src` value.
-fn convert(isa: Isa, src: &[f32], inv: f32, offset: f32, dst: &mut [u8]) {
-    match isa {
+/// `dst[i] = ((src[i] - means[i]) · inv + offset) as u8` for every `src` value (no
+/// subtraction without `means`).
+fn convert(isa: Isa, src: &[f32], means: Option<&[f32]>, inv: f32, offset: f32, dst: &mut [u8]) {
+    match (isa, means) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 (checked in the guard).
-        _ if isa.avx2() => unsafe { avx2::convert(src, inv, offset, dst) },
-        _ => dst
+        _ if isa.avx2() => unsafe { avx2::convert(src, means, inv, offset, dst) },
+        (_, None) => dst
             .iter_mut()
             .zip(src)
             .for_each(|(d, &v)| *d = (v * inv + offset) as u8),
+        (_, Some(m)) => dst
+            .iter_mut()
+            .zip(src.iter().zip(m))
+            .for_each(|(d, (&v, &m))| *d = ((v - m) * inv + offset) as u8),
     }
 }
 
@@ -89,18 +116,27 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn convert(src: &[f32], inv: f32, offset: f32, dst: &mut [u8]) {
+    pub(super) unsafe fn convert(
+        src: &[f32],
+        means: Option<&[f32]>,
+        inv: f32,
+        offset: f32,
+        dst: &mut [u8],
+    ) {
         assert!(dst.len() >= src.len());
+        assert!(means.is_none_or(|m| m.len() >= src.len()));
         let (vinv, voff) = (_mm256_set1_ps(inv), _mm256_set1_ps(offset));
-        let q = |p: *const f32| {
-            let v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p), vinv), voff);
-            _mm256_cvttps_epi32(v)
+        let q = |i: usize| {
+            let mut v = _mm256_loadu_ps(src.as_ptr().add(i));
+            if let Some(m) = means {
+                v = _mm256_sub_ps(v, _mm256_loadu_ps(m.as_ptr().add(i)));
+            }
+            _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, vinv), voff))
         };
         let mut i = 0;
         while i + 32 <= src.len() {
-            let p = src.as_ptr().add(i);
-            let ab = _mm256_packs_epi32(q(p), q(p.add(8)));
-            let cd = _mm256_packs_epi32(q(p.add(16)), q(p.add(24)));
+            let ab = _mm256_packs_epi32(q(i), q(i + 8));
+            let cd = _mm256_packs_epi32(q(i + 16), q(i + 24));
             // The packs interleave 128-bit lanes: 0 2 4 6 1 3 5 7 (groups of 4 values).
             let bytes = _mm256_packus_epi16(ab, cd);
             let ordered =
@@ -108,7 +144,8 @@ mod avx2 {
             _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, ordered);
             i += 32;
         }
-        for (d, &v) in dst[i..].iter_mut().zip(&src[i..]) {
+        for (j, (d, &v)) in dst[i..].iter_mut().zip(&src[i..]).enumerate() {
+            let v = means.map_or(v, |m| v - m[i + j]);
             *d = (v * inv + offset) as u8;
         }
     }
@@ -135,10 +172,28 @@ mod tests {
         ] {
             let data = (0..h * w * c).map(|_| rng.random_range(lo..3.0)).collect();
             let x = Act { h, w, c, data };
-            let (a, qa) = quantize(Isa::Portable, &x, 1, 1);
-            let (b, qb) = quantize(Isa::Avx2, &x, 1, 1);
+            let (a, qa) = quantize(Isa::Portable, &x, None, 1, 1);
+            let (b, qb) = quantize(Isa::Avx2, &x, None, 1, 1);
             assert_eq!(a, b, "{h}×{w}×{c}");
             assert_eq!((qa.scale, qa.zero), (qb.scale, qb.zero));
+            // Centred as it quantises: the bytes of quantising a centred copy.
+            let means: Vec<f32> = (0..c).map(|i| i as f32 / c as f32 - 0.3).collect();
+            let copy = Act {
+                data: (x.data.chunks(c))
+                    .flat_map(|px| px.iter().zip(&means).map(|(v, m)| v - m))
+                    .collect(),
+                ..x.clone()
+            };
+            let (lo, hi) = range(Isa::Portable, &copy.data);
+            let centre = Centre { means, lo, hi };
+            let (want, _) = quantize(Isa::Portable, &copy, None, 1, 1);
+            for isa in [Isa::Portable, Isa::Avx2] {
+                assert_eq!(
+                    quantize(isa, &x, Some(&centre), 1, 1).0,
+                    want,
+                    "{h}×{w}×{c} {isa:?}"
+                );
+            }
         }
     }
 }

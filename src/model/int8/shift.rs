@@ -20,9 +20,8 @@
 //! The shift sums its channels in a fixed order (no reduction is reassociated), so it
 //! has the same bits on every machine.
 
-use std::borrow::Cow;
-
 use super::pack::PackedWeights;
+use super::quant::Centre;
 use super::{Act, Isa};
 
 /// A layer's mean correction.
@@ -63,7 +62,7 @@ impl MeanShift {
 
     /// For each image of a group: the input the GEMM quantises, and the shift to add to
     /// each output channel.
-    pub fn apply<'a>(&self, isa: Isa, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+    pub fn apply<'a>(&self, isa: Isa, xs: &'a [Act]) -> Vec<Shifted<'a>> {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX-512 (checked in the guard).
@@ -79,7 +78,7 @@ impl MeanShift {
     /// weights with the image's means, summed over the channels in order from zero, so
     /// the bits depend neither on `N` nor on the group.
     #[inline(always)]
-    fn run<'a, const N: usize>(&self, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+    fn run<'a, const N: usize>(&self, xs: &'a [Act]) -> Vec<Shifted<'a>> {
         let means: Vec<Vec<f32>> = xs.iter().map(Act::channel_means).collect();
         let mut shifts = vec![vec![0f32; self.n]; xs.len()];
         // The means of 8, 4, 2 or 1 images at a time: each weight row is read once for
@@ -101,16 +100,13 @@ impl MeanShift {
         xs.iter()
             .zip(means)
             .zip(shifts)
-            .map(|((x, mean), shift)| {
+            .map(|((x, means), shift)| {
                 debug_assert_eq!(x.c, self.c_in);
-                if !self.centre {
-                    return (Cow::Borrowed(x), shift);
-                }
-                let mut data = Vec::with_capacity(x.data.len());
-                for px in x.data.chunks_exact(x.c) {
-                    data.extend(px.iter().zip(&mean).map(|(v, m)| v - m));
-                }
-                (Cow::Owned(Act { data, ..*x }), shift)
+                let centre = self.centre.then(|| {
+                    let (lo, hi) = centred_range(x, &means);
+                    Centre { means, lo, hi }
+                });
+                (x, centre, shift)
             })
             .collect()
     }
@@ -151,18 +147,39 @@ impl MeanShift {
     }
 }
 
+/// An image of a group as a layer quantises it: the image, the means to centre it on
+/// where the layer centres, and the shift to add to each output channel.
+pub type Shifted<'a> = (&'a Act, Option<Centre>, Vec<f32>);
+
+/// The smallest and largest of `x - means` (each with 0): each channel's extremes less
+/// its mean, since subtracting one value keeps the order of a channel's values (as
+/// rounded, too), so the range is the one a centred copy would have.
+#[inline(always)]
+fn centred_range(x: &Act, means: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = (vec![f32::INFINITY; x.c], vec![f32::NEG_INFINITY; x.c]);
+    for px in x.data.chunks_exact(x.c) {
+        for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(px) {
+            *l = if v < *l { v } else { *l };
+            *h = if v > *h { v } else { *h };
+        }
+    }
+    (lo.iter().zip(&hi).zip(means)).fold((0f32, 0f32), |(a, b), ((l, h), m)| {
+        (a.min(l - m), b.max(h - m))
+    })
+}
+
 /// Outputs per block of the weights' layout: the widest vector's.
 const BLOCK: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2<'a>(shift: &MeanShift, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+unsafe fn avx2<'a>(shift: &MeanShift, xs: &'a [Act]) -> Vec<Shifted<'a>> {
     shift.run::<8>(xs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f")]
-unsafe fn avx512<'a>(shift: &MeanShift, xs: &'a [Act]) -> Vec<(Cow<'a, Act>, Vec<f32>)> {
+unsafe fn avx512<'a>(shift: &MeanShift, xs: &'a [Act]) -> Vec<Shifted<'a>> {
     shift.run::<16>(xs)
 }
 
@@ -190,9 +207,16 @@ mod tests {
         let shift = MeanShift::new(&w, &packed, c, true);
         let x = image(c, 4.0);
         let mut applied = shift.apply(Isa::Portable, std::slice::from_ref(&x));
-        let (centred, s) = applied.remove(0);
+        let (_, centre, s) = applied.remove(0);
+        let centre = centre.expect("the layer centres its input");
+        let centred: Vec<f32> = (x.data.chunks(c))
+            .flat_map(|px| px.iter().zip(&centre.means).map(|(v, m)| v - m))
+            .collect();
+        let lo = centred.iter().fold(0f32, |a, &v| a.min(v));
+        let hi = centred.iter().fold(0f32, |a, &v| a.max(v));
+        assert_eq!((centre.lo, centre.hi), (lo, hi));
         // Each output pixel is unchanged: Σ w·(x - mean) + Σ w·mean = Σ w·x.
-        for (px, cx) in x.data.chunks(c).zip(centred.data.chunks(c)) {
+        for (px, cx) in x.data.chunks(c).zip(centred.chunks(c)) {
             for o in 0..n {
                 let row = &w[o * c..][..c];
                 let direct: f32 = row.iter().zip(px).map(|(w, v)| w * v).sum();
@@ -200,7 +224,7 @@ mod tests {
                 assert!((direct - split).abs() < 1e-4, "{direct} vs {split}");
             }
         }
-        assert!(centred.data.iter().all(|v| v.abs() < 1.0));
+        assert!(centred.iter().all(|v| v.abs() < 1.0));
     }
 
     #[test]
@@ -211,8 +235,8 @@ mod tests {
         let shift = MeanShift::new(&w, &packed, c, false);
         let x = image(c, 2.0);
         let mut applied = shift.apply(Isa::Portable, std::slice::from_ref(&x));
-        let (same, s) = applied.remove(0);
-        assert!(matches!(same, Cow::Borrowed(_)));
+        let (_, centre, s) = applied.remove(0);
+        assert!(centre.is_none());
         let mean: Vec<f32> = (0..c)
             .map(|ch| x.data.iter().skip(ch).step_by(c).sum::<f32>() / 16.0)
             .collect();
