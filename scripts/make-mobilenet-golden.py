@@ -54,13 +54,13 @@ DEPTHWISE_CASES = [
 ]
 
 
-def mobilenet(out: Path) -> None:
-    torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=8)
+def randomise(model) -> None:
+    """Seeded fan-in convolutions and randomised BatchNorms. torchvision's fan-out init
+    gives a depthwise 3x3 kernel std sqrt(2 / (9 C)): its outputs would be ~1e-2, below
+    the BatchNorm biases. Fan-in keeps every layer's activations of order 1 in eval mode
+    too; random BatchNorm affine parameters and running statistics make a name mix-up or
+    a train-mode BatchNorm show."""
     for m in model.modules():
-        # torchvision's fan-out init gives a depthwise 3x3 kernel std sqrt(2 / (9 C)):
-        # its outputs would be ~1e-2, below the BatchNorm biases. Fan-in keeps every
-        # layer's activations of order 1 in eval mode too.
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -68,6 +68,30 @@ def mobilenet(out: Path) -> None:
             m.bias.data.uniform_(-0.2, 0.2)
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
+
+
+def write(d: Path, model) -> None:
+    """The model's weights and its eval- and train-mode logits on 2 fixed inputs."""
+    model.eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    with torch.no_grad():
+        y = model(x)
+        y_train = copy.deepcopy(model).train()(x)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(d / "model.safetensors"))
+    save_file({"x": x.contiguous(), "y": y.contiguous(), "y_train": y_train.contiguous()},
+              str(d / "io.safetensors"))
+    print(f"{d}: {len(state)} tensors, {sum(v.numel() for v in state.values())} values, "
+          f"|y| max {y.abs().max():.3f}, |y_train| max {y_train.abs().max():.3f}, "
+          f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+
+
+def mobilenet(out: Path) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=8)
+    randomise(model)
     # Small last-BatchNorm scales on the residual branches keep the 10 residual
     # blocks from growing the activations; the blocks without a shortcut keep theirs,
     # as they carry the whole signal.
@@ -78,22 +102,7 @@ def mobilenet(out: Path) -> None:
     # logits to order 1, so that 1e-4 is a strict bound.
     model.classifier[1].weight.data *= 3
     model.classifier[0].p = 0.0  # dropout off, for y_train
-    model.eval()
-    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
-    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()
-             if not k.endswith("num_batches_tracked")}
-    with torch.no_grad():
-        y = model(x)
-        train = copy.deepcopy(model).train()
-        y_train = train(x)
-    d = out / "mobilenetv2_w25"
-    d.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(d / "model.safetensors"))
-    save_file({"x": x.contiguous(), "y": y.contiguous(), "y_train": y_train.contiguous()},
-              str(d / "io.safetensors"))
-    print(f"{d}: {len(state)} tensors, {sum(v.numel() for v in state.values())} values, "
-          f"|y| max {y.abs().max():.3f}, |y_train| max {y_train.abs().max():.3f}, "
-          f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+    write(out / "mobilenetv2_w25", model)
 
 
 # EfficientNet-Lite0: expansion, kernel, first stride, channels, blocks
@@ -160,33 +169,12 @@ def efficientnet(out: Path, checkpoint) -> None:
         print(f"{checkpoint}: loads strictly into EfficientNetLite0 (width 1.0)")
     torch.manual_seed(0)
     model = EfficientNetLite0(width=0.25, num_classes=8)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
+    randomise(model)
     for m in model.modules():
         if isinstance(m, LiteBlock) and m.residual:
             m._bn2.weight.data.uniform_(0.05, 0.2)
     model._fc.weight.data *= 0.3
-    model.eval()
-    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
-    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()
-             if not k.endswith("num_batches_tracked")}
-    with torch.no_grad():
-        y = model(x)
-        y_train = copy.deepcopy(model).train()(x)
-    d = out / "efficientnet_lite0_w25"
-    d.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(d / "model.safetensors"))
-    save_file({"x": x.contiguous(), "y": y.contiguous(), "y_train": y_train.contiguous()},
-              str(d / "io.safetensors"))
-    print(f"{d}: {len(state)} tensors, {sum(v.numel() for v in state.values())} values, "
-          f"|y| max {y.abs().max():.3f}, |y_train| max {y_train.abs().max():.3f}, "
-          f"torch {torch.__version__}")
+    write(out / "efficientnet_lite0_w25", model)
 
 
 def depthwise(out: Path) -> None:
