@@ -18,6 +18,7 @@
 
 mod depthwise;
 mod gemm;
+mod inverted;
 mod pack;
 mod pool;
 mod quant;
@@ -27,8 +28,8 @@ mod winograd;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use self::depthwise::Depthwise;
 use self::gemm::{Epilogue, Quant, Rows, MR};
+use self::inverted::InvertedResidual;
 use self::pack::{PackedWeights, KG};
 use self::shift::{MeanShift, Shifted};
 use self::winograd::WinogradWeights;
@@ -358,57 +359,6 @@ enum Body {
         blocks: Vec<InvertedResidual>,
         last: Box<Conv>,
     },
-}
-
-/// MobileNetV2's block: pointwise convolutions in int8, the depthwise one in f32.
-struct InvertedResidual {
-    expand: Option<Conv>,
-    depthwise: Depthwise,
-    project: Conv,
-    /// Whether the block adds its input to its output.
-    residual: bool,
-}
-
-impl InvertedResidual {
-    fn new(convs: &[ConvBn], residual: bool, algo: ConvAlgo) -> Result<Self> {
-        let odd = || {
-            Error::Usage(
-                "int8: an inverted residual block is not expand, depthwise, project".into(),
-            )
-        };
-        let (project, rest) = convs.split_last().ok_or_else(odd)?;
-        let (depthwise, expand) = rest.split_last().ok_or_else(odd)?;
-        if !depthwise.depthwise() || expand.len() > 1 {
-            return Err(odd());
-        }
-        Ok(Self {
-            // The block's input is the previous block's linear output.
-            expand: expand
-                .first()
-                .map(|c| Conv::new(c, algo, true))
-                .transpose()?,
-            depthwise: Depthwise::new(depthwise)?,
-            project: Conv::new(project, algo, false)?,
-            residual,
-        })
-    }
-
-    fn forward(&self, isa: Isa, xs: Vec<Act>) -> Vec<Act> {
-        let expanded = self.expand.as_ref().map(|e| e.forward(isa, &xs));
-        let hidden: Vec<Act> = expanded
-            .as_deref()
-            .unwrap_or(&xs)
-            .iter()
-            .map(|x| self.depthwise.forward(isa, x))
-            .collect();
-        let mut ys = self.project.forward(isa, &hidden);
-        if self.residual {
-            for (y, x) in ys.iter_mut().zip(&xs) {
-                y.data.iter_mut().zip(&x.data).for_each(|(v, x)| *v += x);
-            }
-        }
-        ys
-    }
 }
 
 /// A network quantised for int8 inference.
