@@ -37,6 +37,7 @@ histomap. usage: python scripts/make-mobilenet-golden.py OUT [--only NAME] [--ch
 
 import argparse
 import copy
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -105,14 +106,13 @@ def mobilenet(out: Path) -> None:
     write(out / "mobilenetv2_w25", model)
 
 
-# EfficientNet-Lite0: expansion, kernel, first stride, channels, blocks
-LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
-
-
-def make_divisible(v, divisor=8):
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < 0.9 * v else new
+# EfficientNet-Lite0's stages and the channel rounding, as the weights' converter
+# (standard library only) computes the checkpoint's layout from them.
+_spec = importlib.util.spec_from_file_location(
+    "convert_imagenet", Path(__file__).with_name("convert-imagenet.py"))
+convert_imagenet = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(convert_imagenet)
+LITE0_STAGES, make_divisible = convert_imagenet.LITE0_STAGES, convert_imagenet.make_divisible
 
 
 class LiteBlock(torch.nn.Module):

@@ -286,7 +286,7 @@ impl Stream<'_> {
                         for (&at, p) in batch_order.iter().zip(p.chunks(classes)) {
                             probs[at * classes..(at + 1) * classes].copy_from_slice(p);
                         }
-                        if rechecks.len() >= RECHECK_BATCH {
+                        if rechecks.is_full() {
                             stats.classify_s += recheck(model, &mut rechecks, &mut probs)?;
                         }
                     }
@@ -315,11 +315,6 @@ impl Stream<'_> {
         })
     }
 }
-
-/// Close calls `auto` gathers before running them in f32. Each f32 batch costs peak
-/// memory (its activations: 32 MobileNetV2 patches at 96 px took the heatmap's peak RSS
-/// from 370 to 830 MiB); 8 keep most of the speed of a full batch.
-const RECHECK_BATCH: usize = 8;
 
 /// CPU time of the calling thread in nanoseconds: a reader's own work, whatever the
 /// other threads on its core do.

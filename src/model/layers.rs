@@ -45,6 +45,14 @@ impl ConvSpec {
             bn_eps: 1e-5,
         }
     }
+
+    /// The same with BatchNorm epsilon `eps`.
+    pub fn bn_eps(self, eps: f64) -> Self {
+        Self {
+            bn_eps: eps,
+            ..self
+        }
+    }
 }
 
 impl ConvBn {

@@ -81,28 +81,19 @@ struct InvertedResidual {
 impl InvertedResidual {
     fn new(vb: &VarBuilder, b: BlockSpec) -> Result<Self> {
         let hidden = b.c_in * b.expansion;
-        let with_eps = |spec: ConvSpec| ConvSpec {
-            bn_eps: b.bn_eps,
-            ..spec
-        };
         let [expand, depthwise, project] = &b.names;
         let mut convs = Vec::with_capacity(3);
         if b.expansion != 1 {
-            let spec = with_eps(ConvSpec::plain(b.c_in, hidden, 1, 1, Activation::Relu6));
+            let spec = ConvSpec::plain(b.c_in, hidden, 1, 1, Activation::Relu6).bn_eps(b.bn_eps);
             convs.push(ConvBn::new(spec, vb, &expand.0, &expand.1)?);
         }
         let dw = ConvSpec {
             depthwise: true,
-            ..with_eps(ConvSpec::plain(
-                hidden,
-                hidden,
-                b.kernel,
-                b.stride,
-                Activation::Relu6,
-            ))
+            ..ConvSpec::plain(hidden, hidden, b.kernel, b.stride, Activation::Relu6)
+                .bn_eps(b.bn_eps)
         };
         convs.push(ConvBn::new(dw, vb, &depthwise.0, &depthwise.1)?);
-        let spec = with_eps(ConvSpec::plain(hidden, b.c_out, 1, 1, Activation::Linear));
+        let spec = ConvSpec::plain(hidden, b.c_out, 1, 1, Activation::Linear).bn_eps(b.bn_eps);
         convs.push(ConvBn::new(spec, vb, &project.0, &project.1)?);
         Ok(Self {
             convs,
@@ -186,16 +177,8 @@ impl MobileNet {
     /// EfficientNet-Lite0. `width` scales the blocks' channels (1.0 for the ImageNet
     /// weights), not the stem's 32 or the head's 1280, as the lite variants do.
     pub fn efficientnet_lite0(vb: VarBuilder, width: f64, num_classes: usize) -> Result<Self> {
-        let eps = |spec: ConvSpec| ConvSpec {
-            bn_eps: LITE0_BN_EPS,
-            ..spec
-        };
-        let stem = ConvBn::new(
-            eps(ConvSpec::plain(3, 32, 3, 2, Activation::Relu6)),
-            &vb,
-            "_conv_stem",
-            "_bn0",
-        )?;
+        let stem_spec = ConvSpec::plain(3, 32, 3, 2, Activation::Relu6).bn_eps(LITE0_BN_EPS);
+        let stem = ConvBn::new(stem_spec, &vb, "_conv_stem", "_bn0")?;
         let mut c_in = 32;
         let mut blocks = Vec::new();
         for (t, k, s, c, n) in LITE0_STAGES {
@@ -218,7 +201,7 @@ impl MobileNet {
                 c_in = c_out;
             }
         }
-        let last_spec = eps(ConvSpec::plain(c_in, 1280, 1, 1, Activation::Relu6));
+        let last_spec = ConvSpec::plain(c_in, 1280, 1, 1, Activation::Relu6).bn_eps(LITE0_BN_EPS);
         let last = ConvBn::new(last_spec, &vb, "_conv_head", "_bn1")?;
         let classifier = linear(1280, num_classes, vb.pp("_fc"))?;
         Ok(Self {

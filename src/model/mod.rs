@@ -531,12 +531,12 @@ impl Classifier {
     }
 }
 
-/// Top logit minus the second: how close a call is.
 /// The rows of `logits` (`k` per patch) whose top two are within `margin`.
 fn close_calls(logits: &[f32], k: usize, margin: f32) -> impl Iterator<Item = usize> + '_ {
     (0..logits.len() / k).filter(move |&i| top_two_gap(&logits[i * k..][..k]) < margin)
 }
 
+/// Top logit minus the second: how close a call is.
 pub(crate) fn top_two_gap(logits: &[f32]) -> f32 {
     let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
     for &l in logits {

@@ -69,9 +69,9 @@ impl Depthwise {
     }
 
     /// Each output pixel's channels in blocks of [`WIDE`], then [`LANES`], then one, a
-    /// block's sums held in registers across the taps and stored once (summing in memory tap by tap cost a
-    /// load and a store per multiply-add). Every channel still sums its taps in the
-    /// same order from its bias, so the blocking changes no bit.
+    /// block's sums held in registers across the taps and stored once (summing in
+    /// memory tap by tap cost a load and a store per multiply-add). Every channel still
+    /// sums its taps in the same order from its bias, so the blocking changes no bit.
     #[inline(always)]
     fn run(&self, x: &Act) -> Act {
         let (k, s, p, c) = (self.kernel, self.stride, self.pad, x.c);

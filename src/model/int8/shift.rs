@@ -115,13 +115,14 @@ impl MeanShift {
     #[inline(always)]
     fn images<const N: usize, const G: usize>(&self, means: &[Vec<f32>], shifts: &mut [Vec<f32>]) {
         let ms: [&[f32]; G] = std::array::from_fn(|g| means[g].as_slice());
-        for o0 in (0..self.n.div_ceil(BLOCK) * BLOCK).step_by(N) {
+        for o0 in (0..self.n).step_by(N) {
             self.block::<N, G>(&ms, shifts, o0);
         }
     }
 
-    /// Outputs `o0..o0 + N` of the shifts of `G` images (`N` divides [`BLOCK`];
-    /// outputs past `n` are padding, computed and dropped).
+    /// Outputs `o0..o0 + N` of the shifts of `G` images (`N` divides [`BLOCK`], so
+    /// they lie in one block; those past `n` read the block's zero padding and are
+    /// dropped).
     #[inline(always)]
     fn block<const N: usize, const G: usize>(
         &self,
@@ -140,9 +141,9 @@ impl MeanShift {
                 }
             }
         }
-        let valid = N.min(self.n.saturating_sub(o0));
+        let valid = N.min(self.n - o0);
         for (s, a) in shifts.iter_mut().zip(&acc) {
-            s[o0.min(self.n)..][..valid].copy_from_slice(&a[..valid]);
+            s[o0..o0 + valid].copy_from_slice(&a[..valid]);
         }
     }
 }
